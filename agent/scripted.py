@@ -1,0 +1,253 @@
+"""A scripted OpenAI-compatible model server that speaks vLLM's wire format exactly.
+
+It replays a list of assistant turns (reasoning, content, tool calls) as vLLM streams them — a role
+delta, reasoning deltas, content deltas, tool calls whose first fragment carries a 9-character
+alphanumeric id and the name, argument-only fragments after it, a finish chunk, then a usage chunk
+with ``prompt_tokens_details.cached_tokens`` — and records every request it receives. It is the one
+test double of the project, shipped in the package so that tests, benchmarks and demos share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import string
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+ID_ALPHABET = string.ascii_letters + string.digits
+CHARS_PER_TOKEN = 4
+CACHE_BLOCK_TOKENS = 16
+ARGUMENT_FRAGMENT = 24
+
+
+class ScriptedCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+
+
+class ScriptedTurn(BaseModel):
+    """One assistant turn to replay, or an HTTP error to answer with instead (``status``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reasoning: str | None = None
+    content: str | None = None
+    tool_calls: list[ScriptedCall] = Field(default_factory=list)
+    finish_reason: str | None = None
+    status: int | None = None
+    """Answer with this HTTP status and an error body instead of a completion."""
+    delay: float = 0.0
+    """Seconds to wait before answering."""
+
+
+def tool_call_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(9))
+
+
+class ScriptedModel:
+    """The state behind the app: the turns left to play and the requests seen."""
+
+    def __init__(self, turns: list[ScriptedTurn] | None = None, *, model: str = "mistral-medium-3.5") -> None:
+        self.turns: list[ScriptedTurn] = list(turns or [])
+        self.model = model
+        self.requests: list[dict[str, Any]] = []
+        self._previous_prompt = ""
+        self._lock = threading.Lock()
+
+    def extend(self, turns: list[ScriptedTurn]) -> None:
+        with self._lock:
+            self.turns.extend(turns)
+
+    def next_turn(self, body: dict[str, Any]) -> tuple[ScriptedTurn | None, dict[str, int]]:
+        with self._lock:
+            self.requests.append(body)
+            prompt = json.dumps([body.get("tools"), body.get("messages")], separators=(",", ":"))
+            usage = self._prompt_usage(prompt)
+            self._previous_prompt = prompt
+            return (self.turns.pop(0) if self.turns else None), usage
+
+    def _prompt_usage(self, prompt: str) -> dict[str, int]:
+        """Token counts that behave like vLLM's: cached tokens are whole blocks of the shared prefix."""
+        shared = 0
+        for mine, theirs in zip(prompt, self._previous_prompt, strict=False):
+            if mine != theirs:
+                break
+            shared += 1
+        prompt_tokens = max(len(prompt) // CHARS_PER_TOKEN, 1)
+        cached = (shared // CHARS_PER_TOKEN) // CACHE_BLOCK_TOKENS * CACHE_BLOCK_TOKENS
+        return {"prompt_tokens": prompt_tokens, "cached_tokens": min(cached, prompt_tokens - 1)}
+
+
+def create_app(state: ScriptedModel) -> Starlette:
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": state.model, "object": "model", "owned_by": "vllm"}]})
+
+    async def chat_completions(request: Request) -> Response:
+        body = await request.json()
+        turn, usage = state.next_turn(body)
+        if turn is None:
+            return _error(400, "the scripted model has no turns left")
+        if turn.delay:
+            await asyncio.sleep(turn.delay)
+        if turn.status is not None:
+            return _error(turn.status, f"scripted error {turn.status}")
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(_stream(turn, state.model, usage, include_usage), media_type="text/event-stream")
+        return JSONResponse(_complete(turn, state.model, usage))
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        ]
+    )
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": status},
+        status_code=status,
+    )
+
+
+def _arguments_text(call: ScriptedCall) -> str:
+    return call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
+
+
+def _finish_reason(turn: ScriptedTurn) -> str:
+    return turn.finish_reason or ("tool_calls" if turn.tool_calls else "stop")
+
+
+def _usage(turn: ScriptedTurn, usage: dict[str, int]) -> dict[str, Any]:
+    completion = sum(
+        len(text) for text in (turn.reasoning or "", turn.content or "", *map(_arguments_text, turn.tool_calls))
+    )
+    completion_tokens = max(completion // CHARS_PER_TOKEN, 1)
+    return {
+        "prompt_tokens": usage["prompt_tokens"],
+        "total_tokens": usage["prompt_tokens"] + completion_tokens,
+        "completion_tokens": completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"]},
+        "completion_tokens_details": {"reasoning_tokens": len(turn.reasoning or "") // CHARS_PER_TOKEN},
+    }
+
+
+def _complete(turn: ScriptedTurn, model: str, usage: dict[str, int]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": turn.content, "reasoning": turn.reasoning}
+    if turn.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": tool_call_id(),
+                "type": "function",
+                "function": {"name": c.name, "arguments": _arguments_text(c)},
+            }
+            for c in turn.tool_calls
+        ]
+    return {
+        "id": f"chatcmpl-{secrets.token_hex(16)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(turn)}],
+        "usage": _usage(turn, usage),
+    }
+
+
+async def _stream(turn: ScriptedTurn, model: str, usage: dict[str, int], include_usage: bool) -> AsyncIterator[str]:
+    completion_id = f"chatcmpl-{secrets.token_hex(16)}"
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        return f"data: {json.dumps(payload)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    for piece in _pieces(turn.reasoning or "", 16):
+        yield chunk({"reasoning": piece})
+    for piece in _pieces(turn.content or "", 16):
+        yield chunk({"content": piece})
+    for index, call in enumerate(turn.tool_calls):
+        fragments = _pieces(_arguments_text(call), ARGUMENT_FRAGMENT) or [""]
+        yield chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "type": "function",
+                        "id": tool_call_id(),
+                        "function": {"name": call.name, "arguments": fragments[0]},
+                    }
+                ]
+            }
+        )
+        for fragment in fragments[1:]:
+            yield chunk({"tool_calls": [{"index": index, "type": "function", "function": {"arguments": fragment}}]})
+    yield chunk({}, _finish_reason(turn))
+    if include_usage:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": _usage(turn, usage),
+        }
+        yield f"data: {json.dumps(payload)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+class ScriptedModelServer:
+    """Runs the scripted model on a free loopback port in a background thread."""
+
+    def __init__(self, state: ScriptedModel) -> None:
+        self.state = state
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        config = uvicorn.Config(create_app(state), log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> ScriptedModelServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("scripted model server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._socket.close()

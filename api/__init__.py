@@ -1,0 +1,1 @@
+"""The HTTP API: tasks, their events and patches, health."""

@@ -1,0 +1,31 @@
+"""The FastAPI application, built from settings."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.queue import TaskQueue
+from api.routes import health, tasks
+from migrations.store import make_engine, make_sessionmaker
+from overnight.broker import resolve_broker_url
+from overnight.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, queue: TaskQueue | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Overnight",
+        version="0.1.0",
+        summary="File a coding task against a git repository; come back to a PR-ready patch.",
+    )
+    app.state.settings = settings
+    app.state.sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    if queue is None:
+        broker_url, _ = resolve_broker_url(settings)
+        queue = TaskQueue(broker_url, queue=settings.queue)
+    app.state.queue = queue
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(tasks.router)
+    return app

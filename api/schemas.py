@@ -1,0 +1,103 @@
+"""Wire models of the API: what comes in (``TaskCreate``), what goes out (``TaskPublic``), and errors."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_INSTRUCTION_BYTES = 32 * 1024
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "repo": "https://github.com/acme/widgets.git",
+                    "ref": "main",
+                    "instruction": "Fix the flaky test in tests/test_api.py",
+                }
+            ]
+        },
+    )
+
+    repo: str = Field(
+        max_length=2048, description="https:// or ssh URL, git@host:path, or (when allowed) a local path."
+    )
+    ref: str | None = Field(default=None, max_length=255, description="Branch, tag or commit; default branch if empty.")
+    instruction: str = Field(description=f"What to do, in plain language (at most {MAX_INSTRUCTION_BYTES} bytes).")
+    max_steps: int | None = Field(default=None, ge=1, le=1000, description="Model calls this task may make.")
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("instruction must not be empty")
+        size = len(value.encode("utf-8"))
+        if size > MAX_INSTRUCTION_BYTES:
+            raise ValueError(f"instruction is {size} bytes; at most {MAX_INSTRUCTION_BYTES} are allowed")
+        return value
+
+    @field_validator("ref")
+    @classmethod
+    def _empty_ref(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+
+class PatchSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    title: str
+    files_changed: int
+    complete: bool
+
+
+class TaskPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    repo: str
+    ref: str | None
+    instruction: str
+    state: str
+    failure_reason: str | None
+    base_sha: str | None
+    max_steps: int | None
+    steps: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    patch: PatchSummary | None = None
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskPublic]
+
+
+class EventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventList(BaseModel):
+    events: list[EventPublic]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Machine-readable error code, e.g. task_not_found, validation_error.")
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,110 @@
+"""Typed SQLAlchemy 2 models: tasks, their ordered events, and the patches they produce."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime stored; use datetime.now(UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class TaskState(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({TaskState.succeeded, TaskState.failed, TaskState.cancelled})
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    repo: Mapped[str] = mapped_column(String(2048))
+    ref: Mapped[str | None] = mapped_column(String(255))
+    instruction: Mapped[str] = mapped_column(Text)
+    max_steps: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True, default=TaskState.queued.value)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    base_sha: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    events: Mapped[list[TaskEvent]] = relationship(
+        back_populates="task", order_by="TaskEvent.seq", cascade="all, delete-orphan"
+    )
+    patch: Mapped[Patch | None] = relationship(back_populates="task", cascade="all, delete-orphan")
+
+
+class TaskEvent(Base):
+    __tablename__ = "task_events"
+    __table_args__ = (UniqueConstraint("task_id", "seq", name="uq_task_events_task_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    task: Mapped[Task] = relationship(back_populates="events")
+
+
+class Patch(Base):
+    __tablename__ = "patches"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    base_sha: Mapped[str] = mapped_column(String(64))
+    diff: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(String(512))
+    body: Mapped[str] = mapped_column(Text)
+    files_changed: Mapped[int] = mapped_column(Integer, default=0)
+    complete: Mapped[bool] = mapped_column(default=True)
+    """False when the run ended early (budget, cancel): the diff is what the agent had done so far."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    task: Mapped[Task] = relationship(back_populates="patch")

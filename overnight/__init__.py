@@ -1,0 +1,1 @@
+"""Overnight: settings shared by every part, and the ``overnight`` command line."""

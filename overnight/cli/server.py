@@ -1,0 +1,168 @@
+"""Server-side commands: ``overnight up`` (API + worker on embedded defaults) and ``overnight image build``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+
+from overnight.broker import redact, resolve_broker_url
+from overnight.settings import Settings
+
+Say = Callable[[str], None]
+STOP_GRACE_SECONDS = 10
+
+
+def _settings_for_up(host: str | None, port: int | None) -> Settings:
+    overrides: dict[str, object] = {}
+    if "OVERNIGHT_ALLOW_LOCAL_REPOS" not in os.environ:
+        overrides["allow_local_repos"] = True  # embedded default: a laptop's own checkouts are fair game
+    if host:
+        overrides["api_host"] = host
+    if port:
+        overrides["api_port"] = port
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _check_sandbox(settings: Settings, say: Say) -> None:
+    import docker
+    import docker.errors
+
+    from sandbox.image import image_present
+
+    try:
+        client = docker.from_env()
+        version = client.version().get("Version", "?")
+    except docker.errors.DockerException as exc:
+        say(f"[yellow]sandbox: Docker engine not reachable ({exc}); tasks will fail until it runs[/yellow]")
+        return
+    if image_present(client, settings.sandbox_image):
+        say(f"sandbox: Docker {version}, image {settings.sandbox_image}")
+    else:
+        say(
+            f"[yellow]sandbox: Docker {version}, but image {settings.sandbox_image} is missing: "
+            "run `overnight image build`[/yellow]"
+        )
+
+
+def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) -> int:
+    from migrations.store import make_engine, migrate
+
+    settings = _settings_for_up(host, port)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database_url = settings.resolved_database_url
+    migrate(make_engine(database_url))
+    say(f"database: {redact(database_url)} (migrated)")
+    broker_url, broker_description = resolve_broker_url(settings)
+    say(broker_description)
+    _check_sandbox(settings, say)
+    say(f"model: {settings.llm_model} at {settings.llm_base_url}")
+
+    env = dict(os.environ)
+    env.update(
+        OVERNIGHT_DATA_DIR=str(settings.data_dir),
+        OVERNIGHT_DATABASE_URL=database_url,
+        OVERNIGHT_BROKER_URL=broker_url,
+        OVERNIGHT_ALLOW_LOCAL_REPOS="true" if settings.allow_local_repos else "false",
+    )
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    children = [
+        subprocess.Popen([sys.executable, "-m", "worker", str(concurrency)], env=env, start_new_session=True),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.app:create_app",
+                "--host",
+                settings.api_host,
+                "--port",
+                str(settings.api_port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            start_new_session=True,
+        ),
+    ]
+    stopping = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        if _wait_healthy(base, children):
+            say(f"API listening on {base}")
+            say(f'submit a task:  OVERNIGHT_SERVER={base} overnight submit --repo PATH_OR_URL "what to do" --wait')
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    say(f"[red]{child.args[2]} exited with code {child.returncode}; stopping[/red]")
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        _terminate(children)
+
+
+def _wait_healthy(base: str, children: list[subprocess.Popen[bytes]], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children):
+            return False
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _terminate(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for child in children:
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+
+def build_image(*, name: str | None, force: bool, say: Say) -> int:
+    import docker
+    import docker.errors
+
+    from sandbox.base import SandboxUnavailableError
+    from sandbox.image import build_base_image, image_present
+
+    image = name or Settings().sandbox_image
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        say(f"[red]Docker engine not reachable: {exc}[/red]")
+        return 3
+    if image_present(client, image) and not force:
+        say(f"image {image} is present; nothing to do")
+        return 0
+    started = time.monotonic()
+    try:
+        build_base_image(client, image, log=say)
+    except SandboxUnavailableError as exc:
+        say(f"[red]image build failed: {exc}[/red]")
+        return 1
+    say(f"built {image} in {time.monotonic() - started:.0f} s")
+    return 0

@@ -1,0 +1,108 @@
+"""The one settings class of the server side (API, worker) and the client side's two variables.
+
+Every value is read from the environment with the ``OVERNIGHT_`` prefix (or a ``.env`` file) and
+passed down explicitly; no other module reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_config_path, user_data_path
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+APP_NAME = "overnight"
+
+
+def default_data_dir() -> Path:
+    return user_data_path(APP_NAME, appauthor=False)
+
+
+def default_config_dir() -> Path:
+    return user_config_path(APP_NAME, appauthor=False)
+
+
+class Settings(BaseSettings):
+    """Server-side settings (API and worker)."""
+
+    model_config = SettingsConfigDict(env_prefix="OVERNIGHT_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Where the embedded database, the SQL broker file and task workspaces live."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL. Empty means a SQLite file ``overnight.db`` in ``data_dir``."""
+
+    broker_url: str | None = None
+    """Celery broker URL. Empty means Redis at redis://127.0.0.1:6379/0 when it answers, else a
+    SQLite-backed kombu transport beside the database (``overnight up`` decides and announces it)."""
+
+    queue: str = "overnight"
+    """Name of the Celery queue tasks are sent to and workers consume."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8177, ge=1, le=65535)
+
+    allow_local_repos: bool = False
+    """Accept local filesystem paths as repositories (on for ``overnight up``, off in production)."""
+
+    llm_base_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI-compatible base URL ending in /v1 (vLLM, Mistral's API, any compatible server)."""
+
+    llm_model: str = "mistral-medium-3.5"
+    llm_api_key: SecretStr | None = None
+    llm_reasoning_effort: Literal["high", "none"] = "high"
+    llm_temperature: float = Field(default=0.7, ge=0, le=2)
+    llm_top_p: float = Field(default=0.95, gt=0, le=1)
+    llm_max_tokens: int = Field(default=32768, gt=0)
+    llm_request_timeout: float = Field(default=600.0, gt=0)
+    """Seconds one chat-completion request may take, streaming included."""
+    llm_retries: int = Field(default=4, ge=0)
+    """Attempts after the first on 429, 5xx and connection errors, with exponential backoff."""
+
+    agent_max_steps: int = Field(default=100, gt=0)
+    """Model calls one task may make before it fails with 'step budget exhausted'."""
+    agent_tool_output_limit: int = Field(default=16_000, gt=200)
+    """Characters of one tool result kept (head and tail) before it goes back to the model."""
+
+    sandbox_image: str = "overnight-sandbox:bookworm-1"
+    sandbox_memory: str = "2g"
+    sandbox_pids: int = Field(default=512, gt=16)
+    sandbox_cpus: float = Field(default=2.0, gt=0)
+    sandbox_command_timeout: int = Field(default=300, gt=0)
+    """Default seconds one command in the sandbox may run."""
+
+    max_instruction_bytes: int = 32 * 1024
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'overnight.db'}"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.data_dir / "workspaces"
+
+    def sql_broker_url(self) -> str:
+        """The kombu SQLAlchemy transport on a SQLite file beside the database."""
+        return f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+
+
+class ClientSettings(BaseSettings):
+    """What the remote CLI needs: where the API is and who is asking."""
+
+    model_config = SettingsConfigDict(env_prefix="OVERNIGHT_", extra="ignore")
+
+    server: str = "http://127.0.0.1:8177"
+    token: SecretStr | None = None
+
+    @field_validator("server")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")

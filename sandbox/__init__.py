@@ -1,0 +1,1 @@
+"""Isolated execution of model-written commands against a task's workspace."""

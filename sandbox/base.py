@@ -1,0 +1,81 @@
+"""The sandbox interface every backend implements, and the models that cross it.
+
+As in SWE-ReX, *starting* a box (``SandboxBackend.start``) is split from *talking* to it
+(``Sandbox``); the worker and the agent depend on these two Protocols only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SandboxError(Exception):
+    """Root of every sandbox failure."""
+
+
+class SandboxUnavailableError(SandboxError, RuntimeError):
+    """The backend cannot start a sandbox (engine down, image missing)."""
+
+
+class SandboxFileError(SandboxError, OSError):
+    """A file operation inside the sandbox failed (missing file, not a directory, ...)."""
+
+
+class CommandResult(BaseModel):
+    model_config = ConfigDict(frozen=True, kw_only=True)
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    duration: float = Field(ge=0, description="Wall-clock seconds the command took.")
+
+
+class SandboxSpec(BaseModel):
+    """What one sandbox is started for."""
+
+    model_config = ConfigDict(frozen=True, kw_only=True)
+
+    task_id: str
+    workspace: Path = Field(description="Host folder mounted read-write as the sandbox's working directory.")
+    network: bool = Field(default=False, description="Give the sandbox a network (off for the agent phase).")
+
+
+class Sandbox(Protocol):
+    """A running sandbox: commands and files, always relative to its working directory."""
+
+    @property
+    def workdir(self) -> str:
+        """Absolute path of the workspace as seen inside the sandbox."""
+        ...
+
+    def run(
+        self,
+        command: str,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+    ) -> CommandResult:
+        """Run ``command`` with bash; never raises for a non-zero exit or a timeout."""
+        ...
+
+    def read_file(self, path: str) -> bytes: ...
+
+    def write_file(self, path: str, content: bytes) -> None: ...
+
+    def list_dir(self, path: str) -> list[str]: ...
+
+    def close(self) -> None:
+        """Stop and remove the sandbox; safe to call twice."""
+        ...
+
+
+class SandboxBackend(Protocol):
+    name: str
+
+    def start(self, spec: SandboxSpec) -> Sandbox: ...

@@ -1,0 +1,133 @@
+"""Fixtures: real PostgreSQL, Redis and Docker; the scripted model server is the one double."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+import redis
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from agent.scripted import ScriptedModel, ScriptedModelServer
+from migrations.store import make_engine, migrate
+from sandbox.docker import DockerBackend, DockerConfig
+from sandbox.image import image_present
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+SANDBOX_IMAGE = "overnight-sandbox:bookworm-1"
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[Engine]:
+    """A migrated schema of its own in the machine's PostgreSQL, dropped at the end of the run."""
+    schema = f"t_{secrets.token_hex(4)}"
+    admin = make_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    engine = make_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        migrate(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('db') / 'overnight.db'}")
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    return request.getfixturevalue(f"{request.param}_engine")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    """A session whose work is rolled back at the end, commits included (savepoints)."""
+    connection = engine.connect()
+    outer = connection.begin()
+    db = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    try:
+        yield db
+    finally:
+        db.close()
+        outer.rollback()
+        connection.close()
+
+
+@pytest.fixture
+def scripted_model() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer(ScriptedModel()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"these tests need a Docker engine (bash .ci/run starts one): {exc}")
+    if not image_present(client, SANDBOX_IMAGE):
+        pytest.fail(f"sandbox image {SANDBOX_IMAGE} missing: run `overnight image build`")
+    return client
+
+
+@pytest.fixture
+def docker_backend(docker_client: docker.DockerClient) -> DockerBackend:
+    return DockerBackend(DockerConfig(image=SANDBOX_IMAGE, memory="512m", pids=256, cpus=1, command_timeout=60),
+                         client=docker_client)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"these tests need Redis at {REDIS_URL}: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
+        cwd=cwd, check=True, capture_output=True, text=True,
+    ).stdout
+
+
+BUGGY_CALC = "def add(a, b):\n    return a - b\n"
+CALC_TEST = (
+    "import unittest\n\nfrom calc import add\n\n\n"
+    "class AddTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n\n"
+    "if __name__ == '__main__':\n    unittest.main()\n"
+)
+
+
+@pytest.fixture
+def buggy_repo(tmp_path: Path) -> Path:
+    """A small git repository whose one unit test fails until calc.add is fixed."""
+    repo = tmp_path / "calc-repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "calc.py").write_text(BUGGY_CALC)
+    (repo / "test_calc.py").write_text(CALC_TEST)
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "calculator with a bug")
+    return repo

@@ -1,0 +1,1 @@
+"""Runs one task: fetch the repository, start a sandbox, drive the agent, store the patch."""

@@ -1,0 +1,36 @@
+"""``python -m worker``: one Celery worker consuming the task queue, configured from OVERNIGHT_* settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from overnight.broker import resolve_broker_url
+from overnight.settings import Settings
+from worker.celery_app import create_celery, register_tasks
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    broker_url, description = resolve_broker_url(settings)
+    logging.getLogger("overnight.worker").info(description)
+    app = create_celery(broker_url, queue=settings.queue)
+    register_tasks(app)
+    concurrency = (argv or sys.argv[1:] or ["1"])[0]
+    app.worker_main(
+        [
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            f"--queues={settings.queue}",
+            f"--hostname=overnight-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

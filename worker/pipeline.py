@@ -1,0 +1,192 @@
+"""One task, start to end: prepare_workspace → start sandbox → run_agent → extract_diff → store_patch.
+
+Every way out leaves the task in a final state with a one-line reason, and the sandbox removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent.base import AgentError, Cancelled, LimitsExceeded, ModelClient, Submitted
+from agent.loop import AgentConfig, run_agent
+from agent.tools import ToolContext
+from migrations import store
+from migrations.models import TaskState
+from sandbox.base import Sandbox, SandboxBackend, SandboxError, SandboxSpec
+from worker.repo import TaskFailure, clone_repository
+
+log = logging.getLogger(__name__)
+
+# Run inside the sandbox: a repository's own git config must not be able to run code on the worker.
+DIFF_COMMAND = (
+    "git -c core.fsmonitor=false -c core.hooksPath=/dev/null add -A -- . && "
+    "git -c core.fsmonitor=false diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv {base}"
+)
+
+
+@dataclass(kw_only=True)
+class WorkerContext:
+    sessions: sessionmaker[Session]
+    backend: SandboxBackend
+    model_factory: Callable[[str], ModelClient]
+    """Builds the model client of one task (the task id becomes its cache-affinity key)."""
+    workspaces: Path
+    allow_local_repos: bool
+    agent: AgentConfig
+
+
+def run_task(task_id: str, ctx: WorkerContext) -> None:
+    """Run task ``task_id`` if it is still queued; a task in any other state is left alone (idempotent)."""
+    with ctx.sessions.begin() as session:
+        task = store.get_task(session, task_id)
+        if task is None:
+            log.warning("task %s does not exist; dropping the message", task_id)
+            return
+        if not store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.running):
+            log.info("task %s is %s, not queued; nothing to do", task_id, task.state)
+            return
+        repo, ref, instruction, max_steps = task.repo, task.ref, task.instruction, task.max_steps
+
+    workspace = ctx.workspaces / task_id
+    sandbox: Sandbox | None = None
+    base_sha: str | None = None
+    emit = _event_sink(ctx.sessions, task_id)
+    try:
+        emit("phase", {"phase": "clone", "repo": repo, "ref": ref})
+        base_sha = clone_repository(repo, ref, workspace, allow_local=ctx.allow_local_repos)
+        with ctx.sessions.begin() as session:
+            store.get_task(session, task_id).base_sha = base_sha  # type: ignore[union-attr]
+        emit("phase", {"phase": "sandbox", "base_sha": base_sha})
+        sandbox = ctx.backend.start(SandboxSpec(task_id=task_id, workspace=workspace))
+        emit("phase", {"phase": "agent"})
+        config = AgentConfig(
+            max_steps=max_steps or ctx.agent.max_steps,
+            tool_output_limit=ctx.agent.tool_output_limit,
+            command_timeout=ctx.agent.command_timeout,
+        )
+        result = run_agent(
+            instruction=instruction,
+            model=_UsageRecorder(ctx.model_factory(task_id), ctx.sessions, task_id),
+            ctx=ToolContext(
+                sandbox=sandbox, output_limit=config.tool_output_limit, command_timeout=config.command_timeout
+            ),
+            config=config,
+            on_event=emit,
+            should_stop=lambda: _cancel_requested(ctx.sessions, task_id),
+        )
+        _store_patch(ctx.sessions, task_id, sandbox, base_sha, result.submission, complete=True)
+        _finish(ctx.sessions, task_id, TaskState.succeeded)
+    except Cancelled as exc:
+        _store_partial(ctx.sessions, task_id, sandbox, base_sha, str(exc))
+        _finish(ctx.sessions, task_id, TaskState.cancelled, str(exc))
+    except LimitsExceeded as exc:
+        _store_partial(ctx.sessions, task_id, sandbox, base_sha, str(exc))
+        _finish(ctx.sessions, task_id, TaskState.failed, str(exc))
+    except (TaskFailure, AgentError) as exc:
+        _finish(ctx.sessions, task_id, TaskState.failed, str(exc))
+    except SandboxError as exc:
+        _finish(ctx.sessions, task_id, TaskState.failed, f"sandbox: {exc}")
+    except Exception as exc:
+        log.error("task %s crashed:\n%s", task_id, traceback.format_exc())
+        _finish(ctx.sessions, task_id, TaskState.failed, f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        if sandbox is not None:
+            try:
+                sandbox.close()
+            except SandboxError:
+                log.exception("could not remove the sandbox of task %s", task_id)
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def extract_diff(sandbox: Sandbox, base_sha: str) -> str:
+    """The workspace's change against ``base_sha`` as a git patch, new and binary files included."""
+    result = sandbox.run(DIFF_COMMAND.format(base=base_sha), timeout=300)
+    if result.exit_code != 0:
+        raise TaskFailure(f"could not compute the diff: {result.stderr.strip().splitlines()[-1:] or result.exit_code}")
+    return result.stdout
+
+
+def _store_patch(
+    sessions: sessionmaker[Session],
+    task_id: str,
+    sandbox: Sandbox,
+    base_sha: str,
+    submission: Submitted,
+    *,
+    complete: bool,
+) -> None:
+    diff = extract_diff(sandbox, base_sha)
+    files = sum(1 for line in diff.splitlines() if line.startswith("diff --git "))
+    body = submission.pr_body.strip() or submission.summary.strip()
+    with sessions.begin() as session:
+        store.store_patch(
+            session,
+            task_id,
+            base_sha=base_sha,
+            diff=diff,
+            title=submission.pr_title,
+            body=body,
+            files_changed=files,
+            complete=complete,
+        )
+        store.append_event(
+            session, task_id, "patch", {"files_changed": files, "bytes": len(diff), "complete": complete}
+        )
+
+
+def _store_partial(
+    sessions: sessionmaker[Session], task_id: str, sandbox: Sandbox | None, base_sha: str | None, reason: str
+) -> None:
+    """Keep what the agent did before the run was cut short, marked incomplete."""
+    if sandbox is None or base_sha is None:
+        return
+    try:
+        partial = Submitted(summary=reason, pr_title=f"Incomplete: {reason}"[:200], pr_body=reason)
+        _store_patch(sessions, task_id, sandbox, base_sha, partial, complete=False)
+    except (TaskFailure, SandboxError):
+        log.exception("could not store the partial diff of task %s", task_id)
+
+
+def _finish(sessions: sessionmaker[Session], task_id: str, state: TaskState, reason: str | None = None) -> None:
+    with sessions.begin() as session:
+        store.transition(session, task_id, from_states=[TaskState.running], to_state=state, reason=reason)
+
+
+def _cancel_requested(sessions: sessionmaker[Session], task_id: str) -> bool:
+    with sessions() as session:
+        return store.cancel_requested(session, task_id)
+
+
+def _event_sink(sessions: sessionmaker[Session], task_id: str) -> Callable[[str, dict[str, Any]], None]:
+    def emit(type_: str, data: dict[str, Any]) -> None:
+        with sessions.begin() as session:
+            store.append_event(session, task_id, type_, data)
+
+    return emit
+
+
+class _UsageRecorder:
+    """Adds each model call's token usage to the task row."""
+
+    def __init__(self, model: ModelClient, sessions: sessionmaker[Session], task_id: str) -> None:
+        self.model, self.sessions, self.task_id = model, sessions, task_id
+
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        turn = self.model.complete(messages, tools)
+        with self.sessions.begin() as session:
+            store.add_usage(
+                session,
+                self.task_id,
+                prompt=turn.usage.prompt_tokens,
+                cached=turn.usage.cached_tokens,
+                completion=turn.usage.completion_tokens,
+            )
+        return turn
