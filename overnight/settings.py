@@ -27,10 +27,13 @@ def default_config_dir() -> Path:
 class Settings(BaseSettings):
     """Server-side settings (API and worker)."""
 
-    model_config = SettingsConfigDict(env_prefix="OVERNIGHT_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="OVERNIGHT_", env_file=".env", extra="ignore", use_attribute_docstrings=True
+    )
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    """Where the embedded database, the SQL broker file and task workspaces live."""
+    """Where the embedded database, the SQL broker file and task workspaces live (default: the user's data
+    dir from platformdirs, e.g. ~/.local/share/overnight)."""
 
     database_url: str | None = None
     """SQLAlchemy URL. Empty means a SQLite file ``overnight.db`` in ``data_dir``."""
@@ -43,7 +46,9 @@ class Settings(BaseSettings):
     """Name of the Celery queue tasks are sent to and workers consume."""
 
     api_host: str = "127.0.0.1"
+    """Address the API listens on."""
     api_port: int = Field(default=8177, ge=1, le=65535)
+    """Port the API listens on."""
 
     allow_local_repos: bool = False
     """Accept local filesystem paths as repositories (on for ``overnight up``, off in production)."""
@@ -52,11 +57,17 @@ class Settings(BaseSettings):
     """OpenAI-compatible base URL ending in /v1 (vLLM, Mistral's API, any compatible server)."""
 
     llm_model: str = "mistral-medium-3.5"
+    """Model name as the endpoint serves it (vLLM's --served-model-name)."""
     llm_api_key: SecretStr | None = None
+    """Bearer key of the model endpoint (vLLM's --api-key), if it needs one."""
     llm_reasoning_effort: Literal["high", "none"] = "high"
+    """Medium 3.5 accepts only "high" and "none"."""
     llm_temperature: float = Field(default=0.7, ge=0, le=2)
+    """Sampling temperature (the model card's 0.7 for reasoning_effort="high")."""
     llm_top_p: float = Field(default=0.95, gt=0, le=1)
+    """Nucleus sampling cut-off."""
     llm_max_tokens: int = Field(default=32768, gt=0)
+    """Output budget of one model call, reasoning included (doubled once when a turn is cut off)."""
     llm_request_timeout: float = Field(default=600.0, gt=0)
     """Seconds one chat-completion request may take, streaming included."""
     llm_retries: int = Field(default=4, ge=0)
@@ -68,13 +79,15 @@ class Settings(BaseSettings):
     """Characters of one tool result kept (head and tail) before it goes back to the model."""
 
     sandbox_image: str = "overnight-sandbox:bookworm-1"
+    """Docker image sandboxes start from (`overnight image build` makes it)."""
     sandbox_memory: str = "2g"
+    """Memory limit of one sandbox; it gets no swap."""
     sandbox_pids: int = Field(default=512, gt=16)
+    """Most processes one sandbox may hold."""
     sandbox_cpus: float = Field(default=2.0, gt=0)
+    """CPUs one sandbox may use."""
     sandbox_command_timeout: int = Field(default=300, gt=0)
     """Default seconds one command in the sandbox may run."""
-
-    max_instruction_bytes: int = 32 * 1024
 
     @field_validator("llm_base_url")
     @classmethod
@@ -97,10 +110,12 @@ class Settings(BaseSettings):
 class ClientSettings(BaseSettings):
     """What the remote CLI needs: where the API is and who is asking."""
 
-    model_config = SettingsConfigDict(env_prefix="OVERNIGHT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="OVERNIGHT_", extra="ignore", use_attribute_docstrings=True)
 
     server: str = "http://127.0.0.1:8177"
+    """Base URL of the Overnight API the CLI talks to."""
     token: SecretStr | None = None
+    """Bearer token sent to the API."""
 
     @field_validator("server")
     @classmethod

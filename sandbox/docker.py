@@ -74,6 +74,7 @@ class DockerBackend:
             f"{LABEL_PREFIX}.created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         try:
+            self.client.images.get(self.config.image)  # `containers.run` would try to pull a missing image
             container = self.client.containers.run(
                 self.config.image,
                 command=["sleep", "infinity"],

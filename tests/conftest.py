@@ -89,8 +89,9 @@ def docker_client() -> docker.DockerClient:
 
 @pytest.fixture
 def docker_backend(docker_client: docker.DockerClient) -> DockerBackend:
-    return DockerBackend(DockerConfig(image=SANDBOX_IMAGE, memory="512m", pids=256, cpus=1, command_timeout=60),
-                         client=docker_client)
+    return DockerBackend(
+        DockerConfig(image=SANDBOX_IMAGE, memory="512m", pids=256, cpus=1, command_timeout=60), client=docker_client
+    )
 
 
 @pytest.fixture
@@ -108,7 +109,10 @@ def redis_url() -> str:
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
 
 

@@ -59,14 +59,15 @@ def _free_port() -> int:
 
 @pytest.fixture(params=["redis", "sql-transport"])
 def server(
-    request: pytest.FixtureRequest, tmp_path: Path, scripted_model: ScriptedModelServer, redis_url: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    redis_url: str,
     docker_client: docker.DockerClient,
 ) -> Iterator[dict[str, str]]:
     """`overnight up` in a subprocess: Redis found by default, or the SQLite-backed kombu transport."""
     port = _free_port()
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith("OVERNIGHT_")
-    } | {
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OVERNIGHT_")} | {
         "OVERNIGHT_DATA_DIR": str(tmp_path / "data"),
         "OVERNIGHT_API_PORT": str(port),
         "OVERNIGHT_QUEUE": f"test-{secrets.token_hex(4)}",
@@ -99,7 +100,10 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.Co
 
 
 def test_submit_wait_returns_a_patch_that_fixes_the_failing_test(
-    server: dict[str, str], scripted_model: ScriptedModelServer, buggy_repo: Path, tmp_path: Path,
+    server: dict[str, str],
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+    tmp_path: Path,
     docker_client: docker.DockerClient,
 ) -> None:
     scripted_model.state.extend(FIX_SCRIPT)
@@ -132,9 +136,14 @@ def test_submit_wait_returns_a_patch_that_fixes_the_failing_test(
     (tmp_path / "task.diff").write_text(diff)
     git(clone, "apply", "--index", str(tmp_path / "task.diff"))
     output = docker_client.containers.run(
-        SANDBOX_IMAGE, ["python3", "-m", "unittest", "-v", "test_calc"], working_dir="/workspace",
-        volumes={str(clone): {"bind": "/workspace", "mode": "ro"}}, network_mode="none", remove=True,
-        stderr=True, environment={"PYTHONDONTWRITEBYTECODE": "1"},
+        SANDBOX_IMAGE,
+        ["python3", "-m", "unittest", "-v", "test_calc"],
+        working_dir="/workspace",
+        volumes={str(clone): {"bind": "/workspace", "mode": "ro"}},
+        network_mode="none",
+        remove=True,
+        stderr=True,
+        environment={"PYTHONDONTWRITEBYTECODE": "1"},
     )
     assert b"OK" in output
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Prepare this host to run Overnight: the Python package, a running Docker engine and the sandbox
+# base image. Idempotent: what is already there is left alone. Debian/Ubuntu hosts; installing the
+# engine needs root. Usage: bash infra/setup-host.sh [--dev]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extra=""
+[ "${1:-}" = "--dev" ] && extra="[dev]"
+echo "== python package overnight${extra}"
+python3 -m pip install --quiet --disable-pip-version-check -e ".${extra}"
+
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "need root to install: $*" >&2
+        exit 1
+    fi
+    if [ -z "${APT_UPDATED:-}" ]; then
+        apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+echo "== docker engine"
+if ! docker info >/dev/null 2>&1; then
+    command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+    if [ "$(id -u)" = 0 ]; then
+        nohup dockerd >/var/log/overnight-dockerd.log 2>&1 &
+    else
+        echo "the Docker engine is not running; start it (sudo systemctl start docker)" >&2
+        exit 1
+    fi
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/overnight-dockerd.log" >&2; exit 1; }
+fi
+docker info --format 'engine {{.ServerVersion}}, storage {{.Driver}}, cgroup v{{.CgroupVersion}}'
+
+echo "== sandbox image"
+command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+overnight image build

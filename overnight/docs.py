@@ -1,0 +1,42 @@
+"""Reference tables generated from the code, so the README cannot drift from it (checked by a test)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings
+
+from overnight.settings import ClientSettings, Settings
+
+BEGIN = "<!-- settings-table:begin -->"
+END = "<!-- settings-table:end -->"
+
+
+def _rows(model: type[BaseSettings]) -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        default = field.get_default(call_default_factory=False)
+        shown = "(computed)" if field.default_factory is not None else ("" if default is None else f"`{default}`")
+        description = " ".join((field.description or "").split())
+        rows.append(f"| `OVERNIGHT_{name.upper()}` | {shown} | {description} |")
+    return rows
+
+
+def settings_table() -> str:
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += _rows(Settings)
+    lines += ["", "Client side (the `overnight` CLI):", "", "| variable | default | meaning |", "|---|---|---|"]
+    lines += _rows(ClientSettings)
+    return "\n".join(lines)
+
+
+def render_readme(text: str) -> str:
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{settings_table()}\n{END}{tail}"
+
+
+if __name__ == "__main__":  # python -m overnight.docs README.md
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    path.write_text(render_readme(path.read_text()))

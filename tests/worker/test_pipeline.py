@@ -1,0 +1,163 @@
+"""run_task end to end without Celery: every way a task ends leaves a final state and a readable reason."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import docker
+import pytest
+from sqlalchemy import Engine
+
+from agent.client import ChatClient, LLMConfig
+from agent.loop import AgentConfig
+from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
+from migrations import store
+from migrations.store import make_sessionmaker
+from sandbox.docker import DockerBackend
+from worker.pipeline import WorkerContext, run_task
+
+
+def _context(engine: Engine, backend: DockerBackend, base_url: str, tmp_path: Path, max_steps: int = 10):
+    return WorkerContext(
+        sessions=make_sessionmaker(engine),
+        backend=backend,
+        model_factory=lambda task_id: ChatClient(
+            LLMConfig(base_url=base_url, model="mistral-medium-3.5", retries=1, backoff_max=0.1, session_id=task_id)
+        ),
+        workspaces=tmp_path / "workspaces",
+        allow_local_repos=True,
+        agent=AgentConfig(max_steps=max_steps, command_timeout=30),
+    )
+
+
+def _submit(engine: Engine, repo: str, ref: str | None = None) -> str:
+    with make_sessionmaker(engine).begin() as session:
+        return store.create_task(session, repo=repo, ref=ref, instruction="fix the test").id
+
+
+def _task(engine: Engine, task_id: str):
+    with make_sessionmaker(engine)() as session:
+        return store.get_task(session, task_id), store.get_patch(session, task_id)
+
+
+def test_step_budget_exhausted_fails_and_keeps_the_partial_diff(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    scripted_model.state.extend(
+        [
+            ScriptedTurn(
+                tool_calls=[
+                    ScriptedCall(
+                        name="edit", arguments={"file_path": "calc.py", "old_string": "a - b", "new_string": "a + b"}
+                    )
+                ]
+            ),
+            ScriptedTurn(tool_calls=[ScriptedCall(name="bash", arguments={"command": "echo still thinking"})]),
+        ]
+    )
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    run_task(task_id, _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path, max_steps=2))
+    task, patch = _task(sqlite_engine, task_id)
+    assert task.state == "failed"
+    assert task.failure_reason == "step budget exhausted (2 steps) before the model called finish"
+    assert patch is not None and not patch.complete and "+    return a + b" in patch.diff
+    assert docker_client.containers.list(all=True, filters={"label": f"dev.overnight.task={task_id}"}) == []
+    assert not (tmp_path / "workspaces" / task_id).exists()
+
+
+def test_unreachable_model_endpoint_fails_with_that_reason(
+    sqlite_engine: Engine, docker_backend: DockerBackend, buggy_repo: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    run_task(task_id, _context(sqlite_engine, docker_backend, dead, tmp_path))
+    task, _ = _task(sqlite_engine, task_id)
+    assert task.state == "failed" and task.failure_reason.startswith(f"model endpoint unreachable at {dead}")
+    assert "Traceback" not in task.failure_reason
+
+
+@pytest.mark.parametrize(
+    ("repo", "reason"),
+    [
+        ("https://127.0.0.1:9/nothing.git", "clone failed: fatal: unable to access"),
+        ("/no/such/repository", "clone failed: /no/such/repository does not exist"),
+        ("file:///etc", "bad repository: file:// URLs are not allowed"),
+    ],
+)
+def test_clone_failures_are_readable(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    tmp_path: Path,
+    repo: str,
+    reason: str,
+    scripted_model: ScriptedModelServer,
+) -> None:
+    task_id = _submit(sqlite_engine, repo)
+    run_task(task_id, _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path))
+    task, _ = _task(sqlite_engine, task_id)
+    assert task.state == "failed" and task.failure_reason.startswith(reason), task.failure_reason
+    assert scripted_model.state.requests == []
+
+
+def test_a_task_that_is_no_longer_queued_is_left_alone(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+) -> None:
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    with make_sessionmaker(sqlite_engine).begin() as session:
+        store.request_cancel(session, task_id)
+    run_task(task_id, _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path))
+    task, _ = _task(sqlite_engine, task_id)
+    assert task.state == "cancelled" and scripted_model.state.requests == []
+
+
+def test_cancel_requested_while_running_stops_at_the_next_step(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+) -> None:
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    sessions = make_sessionmaker(sqlite_engine)
+
+    class CancelAfterFirstTurn:
+        def __init__(self) -> None:
+            self.inner = ChatClient(LLMConfig(base_url=scripted_model.base_url, model="m", retries=0))
+
+        def complete(self, messages, tools):
+            turn = self.inner.complete(messages, tools)
+            with sessions.begin() as session:
+                store.request_cancel(session, task_id)
+            return turn
+
+    scripted_model.state.extend(
+        [
+            ScriptedTurn(
+                tool_calls=[
+                    ScriptedCall(
+                        name="edit", arguments={"file_path": "calc.py", "old_string": "a - b", "new_string": "a + b"}
+                    )
+                ]
+            )
+        ]
+        * 2
+    )
+    context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+    context.model_factory = lambda _task_id: CancelAfterFirstTurn()
+    run_task(task_id, context)
+    task, patch = _task(sqlite_engine, task_id)
+    assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
+    assert len(scripted_model.state.requests) == 1
+    assert patch is not None and not patch.complete and "+    return a + b" in patch.diff
