@@ -40,7 +40,7 @@ class Cancelled(RunEnded):
 
 
 class ToolCall(BaseModel):
-    model_config = ConfigDict(frozen=True, kw_only=True)
+    model_config = ConfigDict(frozen=True)
 
     id: str
     name: str
@@ -55,7 +55,7 @@ class ToolCall(BaseModel):
 
 
 class Usage(BaseModel):
-    model_config = ConfigDict(frozen=True, kw_only=True)
+    model_config = ConfigDict(frozen=True)
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -63,7 +63,7 @@ class Usage(BaseModel):
 
 
 class AssistantTurn(BaseModel):
-    model_config = ConfigDict(frozen=True, kw_only=True)
+    model_config = ConfigDict(frozen=True)
 
     content: str | None = None
     reasoning: str | None = None

@@ -25,7 +25,7 @@ class SandboxFileError(SandboxError, OSError):
 
 
 class CommandResult(BaseModel):
-    model_config = ConfigDict(frozen=True, kw_only=True)
+    model_config = ConfigDict(frozen=True)
 
     exit_code: int
     stdout: str
@@ -37,7 +37,7 @@ class CommandResult(BaseModel):
 class SandboxSpec(BaseModel):
     """What one sandbox is started for."""
 
-    model_config = ConfigDict(frozen=True, kw_only=True)
+    model_config = ConfigDict(frozen=True)
 
     task_id: str
     workspace: Path = Field(description="Host folder mounted read-write as the sandbox's working directory.")

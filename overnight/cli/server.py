@@ -71,6 +71,7 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
         OVERNIGHT_ALLOW_LOCAL_REPOS="true" if settings.allow_local_repos else "false",
     )
     base = f"http://{settings.api_host}:{settings.api_port}"
+    names = ["worker", "api"]
     children = [
         subprocess.Popen([sys.executable, "-m", "worker", str(concurrency)], env=env, start_new_session=True),
         subprocess.Popen(
@@ -104,9 +105,9 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
             say(f"API listening on {base}")
             say(f'submit a task:  OVERNIGHT_SERVER={base} overnight submit --repo PATH_OR_URL "what to do" --wait')
         while not stopping:
-            for child in children:
+            for name, child in zip(names, children, strict=True):
                 if child.poll() is not None:
-                    say(f"[red]{child.args[2]} exited with code {child.returncode}; stopping[/red]")
+                    say(f"[red]the {name} process exited with code {child.returncode}; stopping[/red]")
                     return 1
             time.sleep(0.5)
         return 0
