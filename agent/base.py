@@ -85,3 +85,7 @@ class ModelClient(Protocol):
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> AssistantTurn:
         """One chat-completion request; raises ModelUnavailableError or ModelResponseError."""
         ...
+
+    def history_message(self, turn: AssistantTurn) -> dict[str, Any]:
+        """``turn`` as an assistant message for the next request (the provider's form of reasoning)."""
+        ...

@@ -21,6 +21,7 @@ from tenacity import (
 )
 
 from agent.base import AssistantTurn, ModelResponseError, ModelUnavailableError, ToolCall, Usage
+from agent.leaks import normalize_tool_calls, recover_leaked_tool_calls
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -33,6 +34,8 @@ class LLMConfig(BaseModel):
     base_url: str
     """OpenAI-compatible base URL, ending in /v1."""
     model: str
+    provider: Literal["vllm", "mistral"] = "vllm"
+    """vllm: reasoning goes back in the ``reasoning`` field; mistral (La Plateforme): as thinking chunks."""
     api_key: SecretStr | None = None
     reasoning_effort: Literal["high", "none"] = "high"
     temperature: float = 0.7
@@ -92,7 +95,24 @@ class ChatClient:
             body["parallel_tool_calls"] = True
         return body
 
+    def history_message(self, turn: AssistantTurn) -> dict[str, Any]:
+        """The assistant message as it goes back into the history, reasoning verbatim in the provider's form."""
+        message = turn.to_message()
+        if self.config.provider == "mistral" and turn.reasoning:
+            del message["reasoning"]
+            chunks: list[dict[str, Any]] = [
+                {"type": "thinking", "thinking": [{"type": "text", "text": turn.reasoning}]}
+            ]
+            if turn.content:
+                chunks.append({"type": "text", "text": turn.content})
+            message["content"] = chunks
+        return message
+
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> AssistantTurn:
+        turn = self._complete_once(messages, tools)
+        return normalize_tool_calls(recover_leaked_tool_calls(turn))
+
+    def _complete_once(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> AssistantTurn:
         turn = self._complete_with_retries(self.build_request(messages, tools))
         if turn.finish_reason == "length" and not turn.tool_calls:
             # Reasoning tokens count against max_tokens; give a cut-off turn one more, larger budget.
@@ -163,8 +183,7 @@ class _TurnAccumulator:
                 self.reasoning.append(delta["reasoning"])
             elif delta.get("reasoning_content"):
                 self.reasoning.append(delta["reasoning_content"])
-            if delta.get("content"):
-                self.content.append(delta["content"])
+            self._add_content(delta.get("content"))
             for fragment in delta.get("tool_calls") or []:
                 call = self.calls.setdefault(fragment.get("index", 0), {"id": None, "name": "", "arguments": ""})
                 if fragment.get("id"):
@@ -176,6 +195,21 @@ class _TurnAccumulator:
                     call["arguments"] += function["arguments"]
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+
+    def _add_content(self, content: Any) -> None:
+        """Content is a string (vLLM) or a list of text/thinking chunks (Mistral's API)."""
+        if isinstance(content, str):
+            self.content.append(content)
+            return
+        for chunk in content or []:
+            if chunk.get("type") == "text":
+                self.content.append(chunk.get("text") or "")
+            elif chunk.get("type") == "thinking":
+                thinking = chunk.get("thinking")
+                if isinstance(thinking, str):
+                    self.reasoning.append(thinking)
+                else:
+                    self.reasoning.extend(part.get("text") or "" for part in thinking or [])
 
     def turn(self) -> AssistantTurn:
         calls = []

@@ -1,18 +1,29 @@
-"""The agent loop: build request → call model → run tool calls → append messages → check budgets.
+"""The agent loop: check budgets → call model → run tool calls → append messages → repeat.
 
-History is append-only and the system prompt and tool list never change within a run, so every
-request extends the previous one and vLLM's prefix cache stays warm.
+History is append-only and the system prompt and tool list never change within a run, so every request
+extends the previous one and vLLM's prefix cache stays warm. The one exception is compaction near the
+context limit, the only place where history is rewritten (recorded as an event).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.base import AssistantTurn, Cancelled, LimitsExceeded, ModelClient, Submitted, ToolCall
-from agent.prompts import SYSTEM_PROMPT, first_user_message
+from agent.budget import Budget, Spend
+from agent.leaks import TOOL_CALLS_TOKEN
+from agent.prompts import (
+    COMPACTION_PROMPT,
+    NO_TOOL_CALL_REMINDER,
+    SYSTEM_PROMPT,
+    UNPARSED_TOOL_CALL,
+    first_user_message,
+)
 from agent.tools import Toolbox, ToolContext, ToolError
+from agent.tools.base import read_instructions
 from sandbox.base import SandboxError
 from sandbox.output import truncate_middle
 
@@ -23,16 +34,27 @@ EVENT_TEXT_LIMIT = 4_000
 
 @dataclass(kw_only=True)
 class AgentConfig:
-    max_steps: int = 100
+    budget: Budget = field(default_factory=Budget)
     tool_output_limit: int = 16_000
     command_timeout: float = 300
+    compact_threshold: int = 200_000
+    """Context tokens (prompt + completion of the last call) at which the history is compacted."""
+    max_compactions: int = 1
+
+
+@dataclass(kw_only=True)
+class Trajectory:
+    """Everything the run said and saw, in order; never rewritten (compaction is an entry in it)."""
+
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
 class AgentResult:
     submission: Submitted
     steps: int
-    messages: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_agent(
@@ -43,41 +65,94 @@ def run_agent(
     config: AgentConfig,
     on_event: EventSink,
     should_stop: Callable[[], bool] = lambda: False,
-    repo_instructions: str | None = None,
+    trajectory: Trajectory | None = None,
     toolbox: Toolbox | None = None,
 ) -> AgentResult:
     """Drive the model until it calls ``finish``; raise ``LimitsExceeded`` or ``Cancelled`` otherwise."""
     toolbox = toolbox or Toolbox()
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": first_user_message(instruction, repo_instructions)},
-    ]
-    turns_without_tools = 0
-    for step in range(1, config.max_steps + 1):
+    trajectory = trajectory if trajectory is not None else Trajectory()
+    trajectory.tools = toolbox.schemas
+    spend = Spend(budget=config.budget)
+    ctx.instructions_shown.add(".")
+    task_message = first_user_message(instruction, read_instructions(ctx, "."))
+    messages: list[dict[str, Any]] = []
+
+    def append(message: dict[str, Any]) -> None:
+        messages.append(message)
+        trajectory.messages.append(message)
+
+    append({"role": "system", "content": SYSTEM_PROMPT})
+    append({"role": "user", "content": task_message})
+    turns_without_tools = compactions = 0
+    last_context = 0
+    while True:
         if should_stop():
             raise Cancelled("cancelled by user")
+        spend.check_before_step()
+        if last_context >= config.compact_threshold:
+            if compactions >= config.max_compactions:
+                raise LimitsExceeded(
+                    f"context budget exhausted ({last_context} tokens) after {compactions} compaction(s)"
+                )
+            messages[:] = _compact(model, messages, toolbox, task_message, spend, on_event, last_context)
+            trajectory.messages.append({**messages[-1], "overnight_compaction": True})
+            compactions += 1
+        spend.steps += 1
+        step = spend.steps
+        started = time.monotonic()
         turn = model.complete(messages, toolbox.schemas)
-        messages.append(turn.to_message())
-        _record_turn(on_event, step, turn)
+        spend.add(turn.usage)
+        last_context = turn.usage.prompt_tokens + turn.usage.completion_tokens
+        append(model.history_message(turn))
+        _record_turn(on_event, trajectory, step, turn, time.monotonic() - started)
+        spend.check_after_call()
         if not turn.tool_calls:
             turns_without_tools += 1
             if turns_without_tools >= MAX_TURNS_WITHOUT_TOOLS:
-                raise LimitsExceeded(f"the model answered {turns_without_tools} times without calling a tool")
-            messages.append({"role": "user", "content": NO_TOOL_CALL_REMINDER})
+                raise LimitsExceeded(f"the model answered {turns_without_tools} times in a row without calling a tool")
+            leaked = TOOL_CALLS_TOKEN in (turn.content or "")
+            if leaked:
+                on_event("format_error", {"step": step, "content": truncate_middle(turn.content or "", 1000)})
+            append({"role": "user", "content": UNPARSED_TOOL_CALL if leaked else NO_TOOL_CALL_REMINDER})
             continue
         turns_without_tools = 0
         for call in turn.tool_calls:
+            ctx.deadline = time.monotonic() + spend.remaining_seconds()
             try:
                 output = _run_tool(toolbox, call, ctx, on_event, step)
             except Submitted as submitted:
                 on_event("finish", {"step": step, "pr_title": submitted.pr_title, "summary": submitted.summary})
-                return AgentResult(submission=submitted, steps=step, messages=messages)
-            messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": output})
-    raise LimitsExceeded(f"step budget exhausted ({config.max_steps} steps) before the model called finish")
+                return AgentResult(submission=submitted, steps=step)
+            append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": output})
+
+
+def _compact(
+    model: ModelClient,
+    messages: list[dict[str, Any]],
+    toolbox: Toolbox,
+    task_message: str,
+    spend: Spend,
+    on_event: EventSink,
+    context_tokens: int,
+) -> list[dict[str, Any]]:
+    """Ask the model for a summary of the work so far; it replaces every turn after the task."""
+    turn = model.complete([*messages, {"role": "user", "content": COMPACTION_PROMPT}], toolbox.schemas)
+    spend.add(turn.usage)
+    summary = (turn.content or turn.reasoning or "").strip() or "(the model gave no summary)"
+    on_event("compaction", {"context_tokens": context_tokens, "summary": truncate_middle(summary, EVENT_TEXT_LIMIT)})
+    return [
+        messages[0],
+        {
+            "role": "user",
+            "content": f"{task_message}\n\n<compaction_summary>\nThe conversation so far was compacted. Summary of "
+            f"your progress:\n{summary}\n</compaction_summary>\nContinue the task from here.",
+        },
+    ]
 
 
 def _run_tool(toolbox: Toolbox, call: ToolCall, ctx: ToolContext, on_event: EventSink, step: int) -> str:
     on_event("tool_call", {"step": step, "id": call.id, "name": call.name, "arguments": call.arguments})
+    started = time.monotonic()
     error = False
     try:
         output = toolbox.execute(call, ctx)
@@ -93,26 +168,24 @@ def _run_tool(toolbox: Toolbox, call: ToolCall, ctx: ToolContext, on_event: Even
             "id": call.id,
             "name": call.name,
             "error": error,
+            "duration": round(time.monotonic() - started, 4),
             "output": truncate_middle(output, EVENT_TEXT_LIMIT),
         },
     )
     return output
 
 
-def _record_turn(on_event: EventSink, step: int, turn: AssistantTurn) -> None:
+def _record_turn(on_event: EventSink, trajectory: Trajectory, step: int, turn: AssistantTurn, duration: float) -> None:
+    usage = turn.usage.model_dump()
+    trajectory.steps.append({"step": step, "usage": usage, "model_seconds": round(duration, 4)})
     data: dict[str, Any] = {
         "step": step,
         "finish_reason": turn.finish_reason,
-        "usage": turn.usage.model_dump(),
+        "usage": usage,
+        "duration": round(duration, 4),
     }
     if turn.content:
         data["content"] = truncate_middle(turn.content, EVENT_TEXT_LIMIT)
     if turn.reasoning:
         data["reasoning"] = truncate_middle(turn.reasoning, EVENT_TEXT_LIMIT)
     on_event("model_response", data)
-
-
-NO_TOOL_CALL_REMINDER = (
-    "You answered without calling a tool. Nobody is reading along: keep working with the tools, "
-    "and call `finish` when the change is made and verified."
-)

@@ -32,3 +32,21 @@ def first_user_message(instruction: str, repo_instructions: str | None = None) -
         )
     parts.append(f"<task>\n{instruction}\n</task>")
     return "\n\n".join(parts)
+
+
+NO_TOOL_CALL_REMINDER = (
+    "You answered without calling a tool. Nobody is reading along: keep working with the tools, "
+    "and call `finish` when the change is made and verified."
+)
+
+UNPARSED_TOOL_CALL = (
+    "Your last message contained a tool call as plain text ([TOOL_CALLS]...) that could not be parsed. "
+    "Call tools through the tool-calling interface, with arguments as one JSON object."
+)
+
+COMPACTION_PROMPT = (
+    "The conversation is close to the context limit and will be compacted. Write a summary that lets you "
+    "continue the task without the earlier messages: what the task is, what you found (files, functions, "
+    "causes), what you changed so far (files and edits), which commands and tests you ran with their results, "
+    "and what remains to do. Do not call a tool; answer with the summary only."
+)

@@ -17,7 +17,7 @@ import string
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +37,8 @@ class ScriptedCall(BaseModel):
 
     name: str
     arguments: dict[str, Any] | str = Field(default_factory=dict)
+    id: str | None = None
+    """Force this tool-call id (to test clients against servers whose ids break Mistral's rules)."""
 
 
 class ScriptedTurn(BaseModel):
@@ -61,9 +63,17 @@ def tool_call_id() -> str:
 class ScriptedModel:
     """The state behind the app: the turns left to play and the requests seen."""
 
-    def __init__(self, turns: list[ScriptedTurn] | None = None, *, model: str = "mistral-medium-3.5") -> None:
+    def __init__(
+        self,
+        turns: list[ScriptedTurn] | None = None,
+        *,
+        model: str = "mistral-medium-3.5",
+        dialect: Literal["vllm", "mistral"] = "vllm",
+    ) -> None:
         self.turns: list[ScriptedTurn] = list(turns or [])
         self.model = model
+        self.dialect = dialect
+        """vllm streams reasoning in ``delta.reasoning``; mistral (La Plateforme) as thinking content chunks."""
         self.requests: list[dict[str, Any]] = []
         self._previous_prompt = ""
         self._lock = threading.Lock()
@@ -107,7 +117,8 @@ def create_app(state: ScriptedModel) -> Starlette:
             return _error(turn.status, f"scripted error {turn.status}")
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_stream(turn, state.model, usage, include_usage), media_type="text/event-stream")
+            stream = _stream(turn, state.model, usage, include_usage, state.dialect)
+            return StreamingResponse(stream, media_type="text/event-stream")
         return JSONResponse(_complete(turn, state.model, usage))
 
     return Starlette(
@@ -152,7 +163,7 @@ def _complete(turn: ScriptedTurn, model: str, usage: dict[str, int]) -> dict[str
     if turn.tool_calls:
         message["tool_calls"] = [
             {
-                "id": tool_call_id(),
+                "id": c.id or tool_call_id(),
                 "type": "function",
                 "function": {"name": c.name, "arguments": _arguments_text(c)},
             }
@@ -168,7 +179,9 @@ def _complete(turn: ScriptedTurn, model: str, usage: dict[str, int]) -> dict[str
     }
 
 
-async def _stream(turn: ScriptedTurn, model: str, usage: dict[str, int], include_usage: bool) -> AsyncIterator[str]:
+async def _stream(
+    turn: ScriptedTurn, model: str, usage: dict[str, int], include_usage: bool, dialect: str
+) -> AsyncIterator[str]:
     completion_id = f"chatcmpl-{secrets.token_hex(16)}"
     created = int(time.time())
 
@@ -184,7 +197,10 @@ async def _stream(turn: ScriptedTurn, model: str, usage: dict[str, int], include
 
     yield chunk({"role": "assistant", "content": ""})
     for piece in _pieces(turn.reasoning or "", 16):
-        yield chunk({"reasoning": piece})
+        if dialect == "mistral":
+            yield chunk({"content": [{"type": "thinking", "thinking": [{"type": "text", "text": piece}]}]})
+        else:
+            yield chunk({"reasoning": piece})
     for piece in _pieces(turn.content or "", 16):
         yield chunk({"content": piece})
     for index, call in enumerate(turn.tool_calls):
@@ -195,7 +211,7 @@ async def _stream(turn: ScriptedTurn, model: str, usage: dict[str, int], include
                     {
                         "index": index,
                         "type": "function",
-                        "id": tool_call_id(),
+                        "id": call.id or tool_call_id(),
                         "function": {"name": call.name, "arguments": fragments[0]},
                     }
                 ]

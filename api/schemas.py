@@ -101,3 +101,10 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class TrajectoryPublic(BaseModel):
+    task_id: str
+    tools: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = Field(description="OpenAI-format messages; a compaction has overnight_compaction.")
+    steps: list[dict[str, Any]] = Field(description="Per model call: usage (cached tokens included) and seconds.")

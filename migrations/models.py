@@ -78,6 +78,7 @@ class Task(Base):
         back_populates="task", order_by="TaskEvent.seq", cascade="all, delete-orphan"
     )
     patch: Mapped[Patch | None] = relationship(back_populates="task", cascade="all, delete-orphan")
+    trajectory: Mapped[Trajectory | None] = relationship(cascade="all, delete-orphan")
 
 
 class TaskEvent(Base):
@@ -108,3 +109,13 @@ class Patch(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     task: Mapped[Task] = relationship(back_populates="patch")
+
+
+class Trajectory(Base):
+    """The full transcript of a task's agent run: tools, messages (compaction marked) and per-step usage."""
+
+    __tablename__ = "trajectories"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrations.models import FINAL_STATES, Patch, Task, TaskEvent, TaskState, utcnow
+from migrations.models import FINAL_STATES, Patch, Task, TaskEvent, TaskState, Trajectory, utcnow
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 
@@ -219,3 +219,21 @@ def get_patch(session: Session, task_id: str) -> Patch | None:
 
 def age(moment: datetime) -> float:
     return (utcnow() - moment).total_seconds()
+
+
+# --- trajectories ----------------------------------------------------------------------------------
+
+
+def store_trajectory(session: Session, task_id: str, data: dict[str, Any]) -> Trajectory:
+    trajectory = session.get(Trajectory, task_id)
+    if trajectory is None:
+        trajectory = Trajectory(task_id=task_id)
+        session.add(trajectory)
+    trajectory.data = data
+    trajectory.updated_at = utcnow()
+    session.flush()
+    return trajectory
+
+
+def get_trajectory(session: Session, task_id: str) -> Trajectory | None:
+    return session.get(Trajectory, task_id)

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     llm_base_url: str = "http://127.0.0.1:8000/v1"
     """OpenAI-compatible base URL ending in /v1 (vLLM, Mistral's API, any compatible server)."""
 
+    llm_provider: Literal["vllm", "mistral"] = "vllm"
+    """Wire dialect: vllm (reasoning in the `reasoning` field) or mistral (La Plateforme: thinking chunks)."""
     llm_model: str = "mistral-medium-3.5"
     """Model name as the endpoint serves it (vLLM's --served-model-name)."""
     llm_api_key: SecretStr | None = None
@@ -75,6 +77,22 @@ class Settings(BaseSettings):
 
     agent_max_steps: int = Field(default=100, gt=0)
     """Model calls one task may make before it fails with 'step budget exhausted'."""
+    agent_max_wall_seconds: float = Field(default=3600, gt=0)
+    """Wall-clock seconds the agent phase of one task may take."""
+    agent_max_total_tokens: int = Field(default=30_000_000, gt=0)
+    """Prompt plus completion tokens over all model calls of one task."""
+    agent_max_cost: float | None = Field(default=None, gt=0)
+    """Estimated cost cap per task (from the prices below); empty for none."""
+    price_input_per_mtok: float = Field(default=0.0, ge=0)
+    """Price per million uncached prompt tokens (Mistral's API: 1.50 USD for Medium 3.5)."""
+    price_cached_input_per_mtok: float = Field(default=0.0, ge=0)
+    """Price per million cached prompt tokens (Mistral's API: 0.15)."""
+    price_output_per_mtok: float = Field(default=0.0, ge=0)
+    """Price per million completion tokens (Mistral's API: 7.50)."""
+    agent_compact_threshold: int = Field(default=200_000, gt=1000)
+    """Context tokens at which the history is compacted into a summary (of a 256k window)."""
+    agent_max_compactions: int = Field(default=1, ge=0)
+    """Compactions one task may do; reaching the threshold again after them ends the task."""
     agent_tool_output_limit: int = Field(default=16_000, gt=200)
     """Characters of one tool result kept (head and tail) before it goes back to the model."""
 

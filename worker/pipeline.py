@@ -9,14 +9,14 @@ import logging
 import shutil
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.base import AgentError, Cancelled, LimitsExceeded, ModelClient, Submitted
-from agent.loop import AgentConfig, run_agent
+from agent.base import AgentError, AssistantTurn, Cancelled, LimitsExceeded, ModelClient, Submitted
+from agent.loop import AgentConfig, Trajectory, run_agent
 from agent.tools import ToolContext
 from migrations import store
 from migrations.models import TaskState
@@ -59,6 +59,7 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
     sandbox: Sandbox | None = None
     base_sha: str | None = None
     emit = _event_sink(ctx.sessions, task_id)
+    trajectory = Trajectory()
     try:
         emit("phase", {"phase": "clone", "repo": repo, "ref": ref})
         base_sha = clone_repository(repo, ref, workspace, allow_local=ctx.allow_local_repos)
@@ -67,11 +68,9 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
         emit("phase", {"phase": "sandbox", "base_sha": base_sha})
         sandbox = ctx.backend.start(SandboxSpec(task_id=task_id, workspace=workspace))
         emit("phase", {"phase": "agent"})
-        config = AgentConfig(
-            max_steps=max_steps or ctx.agent.max_steps,
-            tool_output_limit=ctx.agent.tool_output_limit,
-            command_timeout=ctx.agent.command_timeout,
-        )
+        config = ctx.agent
+        if max_steps:
+            config = replace(config, budget=replace(config.budget, max_steps=max_steps))
         result = run_agent(
             instruction=instruction,
             model=_UsageRecorder(ctx.model_factory(task_id), ctx.sessions, task_id),
@@ -81,6 +80,7 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
             config=config,
             on_event=emit,
             should_stop=lambda: _cancel_requested(ctx.sessions, task_id),
+            trajectory=trajectory,
         )
         _store_patch(ctx.sessions, task_id, sandbox, base_sha, result.submission, complete=True)
         _finish(ctx.sessions, task_id, TaskState.succeeded)
@@ -98,6 +98,8 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
         log.error("task %s crashed:\n%s", task_id, traceback.format_exc())
         _finish(ctx.sessions, task_id, TaskState.failed, f"internal error: {type(exc).__name__}: {exc}")
     finally:
+        if trajectory.messages:
+            _store_trajectory(ctx.sessions, task_id, trajectory)
         if sandbox is not None:
             try:
                 sandbox.close()
@@ -155,6 +157,18 @@ def _store_partial(
         log.exception("could not store the partial diff of task %s", task_id)
 
 
+def _store_trajectory(sessions: sessionmaker[Session], task_id: str, trajectory: Trajectory) -> None:
+    try:
+        with sessions.begin() as session:
+            store.store_trajectory(
+                session,
+                task_id,
+                {"tools": trajectory.tools, "messages": trajectory.messages, "steps": trajectory.steps},
+            )
+    except Exception:  # the task's outcome matters more than its transcript
+        log.exception("could not store the trajectory of task %s", task_id)
+
+
 def _finish(sessions: sessionmaker[Session], task_id: str, state: TaskState, reason: str | None = None) -> None:
     with sessions.begin() as session:
         store.transition(session, task_id, from_states=[TaskState.running], to_state=state, reason=reason)
@@ -179,7 +193,10 @@ class _UsageRecorder:
     def __init__(self, model: ModelClient, sessions: sessionmaker[Session], task_id: str) -> None:
         self.model, self.sessions, self.task_id = model, sessions, task_id
 
-    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+    def history_message(self, turn: AssistantTurn) -> dict[str, Any]:
+        return self.model.history_message(turn)
+
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> AssistantTurn:
         turn = self.model.complete(messages, tools)
         with self.sessions.begin() as session:
             store.add_usage(

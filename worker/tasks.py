@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from agent.budget import Budget
 from agent.client import ChatClient, LLMConfig
 from agent.loop import AgentConfig
 from migrations.store import make_engine, make_sessionmaker
@@ -23,6 +24,7 @@ def build_context(settings: Settings) -> WorkerContext:
             LLMConfig(
                 base_url=settings.llm_base_url,
                 model=settings.llm_model,
+                provider=settings.llm_provider,
                 api_key=settings.llm_api_key,
                 reasoning_effort=settings.llm_reasoning_effort,
                 temperature=settings.llm_temperature,
@@ -47,9 +49,19 @@ def build_context(settings: Settings) -> WorkerContext:
         workspaces=settings.workspaces_dir,
         allow_local_repos=settings.allow_local_repos,
         agent=AgentConfig(
-            max_steps=settings.agent_max_steps,
+            budget=Budget(
+                max_steps=settings.agent_max_steps,
+                max_wall_seconds=settings.agent_max_wall_seconds,
+                max_total_tokens=settings.agent_max_total_tokens,
+                max_cost=settings.agent_max_cost,
+                price_input=settings.price_input_per_mtok,
+                price_cached_input=settings.price_cached_input_per_mtok,
+                price_output=settings.price_output_per_mtok,
+            ),
             tool_output_limit=settings.agent_tool_output_limit,
             command_timeout=settings.sandbox_command_timeout,
+            compact_threshold=settings.agent_compact_threshold,
+            max_compactions=settings.agent_max_compactions,
         ),
     )
 

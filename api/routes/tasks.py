@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import APIError
-from api.schemas import ErrorResponse, EventList, EventPublic, TaskCreate, TaskList, TaskPublic
+from api.schemas import ErrorResponse, EventList, EventPublic, TaskCreate, TaskList, TaskPublic, TrajectoryPublic
 from migrations import store
 from migrations.models import Task, TaskState
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
@@ -117,3 +117,13 @@ def task_patch(task_id: str, session: SessionDep) -> Response:
             "Content-Disposition": f'inline; filename="overnight-{task_id}.diff"',
         },
     )
+
+
+@router.get("/{task_id}/trajectory", response_model=TrajectoryPublic, responses=ERRORS)
+def task_trajectory(task_id: str, session: SessionDep) -> TrajectoryPublic:
+    """The full agent transcript: tools, messages as sent to the model (compaction marked), per-step usage."""
+    _task_or_404(session, task_id)
+    trajectory = store.get_trajectory(session, task_id)
+    if trajectory is None:
+        raise APIError(404, "trajectory_not_found", f"task {task_id} has no trajectory yet")
+    return TrajectoryPublic(task_id=task_id, **trajectory.data)

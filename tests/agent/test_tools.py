@@ -33,16 +33,32 @@ def call(ctx: ToolContext, name: str, **arguments: object) -> str:
     return Toolbox().execute(ToolCall(id="abcDEF123", name=name, arguments=json.dumps(arguments)), ctx)
 
 
-def test_schemas_round_trip_through_the_argument_models() -> None:
+SAMPLE_ARGUMENTS = {
+    "bash": {"command": "ls", "timeout": 5},
+    "read_file": {"file_path": "a.py", "offset": 2, "limit": 10},
+    "write_file": {"file_path": "new.py", "content": "x = 1\n"},
+    "edit": {"file_path": "a.py", "old_string": "a", "new_string": "b", "replace_all": True},
+    "grep": {"pattern": "def ", "path": "src", "max_matches": 5, "use_default_ignore": False},
+    "todo": {"action": "write", "todos": [{"id": "1", "content": "fix", "status": "pending", "priority": "high"}]},
+    "finish": {"summary": "s", "pr_title": "t", "pr_body": "b"},
+}
+
+
+def test_tool_names_and_schemas_are_vibes_and_round_trip() -> None:
     toolbox = Toolbox()
-    assert [s["function"]["name"] for s in toolbox.schemas] == ["bash", "read_file", "edit", "finish"]
+    names = [s["function"]["name"] for s in toolbox.schemas]
+    assert names == ["bash", "read_file", "write_file", "edit", "grep", "todo", "finish"]
     read = toolbox.schemas[1]["function"]["parameters"]
     assert read["required"] == ["file_path"] and read["properties"]["limit"]["default"] == 2000
+    assert read["properties"]["offset"]["anyOf"][0] == {"minimum": 1, "type": "integer"}
+    assert toolbox.schemas[4]["function"]["parameters"]["properties"]["path"]["default"] == "."
     assert '"title":' not in json.dumps(toolbox.schemas)
-    for tool in toolbox.tools.values():
-        required = tool.schema()["function"]["parameters"].get("required", [])
-        sample = {name: ("x" if name != "timeout" else 1) for name in required}
-        assert tool.args.model_validate(sample).model_dump(include=set(required)) == sample
+    for schema in toolbox.schemas:
+        name = schema["function"]["name"]
+        sample = SAMPLE_ARGUMENTS[name]
+        assert set(schema["function"]["parameters"].get("required", [])) <= set(sample)
+        parsed = toolbox.tools[name].args.model_validate(json.loads(json.dumps(sample)))
+        assert parsed.model_dump(mode="json") == sample
 
 
 def test_read_file_numbers_lines_and_pages(ctx: ToolContext) -> None:
@@ -78,7 +94,7 @@ def test_edit_without_match_shows_the_nearest_lines(ctx: ToolContext) -> None:
 
 
 def test_edit_that_breaks_python_is_refused_and_the_file_kept(ctx: ToolContext, tmp_path: Path) -> None:
-    with pytest.raises(ToolError, match=r"edit NOT applied: calc.py would no longer compile"):
+    with pytest.raises(ToolError, match=r"NOT applied: calc.py would not compile"):
         call(ctx, "edit", file_path="calc.py", old_string="def add(a, b):", new_string="def add(a, b:")
     assert (tmp_path / "ws" / "calc.py").read_text() == SOURCE
 
@@ -108,7 +124,9 @@ def test_bash_reports_exit_code_streams_and_timeouts(ctx: ToolContext) -> None:
 
 
 def test_bad_calls_become_tool_errors(ctx: ToolContext) -> None:
-    with pytest.raises(ToolError, match="unknown tool 'vim'; available tools: bash, read_file, edit, finish"):
+    with pytest.raises(
+        ToolError, match=r"unknown tool .vim.; available tools: bash, read_file, write_file, edit, grep, todo, finish"
+    ):
         call(ctx, "vim")
     with pytest.raises(ToolError, match=r"invalid arguments for read_file: file_path: Field required"):
         call(ctx, "read_file")
@@ -124,3 +142,69 @@ def test_finish_submits(ctx: ToolContext) -> None:
     with pytest.raises(Submitted) as info:
         call(ctx, "finish", summary="s", pr_title="  Fix add  ", pr_body="b")
     assert info.value.pr_title == "Fix add"
+
+
+def test_write_file_creates_only_new_files(ctx: ToolContext, tmp_path: Path) -> None:
+    assert (
+        call(ctx, "write_file", file_path="pkg/new.py", content="X = 1\n") == "Created pkg/new.py (1 lines, 6 bytes)."
+    )
+    assert (tmp_path / "ws" / "pkg" / "new.py").read_text() == "X = 1\n"
+    with pytest.raises(ToolError, match=r"calc\.py already exists; use edit"):
+        call(ctx, "write_file", file_path="calc.py", content="")
+    with pytest.raises(ToolError, match=r"NOT applied: bad\.py would not compile: '\(' was never closed"):
+        call(ctx, "write_file", file_path="bad.py", content="print(\n")
+    assert not (tmp_path / "ws" / "bad.py").exists()
+    with pytest.raises(ToolError, match="outside the workspace"):
+        call(ctx, "write_file", file_path="../escape.txt", content="x")
+    with pytest.raises(ToolError, match="at most 64000"):
+        call(ctx, "write_file", file_path="big.txt", content="x" * 64_001)
+
+
+def test_grep_finds_matches_with_line_numbers_and_caps_them(ctx: ToolContext) -> None:
+    assert call(ctx, "grep", pattern="return a - b", path="calc.py").splitlines() == [
+        "2:    return a - b",
+        "6:    return a - b",
+    ]
+    found = call(ctx, "grep", pattern="^def ")
+    assert "calc.py:1:def add(a, b):" in found and "calc.py:5:def sub(a, b):" in found
+    capped = call(ctx, "grep", pattern="line", path="notes.txt", max_matches=10)
+    assert len(capped.splitlines()) == 11 and "3000 matches; showing the first 10" in capped
+    assert call(ctx, "grep", pattern="nothing-like-this") == "No matches for 'nothing-like-this' in .."
+    with pytest.raises(ToolError, match=r"grep failed: regex parse error:(.|\n)*unclosed group"):
+        call(ctx, "grep", pattern="(unclosed")
+    with pytest.raises(ToolError, match="outside the workspace"):
+        call(ctx, "grep", pattern="root", path="/etc")
+
+
+def test_grep_respects_gitignore_unless_told_not_to(ctx: ToolContext) -> None:
+    ctx.sandbox.run("git init -q . && echo 'build/' > .gitignore && mkdir build && echo needle > build/out.txt")
+    assert call(ctx, "grep", pattern="needle").startswith("No matches")
+    assert "build/out.txt:1:needle" in call(ctx, "grep", pattern="needle", use_default_ignore=False)
+
+
+def test_todo_writes_and_reads_the_list(ctx: ToolContext) -> None:
+    assert call(ctx, "todo", action="read") == "The todo list is empty."
+    todos = [
+        {"id": "1", "content": "reproduce", "status": "completed"},
+        {"id": "2", "content": "fix", "priority": "high"},
+    ]
+    expected = "[x] 1: reproduce (medium)\n[ ] 2: fix (high)"
+    assert call(ctx, "todo", action="write", todos=todos) == expected
+    assert call(ctx, "todo", action="read") == expected
+    with pytest.raises(ToolError, match="todos is required"):
+        call(ctx, "todo", action="write")
+    with pytest.raises(ToolError, match="action: Input should be 'read' or 'write'"):
+        call(ctx, "todo", action="delete")
+    with pytest.raises(ToolError, match="unique"):
+        call(ctx, "todo", action="write", todos=[{"id": "1", "content": "a"}, {"id": "1", "content": "b"}])
+
+
+def test_agents_md_of_a_subfolder_arrives_with_the_first_tool_result_there(ctx: ToolContext) -> None:
+    ctx.sandbox.write_file("AGENTS.md", b"root rules")
+    ctx.sandbox.write_file("pkg/AGENTS.md", b"Run tests with: python3 -m unittest")
+    ctx.sandbox.write_file("pkg/mod.py", b"x = 1\n")
+    ctx.instructions_shown.add(".")  # the loop puts the root file in the first user message
+    first = call(ctx, "read_file", file_path="pkg/mod.py")
+    assert "<instructions from pkg/AGENTS.md>\nRun tests with: python3 -m unittest\n</instructions>" in first
+    assert "root rules" not in first
+    assert "instructions" not in call(ctx, "read_file", file_path="pkg/mod.py")

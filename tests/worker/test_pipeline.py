@@ -9,6 +9,7 @@ import docker
 import pytest
 from sqlalchemy import Engine
 
+from agent.budget import Budget
 from agent.client import ChatClient, LLMConfig
 from agent.loop import AgentConfig
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
@@ -27,7 +28,7 @@ def _context(engine: Engine, backend: DockerBackend, base_url: str, tmp_path: Pa
         ),
         workspaces=tmp_path / "workspaces",
         allow_local_repos=True,
-        agent=AgentConfig(max_steps=max_steps, command_timeout=30),
+        agent=AgentConfig(budget=Budget(max_steps=max_steps), command_timeout=30),
     )
 
 
