@@ -30,6 +30,7 @@ from sandbox.output import truncate_middle
 EventSink = Callable[[str, dict[str, Any]], None]
 MAX_TURNS_WITHOUT_TOOLS = 3
 EVENT_TEXT_LIMIT = 4_000
+CHARS_PER_TOKEN = 4
 
 
 @dataclass(kw_only=True)
@@ -77,9 +78,13 @@ def run_agent(
     task_message = first_user_message(instruction, read_instructions(ctx, "."))
     messages: list[dict[str, Any]] = []
 
+    pending_chars = 0
+
     def append(message: dict[str, Any]) -> None:
+        nonlocal pending_chars
         messages.append(message)
         trajectory.messages.append(message)
+        pending_chars += len(str(message.get("content") or ""))
 
     append({"role": "system", "content": SYSTEM_PROMPT})
     append({"role": "user", "content": task_message})
@@ -89,21 +94,23 @@ def run_agent(
         if should_stop():
             raise Cancelled("cancelled by user")
         spend.check_before_step()
-        if last_context >= config.compact_threshold:
+        # The next prompt: the last call's context plus what was appended since (estimated from its length).
+        context = last_context + pending_chars // CHARS_PER_TOKEN
+        if context >= config.compact_threshold:
             if compactions >= config.max_compactions:
-                raise LimitsExceeded(
-                    f"context budget exhausted ({last_context} tokens) after {compactions} compaction(s)"
-                )
-            messages[:] = _compact(model, messages, toolbox, task_message, spend, on_event, last_context)
+                raise LimitsExceeded(f"context budget exhausted ({context} tokens) after {compactions} compaction(s)")
+            messages[:] = _compact(model, messages, toolbox, task_message, spend, on_event, context)
             trajectory.messages.append({**messages[-1], "overnight_compaction": True})
             compactions += 1
+            last_context, pending_chars = 0, sum(len(str(m["content"])) for m in messages)
         spend.steps += 1
         step = spend.steps
         started = time.monotonic()
         turn = model.complete(messages, toolbox.schemas)
         spend.add(turn.usage)
-        last_context = turn.usage.prompt_tokens + turn.usage.completion_tokens
-        append(model.history_message(turn))
+        last_context, pending_chars = turn.usage.prompt_tokens + turn.usage.completion_tokens, 0
+        messages.append(model.history_message(turn))
+        trajectory.messages.append(messages[-1])
         _record_turn(on_event, trajectory, step, turn, time.monotonic() - started)
         spend.check_after_call()
         if not turn.tool_calls:

@@ -92,7 +92,9 @@ def test_bad_ref_is_422(client: TestClient) -> None:
     assert response.status_code == 422 and response.json()["error"]["details"][0]["field"] == "ref"
 
 
-@pytest.mark.parametrize("path", ["/v1/tasks/nope", "/v1/tasks/nope/events", "/v1/tasks/nope/patch"])
+@pytest.mark.parametrize(
+    "path", ["/v1/tasks/nope", "/v1/tasks/nope/events", "/v1/tasks/nope/patch", "/v1/tasks/nope/trajectory"]
+)
 def test_unknown_task_is_404(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 404
@@ -103,6 +105,7 @@ def test_unknown_task_is_404(client: TestClient, path: str) -> None:
 def test_patch_of_unfinished_task_is_409_and_cancel_of_queued_task_ends_it(client: TestClient) -> None:
     task = client.post("/v1/tasks", json={"repo": "https://github.com/a/b", "instruction": "x"}).json()
     assert client.get(f"/v1/tasks/{task['id']}/patch").json()["error"]["code"] == "task_not_finished"
+    assert client.get(f"/v1/tasks/{task['id']}/trajectory").json()["error"]["code"] == "trajectory_not_found"
     cancelled = client.post(f"/v1/tasks/{task['id']}/cancel").json()
     assert cancelled["state"] == "cancelled" and cancelled["finished_at"]
     assert client.get(f"/v1/tasks/{task['id']}/patch").json()["error"]["code"] == "patch_not_found"

@@ -130,6 +130,12 @@ def test_submit_wait_returns_a_patch_that_fixes_the_failing_test(
     assert task["state"] == "succeeded" and task["patch"]["title"] == "Fix add() to add instead of subtract"
     assert task["started_at"] and task["finished_at"] and task["steps"] == 4
 
+    # The full trajectory is downloadable: the messages the model saw, with the tools and per-step usage.
+    trajectory = httpx.get(f"{server['OVERNIGHT_SERVER']}/v1/tasks/{task_id}/trajectory").json()
+    assert [m["role"] for m in trajectory["messages"]][:3] == ["system", "user", "assistant"]
+    assert trajectory["messages"][:-1] == requests[3]["messages"] and len(trajectory["steps"]) == 4
+    assert [t["function"]["name"] for t in trajectory["tools"]][-1] == "finish"
+
     # The patch applies to a fresh clone of the base ref, and the test then passes in a fresh container.
     clone = tmp_path / "fresh"
     git(tmp_path, "clone", "-q", str(buggy_repo), str(clone))

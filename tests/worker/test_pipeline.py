@@ -70,6 +70,10 @@ def test_step_budget_exhausted_fails_and_keeps_the_partial_diff(
     assert patch is not None and not patch.complete and "+    return a + b" in patch.diff
     assert docker_client.containers.list(all=True, filters={"label": f"dev.overnight.task={task_id}"}) == []
     assert not (tmp_path / "workspaces" / task_id).exists()
+    with make_sessionmaker(sqlite_engine)() as session:
+        trajectory = store.get_trajectory(session, task_id)
+    assert trajectory is not None and len(trajectory.data["steps"]) == 2
+    assert trajectory.data["messages"][-1]["role"] == "tool"
 
 
 def test_unreachable_model_endpoint_fails_with_that_reason(
@@ -136,6 +140,9 @@ def test_cancel_requested_while_running_stops_at_the_next_step(
     class CancelAfterFirstTurn:
         def __init__(self) -> None:
             self.inner = ChatClient(LLMConfig(base_url=scripted_model.base_url, model="m", retries=0))
+
+        def history_message(self, turn):
+            return self.inner.history_message(turn)
 
         def complete(self, messages, tools):
             turn = self.inner.complete(messages, tools)
