@@ -30,6 +30,22 @@ class TaskCreate(BaseModel):
     ref: str | None = Field(default=None, max_length=255, description="Branch, tag or commit; default branch if empty.")
     instruction: str = Field(description=f"What to do, in plain language (at most {MAX_INSTRUCTION_BYTES} bytes).")
     max_steps: int | None = Field(default=None, ge=1, le=1000, description="Model calls this task may make.")
+    setup: str | None = Field(
+        default=None,
+        max_length=255,
+        description="A set-up script of the repository (relative path) to run instead of .overnight/setup.sh.",
+    )
+
+    @field_validator("setup")
+    @classmethod
+    def _setup_path(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        parts = value.split("/")
+        if value.startswith(("/", "-")) or ".." in parts or "" in parts or "\\" in value or "\x00" in value:
+            raise ValueError("setup must be a relative path inside the repository (no '..', no leading '/' or '-')")
+        return value
 
     @field_validator("instruction")
     @classmethod
@@ -66,6 +82,7 @@ class TaskPublic(BaseModel):
     failure_reason: str | None
     base_sha: str | None
     max_steps: int | None
+    setup: str | None
     steps: int
     prompt_tokens: int
     cached_tokens: int

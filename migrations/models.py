@@ -61,6 +61,8 @@ class Task(Base):
     ref: Mapped[str | None] = mapped_column(String(255))
     instruction: Mapped[str] = mapped_column(Text)
     max_steps: Mapped[int | None] = mapped_column(Integer)
+    setup: Mapped[str | None] = mapped_column(String(255))
+    """A set-up script of the repository to run instead of .overnight/setup.sh."""
     state: Mapped[str] = mapped_column(String(16), index=True, default=TaskState.queued.value)
     failure_reason: Mapped[str | None] = mapped_column(Text)
     base_sha: Mapped[str | None] = mapped_column(String(64))

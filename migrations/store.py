@@ -63,7 +63,13 @@ def new_task_id() -> str:
 
 
 def create_task(
-    session: Session, *, repo: str, ref: str | None, instruction: str, max_steps: int | None = None
+    session: Session,
+    *,
+    repo: str,
+    ref: str | None,
+    instruction: str,
+    max_steps: int | None = None,
+    setup: str | None = None,
 ) -> Task:
     task = Task(
         id=new_task_id(),
@@ -71,6 +77,7 @@ def create_task(
         ref=ref,
         instruction=instruction,
         max_steps=max_steps,
+        setup=setup,
         state=TaskState.queued.value,
     )
     session.add(task)

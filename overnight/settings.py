@@ -96,8 +96,12 @@ class Settings(BaseSettings):
     agent_tool_output_limit: int = Field(default=16_000, gt=200)
     """Characters of one tool result kept (head and tail) before it goes back to the model."""
 
-    sandbox_image: str = "overnight-sandbox:bookworm-1"
-    """Docker image sandboxes start from (`overnight image build` makes it)."""
+    sandbox_backend: Literal["auto", "docker", "bwrap"] = "auto"
+    """auto: Docker when an engine answers, else bubblewrap."""
+    sandbox_image: str = "overnight-sandbox:bookworm-2"
+    """Image sandboxes start from (`overnight image build` makes it, and its root filesystem for bubblewrap)."""
+    sandbox_rootfs: Path | None = None
+    """Root filesystem the bubblewrap backend runs on; empty means data_dir/rootfs/<image>."""
     sandbox_memory: str = "2g"
     """Memory limit of one sandbox; it gets no swap."""
     sandbox_pids: int = Field(default=512, gt=16)
@@ -106,6 +110,24 @@ class Settings(BaseSettings):
     """CPUs one sandbox may use."""
     sandbox_command_timeout: int = Field(default=300, gt=0)
     """Default seconds one command in the sandbox may run."""
+    sandbox_disk_limit: int = Field(default=10 * 2**30, ge=0)
+    """Bytes a task's workspace may grow to; a command that passes it is killed and the task fails."""
+    sandbox_tmp_size: str = "1g"
+    """Size of the sandbox's /tmp (tmpfs)."""
+    sandbox_home_size: str = "1g"
+    """Size of the sandbox's home directory (tmpfs)."""
+    sandbox_setup_network: bool = True
+    """Give the set-up phase (.overnight/setup.sh) a network."""
+    sandbox_agent_network: bool = False
+    """Give the agent phase a network (off: commands the model writes reach nothing)."""
+    sandbox_setup_timeout: int = Field(default=900, gt=0)
+    """Seconds the set-up phase may take."""
+    sandbox_env_max_age_hours: float = Field(default=72, gt=0)
+    """Cached environments (set-up snapshots) older than this are rebuilt."""
+    sandbox_env_max_bytes: int = Field(default=20 * 2**30, gt=0)
+    """Total size of cached environments; the least recently used go first."""
+    task_time_limit: int = Field(default=7200, gt=0)
+    """Wall-clock seconds one task's sandbox may live (set-up and agent together)."""
 
     @field_validator("llm_base_url")
     @classmethod
@@ -115,6 +137,16 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'overnight.db'}"
+
+    def sandbox_rootfs_for(self, image: str) -> Path:
+        if self.sandbox_rootfs is not None:
+            return self.sandbox_rootfs
+        safe = image.replace("/", "_").replace(":", "_")
+        return self.data_dir / "rootfs" / safe
+
+    @property
+    def environments_dir(self) -> Path:
+        return self.data_dir / "environments"
 
     @property
     def workspaces_dir(self) -> Path:

@@ -7,7 +7,7 @@ As in SWE-ReX, *starting* a box (``SandboxBackend.start``) is split from *talkin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,14 @@ class SandboxUnavailableError(SandboxError, RuntimeError):
 
 class SandboxFileError(SandboxError, OSError):
     """A file operation inside the sandbox failed (missing file, not a directory, ...)."""
+
+
+class SandboxDiskFullError(SandboxError, OSError):
+    """The workspace grew past its disk limit; the sandbox refuses further commands."""
+
+
+class SandboxExpiredError(SandboxError, TimeoutError):
+    """The sandbox outlived its lifetime (the task's wall-clock limit)."""
 
 
 class CommandResult(BaseModel):
@@ -42,6 +50,12 @@ class SandboxSpec(BaseModel):
     task_id: str
     workspace: Path = Field(description="Host folder mounted read-write as the sandbox's working directory.")
     network: bool = Field(default=False, description="Give the sandbox a network (off for the agent phase).")
+    image: str | None = Field(default=None, description="Image (or environment snapshot) to start from.")
+    lifetime: float | None = Field(default=None, gt=0, description="Seconds after which the sandbox refuses work.")
+    purpose: Literal["agent", "setup"] = Field(
+        default="agent",
+        description="agent: read-only root, tmpfs home. setup: writable root so the result can be snapshotted.",
+    )
 
 
 class Sandbox(Protocol):
@@ -60,8 +74,15 @@ class Sandbox(Protocol):
         env: dict[str, str] | None = None,
         timeout: float | None = None,
         stdin: bytes | None = None,
+        session: bool = False,
+        output_limit: int | None = None,
     ) -> CommandResult:
-        """Run ``command`` with bash; never raises for a non-zero exit or a timeout."""
+        """Run ``command`` with bash; never raises for a non-zero exit or a timeout.
+
+        ``session``: start in the working directory and with the exported variables the previous session
+        call ended with, as an interactive shell would. Output beyond ``output_limit`` characters per stream
+        is cut from the middle, with a "[... N lines / M bytes omitted ...]" marker.
+        """
         ...
 
     def read_file(self, path: str) -> bytes: ...
@@ -76,6 +97,14 @@ class Sandbox(Protocol):
 
 
 class SandboxBackend(Protocol):
+    """Starts sandboxes, and keeps set-up environments (see ``sandbox.environments``)."""
+
     name: str
 
     def start(self, spec: SandboxSpec) -> Sandbox: ...
+
+    def snapshot(self, sandbox: Sandbox, key: str) -> tuple[str, int]:
+        """Freeze a set-up sandbox as environment ``key``: its reference for ``SandboxSpec.image``, its size."""
+        ...
+
+    def remove_environment(self, ref: str) -> None: ...

@@ -1,13 +1,18 @@
-"""The Docker backend: starts and stops containers (``DockerBackend``) and talks to one (``DockerSandbox``)."""
+"""The Docker backend: starts and stops containers; the exec server inside answers for them.
+
+Agent-phase containers: unprivileged user, read-only root filesystem, size-limited tmpfs for /tmp and the
+home directory, all capabilities dropped, ``no-new-privileges``, the default seccomp profile, memory
+without swap, pids and CPU limits, no network, and no host mount but the workspace and the exec server's
+control folder. Set-up containers differ only where set-up needs it: a writable root filesystem (so that
+the result can be snapshotted) and, when asked, a network.
+"""
 
 from __future__ import annotations
 
-import io
 import os
-import posixpath
-import secrets
+import shutil
 import socket
-import tarfile
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,13 +23,12 @@ import docker.errors
 from docker.models.containers import Container
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.base import CommandResult, SandboxError, SandboxFileError, SandboxSpec, SandboxUnavailableError
-from sandbox.image import SANDBOX_UID
+from sandbox.base import Sandbox, SandboxError, SandboxSpec, SandboxUnavailableError
+from sandbox.image import SANDBOX_HOME
+from sandbox.reaper import process_identity
+from sandbox.runtime import CONTROL_DIR, EXECSERVER, HOME_SEED, WORKDIR, SocketRuntime, sandbox_ids
 
-WORKDIR = "/workspace"
-LABEL_PREFIX = "dev.overnight"
-# `timeout` exits 124 when it stopped the command, 137 when it had to SIGKILL it.
-TIMEOUT_EXIT_CODES = (124, 137)
+LABEL = "dev.overnight"
 
 
 class DockerConfig(BaseModel):
@@ -32,8 +36,8 @@ class DockerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image: str = "overnight-sandbox:bookworm-1"
-    """Image every sandbox starts from."""
+    image: str = "overnight-sandbox:bookworm-2"
+    """Image every sandbox starts from, unless the task or an environment snapshot names another."""
     memory: str = "2g"
     """Memory limit (swap included: the sandbox gets no swap)."""
     pids: int = Field(default=512, gt=16)
@@ -41,14 +45,25 @@ class DockerConfig(BaseModel):
     cpus: float = Field(default=2.0, gt=0)
     command_timeout: float = Field(default=300, gt=0)
     """Seconds a command may run when the caller names no timeout."""
+    disk_limit: int = Field(default=10 * 2**30, ge=0)
+    """Bytes the workspace may grow to; a command that passes it is killed and the sandbox refuses more."""
+    tmp_size: str = "1g"
+    """Size of the /tmp tmpfs."""
+    home_size: str = "1g"
+    """Size of the home-directory tmpfs."""
+    startup_timeout: float = Field(default=30, gt=0)
 
     def build(self) -> DockerBackend:
         return DockerBackend(self)
 
 
-class DockerBackend:
-    """Starts sandboxes as containers with the workspace bind-mounted and no network by default."""
+class DockerSandbox(SocketRuntime):
+    """A running container, spoken to through its exec server."""
 
+    container: Container
+
+
+class DockerBackend:
     name = "docker"
 
     def __init__(self, config: DockerConfig, client: docker.DockerClient | None = None) -> None:
@@ -67,29 +82,42 @@ class DockerBackend:
         return self._client
 
     def start(self, spec: SandboxSpec) -> DockerSandbox:
-        user, home = _container_user(spec.workspace)
-        labels = {
-            f"{LABEL_PREFIX}.task": spec.task_id,
-            f"{LABEL_PREFIX}.worker": socket.gethostname(),
-            f"{LABEL_PREFIX}.created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        image = spec.image or self.config.image
         try:
-            self.client.images.get(self.config.image)  # `containers.run` would try to pull a missing image
+            self.client.images.get(image)  # `containers.run` would try to pull a missing image
+        except docker.errors.ImageNotFound as exc:
+            raise SandboxUnavailableError(f"sandbox image {image!r} not found: run `overnight image build`") from exc
+        uid, gid = sandbox_ids(spec.workspace)
+        control = Path(tempfile.mkdtemp(prefix="overnight-ctl-"))
+        shutil.copy(EXECSERVER, control / "execserver.py")
+        os.chown(control, uid, gid)
+        server = (
+            f"python3 {CONTROL_DIR}/execserver.py --socket {CONTROL_DIR}/exec.sock --workdir {WORKDIR}"
+            f" --disk-limit {self.config.disk_limit} --lifetime {spec.lifetime or 0:g}"
+        )
+        setup = spec.purpose == "setup"
+        seed = "" if setup else f'[ -d {HOME_SEED} ] && cp -a {HOME_SEED}/. "$HOME"/ 2>/dev/null; '
+        options: dict[str, Any] = {}
+        if not setup:
+            options["read_only"] = True
+            options["tmpfs"] = {
+                "/tmp": f"size={self.config.tmp_size},mode=1777",
+                SANDBOX_HOME: f"size={self.config.home_size},mode=0700,uid={uid},gid={gid}",
+            }
+        try:
             container = self.client.containers.run(
-                self.config.image,
-                command=["sleep", "infinity"],
+                image,
+                command=["sh", "-c", f"{seed}exec {server}"],
                 detach=True,
-                name=f"overnight-{spec.task_id}-{secrets.token_hex(3)}",
-                labels=labels,
-                user=user,
-                environment={
-                    "HOME": home,
-                    "PYTHONDONTWRITEBYTECODE": "1",
-                    "PAGER": "cat",
-                    "GIT_PAGER": "cat",
-                },
+                name=f"overnight-{spec.task_id}-{spec.purpose}-{os.urandom(3).hex()}",
+                labels=sandbox_labels(spec),
+                user=f"{uid}:{gid}",
+                environment={"HOME": SANDBOX_HOME, "PYTHONDONTWRITEBYTECODE": "1", "PAGER": "cat", "GIT_PAGER": "cat"},
                 working_dir=WORKDIR,
-                volumes={str(spec.workspace): {"bind": WORKDIR, "mode": "rw"}},
+                volumes={
+                    str(spec.workspace): {"bind": WORKDIR, "mode": "rw"},
+                    str(control): {"bind": CONTROL_DIR, "mode": "rw"},
+                },
                 network_mode="bridge" if spec.network else "none",
                 mem_limit=self.config.memory,
                 memswap_limit=self.config.memory,
@@ -98,135 +126,76 @@ class DockerBackend:
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 init=True,
+                **options,
             )
-        except docker.errors.ImageNotFound as exc:
-            raise SandboxUnavailableError(
-                f"sandbox image {self.config.image!r} not found: run `overnight image build`"
-            ) from exc
         except docker.errors.DockerException as exc:
+            shutil.rmtree(control, ignore_errors=True)
             raise SandboxUnavailableError(f"could not start the sandbox container: {exc}") from exc
-        return DockerSandbox(container, default_timeout=self.config.command_timeout)
 
+        def stop() -> None:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException as exc:
+                raise SandboxError(f"could not remove container {container.name}: {exc}") from exc
+            finally:
+                shutil.rmtree(control, ignore_errors=True)
 
-def _container_user(workspace: Path) -> tuple[str, str]:
-    """The unprivileged user the container runs as, and its HOME.
-
-    A root worker hands the workspace to the image's ``sandbox`` user; any other worker runs the
-    container as itself so that the files it leaves behind stay its own.
-    """
-    if os.geteuid() == 0:
-        for root, dirs, files_ in os.walk(workspace):
-            for name in (*dirs, *files_):
-                os.lchown(os.path.join(root, name), SANDBOX_UID, SANDBOX_UID)
-        os.lchown(workspace, SANDBOX_UID, SANDBOX_UID)
-        return f"{SANDBOX_UID}:{SANDBOX_UID}", "/home/sandbox"
-    return f"{os.getuid()}:{os.getgid()}", "/tmp"
-
-
-class DockerSandbox:
-    """One running container; every call goes through ``docker exec``."""
-
-    def __init__(self, container: Container, *, default_timeout: float) -> None:
-        self.container = container
-        self.default_timeout = default_timeout
-        self._closed = False
-
-    @property
-    def workdir(self) -> str:
-        return WORKDIR
-
-    @property
-    def id(self) -> str:
-        return str(self.container.id)
-
-    def run(
-        self,
-        command: str,
-        *,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        timeout: float | None = None,
-        stdin: bytes | None = None,
-    ) -> CommandResult:
-        limit = timeout or self.default_timeout
-        script = command
-        if stdin is not None:
-            stdin_path = f"/tmp/.overnight-stdin-{secrets.token_hex(4)}"
-            self._put_file(stdin_path, stdin)
-            script = f"{{ {command}\n}} < {stdin_path}; __rc=$?; rm -f {stdin_path}; exit $__rc"
-        argv = ["timeout", "--kill-after=5", f"{limit:g}", "bash", "-c", script]
-        started = time.monotonic()
-        exit_code, output = self._exec(argv, workdir=cwd or WORKDIR, environment=env)
-        duration = time.monotonic() - started
-        stdout, stderr = output
-        return CommandResult(
-            exit_code=exit_code,
-            stdout=(stdout or b"").decode("utf-8", errors="replace"),
-            stderr=(stderr or b"").decode("utf-8", errors="replace"),
-            timed_out=exit_code in TIMEOUT_EXIT_CODES and duration >= limit,
-            duration=duration,
-        )
-
-    def read_file(self, path: str) -> bytes:
-        exit_code, (stdout, stderr) = self._exec(["cat", "--", self._abs(path)])
-        if exit_code != 0:
-            raise SandboxFileError(_first_line(stderr) or f"cannot read {path}")
-        return stdout or b""
-
-    def write_file(self, path: str, content: bytes) -> None:
-        self._put_file(self._abs(path), content)
-
-    def list_dir(self, path: str) -> list[str]:
-        exit_code, (stdout, stderr) = self._exec(["ls", "-1A", "--", self._abs(path)])
-        if exit_code != 0:
-            raise SandboxFileError(_first_line(stderr) or f"cannot list {path}")
-        return (stdout or b"").decode("utf-8", errors="replace").splitlines()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        sandbox = DockerSandbox(control / "exec.sock", default_timeout=self.config.command_timeout, on_close=stop)
+        sandbox.container = container
         try:
-            self.container.remove(force=True)
-        except docker.errors.NotFound:
+            sandbox.wait_ready(self.config.startup_timeout, alive=lambda: _running(container))
+        except SandboxError as exc:
+            logs = container.logs(tail=5).decode("utf-8", errors="replace").strip()
+            sandbox.close()
+            raise SandboxUnavailableError(f"{exc}{': ' + logs if logs else ''}") from exc
+        return sandbox
+
+    def snapshot(self, sandbox: Sandbox, key: str) -> tuple[str, int]:
+        """``docker commit`` the set-up container as ``overnight-env:KEY``."""
+        if not isinstance(sandbox, DockerSandbox):
+            raise SandboxError("the Docker backend can only snapshot its own sandboxes")
+        return _snapshot(self.client, sandbox, key)
+
+    def remove_environment(self, ref: str) -> None:
+        try:
+            self.client.images.remove(ref, force=True)
+        except docker.errors.ImageNotFound:
             pass
         except docker.errors.DockerException as exc:
-            raise SandboxError(f"could not remove container {self.container.name}: {exc}") from exc
-
-    def _abs(self, path: str) -> str:
-        return posixpath.normpath(posixpath.join(WORKDIR, path))
-
-    def _exec(
-        self, argv: list[str], *, workdir: str = WORKDIR, environment: dict[str, str] | None = None
-    ) -> tuple[int, tuple[bytes | None, bytes | None]]:
-        try:
-            result: Any = self.container.exec_run(argv, workdir=workdir, environment=environment, demux=True)
-        except docker.errors.DockerException as exc:
-            raise SandboxError(f"docker exec failed: {exc}") from exc
-        return int(result.exit_code), result.output
-
-    def _put_file(self, path: str, content: bytes) -> None:
-        """Write through the engine's archive API so that paths resolve inside the container, never on the host."""
-        directory, name = posixpath.split(path)
-        exit_code, (_, stderr) = self._exec(["mkdir", "-p", "--", directory])
-        if exit_code != 0:
-            raise SandboxFileError(_first_line(stderr) or f"cannot create {directory}")
-        uid, _, gid = (self.container.attrs.get("Config", {}).get("User") or "0:0").partition(":")
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as archive:
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            info.mode = 0o644
-            info.uid, info.gid = int(uid or 0), int(gid or uid or 0)
-            info.mtime = int(time.time())
-            archive.addfile(info, io.BytesIO(content))
-        try:
-            if not self.container.put_archive(directory, buffer.getvalue()):
-                raise SandboxFileError(f"cannot write {path}")
-        except docker.errors.APIError as exc:
-            raise SandboxFileError(f"cannot write {path}: {exc.explanation or exc}") from exc
+            raise SandboxError(f"could not remove environment image {ref}: {exc}") from exc
 
 
-def _first_line(data: bytes | None) -> str:
-    text = (data or b"").decode("utf-8", errors="replace").strip()
-    return text.splitlines()[0] if text else ""
+ENVIRONMENT_REPOSITORY = "overnight-env"
+
+
+def _snapshot(client: docker.DockerClient, sandbox: DockerSandbox, key: str) -> tuple[str, int]:
+    try:
+        image = sandbox.container.commit(repository=ENVIRONMENT_REPOSITORY, tag=key)
+    except docker.errors.DockerException as exc:
+        raise SandboxError(f"could not snapshot the set-up container: {exc}") from exc
+    return f"{ENVIRONMENT_REPOSITORY}:{key}", int(image.attrs.get("Size") or 0)
+
+
+def _running(container: Container) -> bool:
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return False
+    return container.status in ("created", "running")
+
+
+def sandbox_labels(spec: SandboxSpec) -> dict[str, str]:
+    """Labels the reaper reads: whose sandbox it is, which worker process started it, when it expires."""
+    now = time.time()
+    labels = {
+        f"{LABEL}.task": spec.task_id,
+        f"{LABEL}.purpose": spec.purpose,
+        f"{LABEL}.worker": socket.gethostname(),
+        f"{LABEL}.worker-pid": process_identity(),
+        f"{LABEL}.created": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+    }
+    # Always set: an environment snapshot carries its set-up container's labels, and these must overwrite them.
+    labels[f"{LABEL}.expires"] = str(int(now + spec.lifetime)) if spec.lifetime else "0"
+    return labels

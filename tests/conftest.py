@@ -16,12 +16,24 @@ from sqlalchemy.orm import Session
 
 from agent.scripted import ScriptedModel, ScriptedModelServer
 from migrations.store import make_engine, migrate
+from overnight.settings import default_data_dir
+from sandbox.base import SandboxBackend
+from sandbox.bwrap import BwrapBackend, BwrapConfig
 from sandbox.docker import DockerBackend, DockerConfig
-from sandbox.image import image_present
+from sandbox.image import DEFAULT_IMAGE, image_present, rootfs_complete, rootfs_path
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
-SANDBOX_IMAGE = "overnight-sandbox:bookworm-1"
+SANDBOX_IMAGE = DEFAULT_IMAGE
+TEST_LIMITS = {
+    "memory": "512m",
+    "pids": 256,
+    "cpus": 1,
+    "command_timeout": 60,
+    "disk_limit": 200 * 2**20,
+    "tmp_size": "64m",
+    "home_size": "64m",
+}
 
 
 @pytest.fixture(scope="session")
@@ -89,9 +101,27 @@ def docker_client() -> docker.DockerClient:
 
 @pytest.fixture
 def docker_backend(docker_client: docker.DockerClient) -> DockerBackend:
-    return DockerBackend(
-        DockerConfig(image=SANDBOX_IMAGE, memory="512m", pids=256, cpus=1, command_timeout=60), client=docker_client
-    )
+    return DockerBackend(DockerConfig(image=SANDBOX_IMAGE, **TEST_LIMITS), client=docker_client)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def sandbox_rootfs() -> Path:
+    rootfs = rootfs_path(default_data_dir(), SANDBOX_IMAGE)
+    if not rootfs_complete(rootfs):
+        pytest.fail(f"no sandbox root filesystem at {rootfs}: run `overnight image build`")
+    return rootfs
+
+
+@pytest.fixture
+def bwrap_backend(sandbox_rootfs: Path, tmp_path: Path) -> BwrapBackend:
+    config = BwrapConfig(rootfs=sandbox_rootfs, environments=tmp_path / "environments", **TEST_LIMITS)  # type: ignore[arg-type]
+    return BwrapBackend(config)
+
+
+@pytest.fixture(params=["docker", "bwrap"])
+def backend(request: pytest.FixtureRequest) -> SandboxBackend:
+    """Every backend, for the tests all of them must pass."""
+    return request.getfixturevalue(f"{request.param}_backend")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,15 +21,19 @@ from agent.loop import AgentConfig, Trajectory, run_agent
 from agent.tools import ToolContext
 from migrations import store
 from migrations.models import TaskState
-from sandbox.base import Sandbox, SandboxBackend, SandboxError, SandboxSpec
+from sandbox.base import Sandbox, SandboxBackend, SandboxDiskFullError, SandboxError, SandboxSpec
+from sandbox.environments import EnvironmentCache
+from worker.environment import SetupPolicy, enter_environment, prepare_environment
 from worker.repo import TaskFailure, clone_repository
 
 log = logging.getLogger(__name__)
 
 # Run inside the sandbox: a repository's own git config must not be able to run code on the worker.
+DIFF_FILE = "/tmp/overnight-task.diff"
 DIFF_COMMAND = (
     "git -c core.fsmonitor=false -c core.hooksPath=/dev/null add -A -- . && "
     "git -c core.fsmonitor=false diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv {base}"
+    f" > {DIFF_FILE}"
 )
 
 
@@ -41,6 +46,9 @@ class WorkerContext:
     workspaces: Path
     allow_local_repos: bool
     agent: AgentConfig
+    environments: EnvironmentCache
+    setup: SetupPolicy
+    agent_network: bool = False
 
 
 def run_task(task_id: str, ctx: WorkerContext) -> None:
@@ -53,7 +61,14 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
         if not store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.running):
             log.info("task %s is %s, not queued; nothing to do", task_id, task.state)
             return
-        repo, ref, instruction, max_steps = task.repo, task.ref, task.instruction, task.max_steps
+        repo, ref, instruction, max_steps, setup_path = (
+            task.repo,
+            task.ref,
+            task.instruction,
+            task.max_steps,
+            task.setup,
+        )
+    deadline = time.monotonic() + ctx.setup.lifetime
 
     workspace = ctx.workspaces / task_id
     sandbox: Sandbox | None = None
@@ -65,8 +80,22 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
         base_sha = clone_repository(repo, ref, workspace, allow_local=ctx.allow_local_repos)
         with ctx.sessions.begin() as session:
             store.get_task(session, task_id).base_sha = base_sha  # type: ignore[union-attr]
-        emit("phase", {"phase": "sandbox", "base_sha": base_sha})
-        sandbox = ctx.backend.start(SandboxSpec(task_id=task_id, workspace=workspace))
+        emit("phase", {"phase": "setup", "base_sha": base_sha})
+        environment = prepare_environment(
+            task_id=task_id, repository=repo, workspace=workspace, setup_path=setup_path, backend=ctx.backend,
+            cache=ctx.environments, policy=ctx.setup, emit=emit,
+        )  # fmt: skip
+        emit("phase", {"phase": "sandbox", "environment": environment})
+        sandbox = ctx.backend.start(
+            SandboxSpec(
+                task_id=task_id,
+                workspace=workspace,
+                image=environment,
+                network=ctx.agent_network,
+                lifetime=max(deadline - time.monotonic(), 1.0),
+            )
+        )
+        enter_environment(sandbox, environment)
         emit("phase", {"phase": "agent"})
         config = ctx.agent
         if max_steps:
@@ -92,6 +121,9 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
         _finish(ctx.sessions, task_id, TaskState.failed, str(exc))
     except (TaskFailure, AgentError) as exc:
         _finish(ctx.sessions, task_id, TaskState.failed, str(exc))
+    except SandboxDiskFullError as exc:
+        _store_partial(ctx.sessions, task_id, None, base_sha, str(exc))
+        _finish(ctx.sessions, task_id, TaskState.failed, f"sandbox: {exc}")
     except SandboxError as exc:
         _finish(ctx.sessions, task_id, TaskState.failed, f"sandbox: {exc}")
     except Exception as exc:
@@ -112,8 +144,9 @@ def extract_diff(sandbox: Sandbox, base_sha: str) -> str:
     """The workspace's change against ``base_sha`` as a git patch, new and binary files included."""
     result = sandbox.run(DIFF_COMMAND.format(base=base_sha), timeout=300)
     if result.exit_code != 0:
-        raise TaskFailure(f"could not compute the diff: {result.stderr.strip().splitlines()[-1:] or result.exit_code}")
-    return result.stdout
+        last = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.exit_code}"]
+        raise TaskFailure(f"could not compute the diff: {last[0]}")
+    return sandbox.read_file(DIFF_FILE).decode("utf-8", errors="replace")
 
 
 def _store_patch(

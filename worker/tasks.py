@@ -9,8 +9,10 @@ from agent.client import ChatClient, LLMConfig
 from agent.loop import AgentConfig
 from migrations.store import make_engine, make_sessionmaker
 from overnight.settings import Settings
-from sandbox.docker import DockerConfig
+from sandbox.environments import EnvironmentCache
+from worker.environment import SetupPolicy
 from worker.pipeline import WorkerContext, run_task
+from worker.sandboxes import sandbox_backend
 
 _context: WorkerContext | None = None
 _lock = threading.Lock()
@@ -36,15 +38,23 @@ def build_context(settings: Settings) -> WorkerContext:
             )
         )
 
+    backend = sandbox_backend(settings)
     return WorkerContext(
         sessions=make_sessionmaker(engine),
-        backend=DockerConfig(
+        backend=backend,
+        environments=EnvironmentCache(
+            settings.environments_dir,
+            backend,
+            max_age=settings.sandbox_env_max_age_hours * 3600,
+            max_bytes=settings.sandbox_env_max_bytes,
+        ),
+        setup=SetupPolicy(
             image=settings.sandbox_image,
-            memory=settings.sandbox_memory,
-            pids=settings.sandbox_pids,
-            cpus=settings.sandbox_cpus,
-            command_timeout=settings.sandbox_command_timeout,
-        ).build(),
+            network=settings.sandbox_setup_network,
+            timeout=settings.sandbox_setup_timeout,
+            lifetime=settings.task_time_limit,
+        ),
+        agent_network=settings.sandbox_agent_network,
         model_factory=model_factory,
         workspaces=settings.workspaces_dir,
         allow_local_repos=settings.allow_local_repos,

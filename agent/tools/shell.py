@@ -29,7 +29,7 @@ def run_bash(args: BashArgs, ctx: ToolContext) -> str:
     if not args.command.strip():
         raise ToolError("command is empty")
     timeout = ctx.command_limit(args.timeout)
-    result = ctx.sandbox.run(args.command, timeout=timeout)
+    result = ctx.sandbox.run(args.command, timeout=timeout, session=True, output_limit=ctx.output_limit)
     half = ctx.output_limit // 2
     parts = [f"returncode: {result.exit_code}"]
     if result.timed_out:

@@ -39,7 +39,9 @@ def create_task(body: TaskCreate, session: SessionDep, settings: SettingsDep, qu
     except InvalidRepoError as exc:
         field = "ref" if str(exc).startswith("ref") else "repo"
         raise APIError(422, "invalid_repo", str(exc), [{"field": field, "message": str(exc)}]) from exc
-    task = store.create_task(session, repo=repo, ref=ref, instruction=body.instruction, max_steps=body.max_steps)
+    task = store.create_task(
+        session, repo=repo, ref=ref, instruction=body.instruction, max_steps=body.max_steps, setup=body.setup
+    )
     session.commit()
     try:
         queue.enqueue(task.id)

@@ -46,13 +46,16 @@ def submit(
     repo: Annotated[str, typer.Option("--repo", help="Git URL, git@host:path, or a local path.")],
     ref: Annotated[str | None, typer.Option(help="Branch, tag or commit (default branch if omitted).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Model calls the task may make.")] = None,
+    setup: Annotated[
+        str | None, typer.Option(help="Set-up script in the repository to run instead of .overnight/setup.sh.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the task until it ends, then print its diff.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """File a task through the API and print its id."""
     if "://" not in repo and ":" not in repo.split("/", 1)[0] and Path(repo).expanduser().exists():
         repo = str(Path(repo).expanduser().resolve())
-    body = {"repo": repo, "ref": ref, "instruction": instruction, "max_steps": max_steps}
+    body = {"repo": repo, "ref": ref, "instruction": instruction, "max_steps": max_steps, "setup": setup}
     try:
         client = _client()
         task = client.create_task({k: v for k, v in body.items() if v is not None})
@@ -190,11 +193,14 @@ def up(
 def image_build(
     name: Annotated[str | None, typer.Option(help="Image name (default: OVERNIGHT_SANDBOX_IMAGE).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if the image exists.")] = False,
+    check: Annotated[
+        bool, typer.Option(help="Run a smoke command per toolchain in a sandbox; print versions.")
+    ] = False,
 ) -> None:
-    """Build the sandbox base image offline (debootstrap + docker import); no-op when present."""
+    """Build the sandbox base image offline (debootstrap + apt + docker import); no-op when present."""
     from overnight.cli.server import build_image
 
-    raise typer.Exit(build_image(name=name, force=force, say=err.print))
+    raise typer.Exit(build_image(name=name, force=force, check=check, say=err.print))
 
 
 def main() -> None:

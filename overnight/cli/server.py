@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -142,28 +144,62 @@ def _terminate(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait()
 
 
-def build_image(*, name: str | None, force: bool, say: Say) -> int:
+def build_image(*, name: str | None, force: bool, check: bool, say: Say) -> int:
     import docker
     import docker.errors
 
     from sandbox.base import SandboxUnavailableError
-    from sandbox.image import build_base_image, image_present
+    from sandbox.image import SMOKE_COMMANDS, ensure_image
 
-    image = name or Settings().sandbox_image
+    settings = Settings()
+    image = name or settings.sandbox_image
+    rootfs = settings.sandbox_rootfs_for(image)
+    client: docker.DockerClient | None
     try:
         client = docker.from_env()
         client.ping()
     except docker.errors.DockerException as exc:
-        say(f"[red]Docker engine not reachable: {exc}[/red]")
-        return 3
-    if image_present(client, image) and not force:
-        say(f"image {image} is present; nothing to do")
-        return 0
+        say(f"no Docker engine ({exc.__class__.__name__}): building the root filesystem for bubblewrap only")
+        client = None
     started = time.monotonic()
     try:
-        build_base_image(client, image, log=say)
+        done = ensure_image(image, rootfs, client=client, force=force, log=say)
     except SandboxUnavailableError as exc:
         say(f"[red]image build failed: {exc}[/red]")
         return 1
-    say(f"built {image} in {time.monotonic() - started:.0f} s")
+    if done:
+        say(f"{image}: {', '.join(done)} in {time.monotonic() - started:.0f} s (root filesystem: {rootfs})")
+    else:
+        say(f"image {image} and its root filesystem {rootfs} are present; nothing to do")
+    if check:
+        return _check_image(image, rootfs, client, SMOKE_COMMANDS, say)
     return 0
+
+
+def _check_image(image: str, rootfs: Path, client: Any, commands: dict[str, str], say: Say) -> int:
+    """Run one smoke command per toolchain in a real sandbox and print what it reports."""
+    import tempfile
+
+    from sandbox.base import SandboxError, SandboxSpec
+    from worker.sandboxes import sandbox_backend
+
+    backend = sandbox_backend(Settings(), docker_available=client is not None)
+    failures = 0
+    with tempfile.TemporaryDirectory() as workspace:
+        sandbox = backend.start(SandboxSpec(task_id="image-check", workspace=Path(workspace), image=None))
+        try:
+            for toolchain, command in commands.items():
+                try:
+                    result = sandbox.run(command, timeout=60)
+                except SandboxError as exc:
+                    say(f"[red]FAIL[/red] {toolchain}: {exc}")
+                    failures += 1
+                    continue
+                text = " | ".join(line for line in (result.stdout + result.stderr).splitlines() if line.strip())
+                ok = result.exit_code == 0
+                failures += not ok
+                say(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {toolchain}: {text}")
+        finally:
+            sandbox.close()
+    say(f"{backend.name} sandbox from {image}: {len(commands) - failures}/{len(commands)} toolchains work")
+    return 1 if failures else 0

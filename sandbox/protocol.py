@@ -1,0 +1,63 @@
+"""The requests the host sends to the exec server inside a sandbox, and its answers (one JSON line each)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PingRequest(_Request):
+    type: Literal["ping"] = "ping"
+
+
+class RunRequest(_Request):
+    type: Literal["run"] = "run"
+    command: str
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    timeout: float = Field(gt=0)
+    stdin: str | None = Field(default=None, description="Base64 of the bytes fed to the command's stdin.")
+    output_limit: int = Field(gt=0, description="Characters of each stream kept (head and tail).")
+    session: bool = Field(default=False, description="Keep cwd and exported variables from the previous call.")
+
+
+class ReadFileRequest(_Request):
+    type: Literal["read_file"] = "read_file"
+    path: str
+
+
+class WriteFileRequest(_Request):
+    type: Literal["write_file"] = "write_file"
+    path: str
+    content: str = Field(description="Base64 of the file's bytes.")
+
+
+class ListDirRequest(_Request):
+    type: Literal["list_dir"] = "list_dir"
+    path: str
+
+
+Request = Annotated[
+    PingRequest | RunRequest | ReadFileRequest | WriteFileRequest | ListDirRequest, Field(discriminator="type")
+]
+
+
+class RunAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    disk_exceeded: bool = False
+    duration: float = 0.0
+
+
+class ErrorAnswer(BaseModel):
+    error: str
+    message: str

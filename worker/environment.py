@@ -1,0 +1,133 @@
+"""The set-up phase: run the repository's (or the task's) set-up script once, with the set-up phase's
+network and time limit, snapshot the result, and start the next task on the same repository from it.
+
+The script runs in a sandbox of its own (network on when settings allow it); the agent's sandbox is
+always a new one, without network unless settings say otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox.base import SandboxBackend, SandboxError, SandboxSpec
+from sandbox.environments import WORKSPACE_ARCHIVE, WORKSPACE_PATHS, EnvironmentCache, environment_key
+from sandbox.output import truncate_middle
+from worker.repo import TaskFailure
+
+REPOSITORY_SETUP = ".overnight/setup.sh"
+LOCKFILES = (
+    "requirements.txt", "requirements-dev.txt", "requirements-test.txt", "pyproject.toml", "setup.py", "setup.cfg",
+    "poetry.lock", "uv.lock", "Pipfile.lock", "package.json", "package-lock.json", "yarn.lock", "pnpm-lock.yaml",
+)  # fmt: skip
+MAX_SCRIPT_BYTES = 256 * 1024
+LOG_LIMIT = 16_000
+# After set-up: keep what it left in the workspace (restored on cache hits, kept out of the patch) and the
+# home directory (the agent's home is a fresh tmpfs, seeded from this copy).
+CAPTURE = f"""
+set -e
+{{ git ls-files -z --others --exclude-standard --directory; git ls-files -z --others --ignored --exclude-standard \\
+  --directory; }} | sort -zu > /tmp/overnight-paths
+tar -C /workspace --null -T /tmp/overnight-paths -cf {WORKSPACE_ARCHIVE}
+tr '\\0' '\\n' < /tmp/overnight-paths > {WORKSPACE_PATHS}
+mkdir -p /opt/overnight/home
+tar -C "$HOME" --exclude=./.cache --exclude=./.npm/_cacache -cf - . | tar -C /opt/overnight/home -xf -
+"""
+RESTORE = f"[ -f {WORKSPACE_ARCHIVE} ] && tar -C /workspace -xf {WORKSPACE_ARCHIVE} || true"
+EXCLUDE = f"""[ -f {WORKSPACE_PATHS} ] && sed -e 's/[][*?!#\\\\]/\\\\&/g' -e 's|^|/|' {WORKSPACE_PATHS} \\
+  >> .git/info/exclude || true"""
+
+
+@dataclass(kw_only=True)
+class SetupPolicy:
+    image: str
+    network: bool
+    timeout: float
+    lifetime: float
+
+
+def read_workspace_file(workspace: Path, relative: str, *, limit: int = MAX_SCRIPT_BYTES) -> bytes | None:
+    """A regular file of the checkout, read without following symlinks out of it (None if absent)."""
+    path = workspace / relative
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not resolved.is_relative_to(workspace.resolve()):
+        raise TaskFailure(f"set-up: {relative} points outside the repository")
+    fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise TaskFailure(f"set-up: {relative} is larger than {limit} bytes")
+    return data
+
+
+def prepare_environment(
+    *,
+    task_id: str,
+    repository: str,
+    workspace: Path,
+    setup_path: str | None,
+    backend: SandboxBackend,
+    cache: EnvironmentCache,
+    policy: SetupPolicy,
+    emit: Callable[[str, dict[str, Any]], None],
+) -> str | None:
+    """The environment the agent's sandbox starts from (None: the base image), after set-up if any."""
+    script_path = setup_path or REPOSITORY_SETUP
+    script = read_workspace_file(workspace, script_path)
+    if script is None:
+        if setup_path:
+            raise TaskFailure(f"set-up script {setup_path} not found in the repository")
+        return None
+    files = {name: data for name in LOCKFILES if (data := read_workspace_file(workspace, name)) is not None}
+    key = environment_key(image=policy.image, repository=repository, script=script, files=files)
+    cached = cache.lookup(key)
+    if cached is not None:
+        emit("setup", {"script": script_path, "cached": True, "environment": key})
+        return cached
+    started = time.monotonic()
+    sandbox = backend.start(
+        SandboxSpec(
+            task_id=task_id, workspace=workspace, network=policy.network, purpose="setup", lifetime=policy.lifetime
+        )
+    )
+    try:
+        result = sandbox.run(f"bash {shlex.quote(script_path)}", timeout=policy.timeout, output_limit=LOG_LIMIT)
+        log = truncate_middle(result.stdout + result.stderr, LOG_LIMIT)
+        emit(
+            "setup",
+            {"script": script_path, "cached": False, "network": policy.network, "exit_code": result.exit_code,
+             "timed_out": result.timed_out, "duration": round(time.monotonic() - started, 2), "log": log},
+        )  # fmt: skip
+        if result.timed_out:
+            raise TaskFailure(f"set-up timed out after {policy.timeout:g} s ({script_path})")
+        if result.exit_code != 0:
+            last = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+            raise TaskFailure(f"set-up failed ({script_path} exited {result.exit_code}): {last[0][:200]}")
+        capture = sandbox.run(CAPTURE, timeout=600)
+        if capture.exit_code != 0:
+            raise TaskFailure(f"set-up: could not save its result: {capture.stderr.strip()[-200:]}")
+        return cache.store(sandbox, key)
+    except SandboxError as exc:
+        raise TaskFailure(f"set-up: {exc}") from exc
+    finally:
+        sandbox.close()
+
+
+def enter_environment(sandbox: Any, environment: str | None) -> None:
+    """In the agent's sandbox: restore the set-up's workspace files and keep them out of the patch."""
+    if environment is None:
+        return
+    result = sandbox.run(f"{RESTORE}\n{EXCLUDE}", timeout=600)
+    if result.exit_code != 0:
+        raise TaskFailure(f"could not restore the set-up environment: {result.stderr.strip()[-200:]}")

@@ -1,0 +1,48 @@
+"""From settings to a sandbox backend: Docker when an engine answers (or when asked), else bubblewrap."""
+
+from __future__ import annotations
+
+import docker
+import docker.errors
+
+from overnight.settings import Settings
+from sandbox.base import SandboxBackend
+from sandbox.bwrap import BwrapConfig
+from sandbox.docker import DockerConfig
+
+
+def docker_answers() -> bool:
+    try:
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.close()
+    except docker.errors.DockerException:
+        return False
+    return True
+
+
+def sandbox_config(settings: Settings, *, docker_available: bool | None = None) -> DockerConfig | BwrapConfig:
+    choice = settings.sandbox_backend
+    if choice == "auto":
+        available = docker_answers() if docker_available is None else docker_available
+        choice = "docker" if available else "bwrap"
+    common = {
+        "memory": settings.sandbox_memory,
+        "pids": settings.sandbox_pids,
+        "cpus": settings.sandbox_cpus,
+        "command_timeout": settings.sandbox_command_timeout,
+        "disk_limit": settings.sandbox_disk_limit,
+        "tmp_size": settings.sandbox_tmp_size,
+        "home_size": settings.sandbox_home_size,
+    }
+    if choice == "docker":
+        return DockerConfig(image=settings.sandbox_image, **common)  # type: ignore[arg-type]
+    return BwrapConfig(
+        rootfs=settings.sandbox_rootfs_for(settings.sandbox_image),
+        environments=settings.environments_dir / "bwrap",
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def sandbox_backend(settings: Settings, *, docker_available: bool | None = None) -> SandboxBackend:
+    return sandbox_config(settings, docker_available=docker_available).build()
