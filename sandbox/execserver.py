@@ -22,6 +22,7 @@ import subprocess
 import time
 
 CHUNK = 65536
+DRAIN_SECONDS = 0.2
 STATE_DIR = "/tmp/.overnight-session"
 # Session wrapper: restore the previous call's working directory and exported variables, save them on exit
 # (also when the command calls `exit`). Killed commands save nothing: the previous state stays.
@@ -198,17 +199,23 @@ class Server:
         timed_out = disk = False
         next_disk_check = started + 1.0
         open_streams = 2
+        drain_until = None
         while open_streams:
             now = time.monotonic()
             if now - started > timeout:
                 timed_out = True
+                break
+            if drain_until is None and process.poll() is not None:
+                # The command is done; a background child may still hold its pipes: read briefly, then stop.
+                drain_until = now + DRAIN_SECONDS
+            if drain_until is not None and now > drain_until:
                 break
             if self.disk_limit and now >= next_disk_check:
                 next_disk_check = now + 1.0
                 if disk_usage(self.workdir) > self.disk_limit:
                     disk = True
                     break
-            for key, _ in selector.select(timeout=0.2):
+            for key, _ in selector.select(timeout=0.05 if drain_until else 0.2):
                 data = os.read(key.fileobj.fileno(), CHUNK)
                 if data:
                     outputs[key.data].feed(data)

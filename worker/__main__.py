@@ -9,6 +9,7 @@ import sys
 from overnight.broker import resolve_broker_url
 from overnight.settings import Settings
 from worker.celery_app import create_celery, register_tasks
+from worker.sandboxes import start_reaper
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     broker_url, description = resolve_broker_url(settings)
     logging.getLogger("overnight.worker").info(description)
+    start_reaper()  # sandboxes a crashed worker left behind: now, then every minute
     app = create_celery(broker_url, queue=settings.queue)
     register_tasks(app)
     concurrency = (argv or sys.argv[1:] or ["1"])[0]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 import docker
 import docker.errors
 
@@ -9,6 +13,9 @@ from overnight.settings import Settings
 from sandbox.base import SandboxBackend
 from sandbox.bwrap import BwrapConfig
 from sandbox.docker import DockerConfig
+from sandbox.reaper import reap
+
+log = logging.getLogger(__name__)
 
 
 def docker_answers() -> bool:
@@ -46,3 +53,29 @@ def sandbox_config(settings: Settings, *, docker_available: bool | None = None) 
 
 def sandbox_backend(settings: Settings, *, docker_available: bool | None = None) -> SandboxBackend:
     return sandbox_config(settings, docker_available=docker_available).build()
+
+
+REAP_INTERVAL_SECONDS = 60.0
+
+
+def start_reaper(interval: float = REAP_INTERVAL_SECONDS) -> threading.Thread:
+    """Reap orphaned sandboxes now, then every ``interval`` seconds in a daemon thread."""
+
+    def loop() -> None:
+        while True:
+            client = None
+            try:
+                client = docker.from_env(timeout=10) if docker_answers() else None
+                removed = reap(client)
+                if removed:
+                    log.warning("reaped %d orphaned sandbox(es): %s", len(removed), ", ".join(removed))
+            except Exception:  # the reaper must outlive any one failure
+                log.exception("sandbox reaper failed")
+            finally:
+                if client is not None:
+                    client.close()
+            time.sleep(interval)
+
+    thread = threading.Thread(target=loop, name="overnight-reaper", daemon=True)
+    thread.start()
+    return thread

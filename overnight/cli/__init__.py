@@ -23,7 +23,7 @@ app = typer.Typer(
 image_app = typer.Typer(help="The sandbox base image (server side).", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 FINAL_STATES = {"succeeded", "failed", "cancelled"}
 
 

@@ -1,34 +1,48 @@
-"""The sandbox base image: what it carries, and `overnight image build` being a no-op when it exists."""
+"""The sandbox base image: what it carries, `overnight image build` being a no-op when it exists, and
+`--check` proving every toolchain in a real sandbox."""
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import docker
 
 from sandbox.image import image_packages
 from tests.conftest import SANDBOX_IMAGE
 
+DOCKERFILE = Path(__file__).parents[2] / "infra" / "sandbox" / "Dockerfile"
 
-def test_image_carries_the_toolchain_the_agent_needs(docker_client: docker.DockerClient) -> None:
-    assert {"git", "python3", "ripgrep", "patch", "ca-certificates"} <= set(image_packages())
+
+def test_image_carries_the_toolchains(docker_client: docker.DockerClient) -> None:
+    assert {"git", "python3", "ripgrep", "patch", "ca-certificates", "build-essential", "nodejs", "npm"} <= set(
+        image_packages()
+    )
     output = docker_client.containers.run(
         SANDBOX_IMAGE,
-        [
-            "bash",
-            "-c",
-            "git --version && python3 --version && rg --version | head -1 && patch --version | head -1"
-            " && test -s /etc/ssl/certs/ca-certificates.crt && id sandbox",
-        ],
-        network_mode="none",
-        remove=True,
-    ).decode()
-    assert "git version" in output and "Python 3" in output and "ripgrep" in output and "GNU patch" in output
-    assert "uid=1000(sandbox)" in output
+        ["bash", "-c", "git --version && python3 --version && rg --version | head -1 && patch --version | head -1"
+         " && cc --version | head -1 && node --version && test -s /etc/ssl/certs/ca-certificates.crt && id sandbox"
+         " && stat -c %u /opt/overnight"],
+        network_mode="none", remove=True,
+    ).decode()  # fmt: skip
+    for expected in ("git version", "Python 3", "ripgrep", "GNU patch", "cc (Debian", "v18", "uid=1000(sandbox)"):
+        assert expected in output
+    assert output.strip().endswith("1000")
 
 
-def test_image_build_does_nothing_when_the_image_is_present(docker_client: docker.DockerClient) -> None:
+def test_the_dockerfile_installs_the_same_package_list() -> None:
+    text = DOCKERFILE.read_text()
+    assert "COPY sandbox/packages.txt" in text and "useradd --create-home --uid 1000" in text
+
+
+def test_image_build_does_nothing_when_present_and_check_runs_every_toolchain(
+    docker_client: docker.DockerClient, sandbox_rootfs: Path
+) -> None:
     result = subprocess.run(
-        ["overnight", "image", "build", "--name", SANDBOX_IMAGE], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0 and "is present; nothing to do" in result.stderr
+        ["overnight", "image", "build", "--name", SANDBOX_IMAGE, "--check"], capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "are present; nothing to do" in result.stderr
+    assert "6/6 toolchains work" in result.stderr
+    assert "v18" in result.stderr and "pytest" in result.stderr

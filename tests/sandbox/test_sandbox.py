@@ -161,7 +161,7 @@ def test_no_network_reaches_the_host_or_the_outside(sandbox: Sandbox) -> None:
 
 
 def test_a_fork_bomb_hits_the_pids_limit(sandbox: Sandbox, neighbour: Sandbox) -> None:
-    result = sandbox.run("bomb() { bomb | bomb & }; bomb; sleep 5", timeout=15)
+    result = sandbox.run("bomb() { bomb | bomb & }; bomb; sleep 5", timeout=8)
     assert result.exit_code != 0 or result.timed_out or "Resource temporarily unavailable" in result.stderr
     assert_unharmed(neighbour)
     assert sandbox.run("echo recovered", timeout=30).stdout == "recovered\n"
@@ -187,7 +187,9 @@ def test_a_disk_filler_fails_its_task_not_the_host(sandbox: Sandbox, neighbour: 
 
 def test_close_twice_is_fine_and_leaves_nothing_running(backend: SandboxBackend, workspace: Path) -> None:
     box = backend.start(SandboxSpec(task_id="close", workspace=workspace))
-    box.run("sleep 1000 &")
+    started = time.monotonic()
+    assert box.run("sleep 1000 & echo started").stdout == "started\n"
+    assert time.monotonic() - started < 5  # a background child holding the pipes does not hold the call
     box.close()
     box.close()
     with pytest.raises(Exception, match="closed"):

@@ -9,37 +9,26 @@ import docker
 import pytest
 from sqlalchemy import Engine
 
-from agent.budget import Budget
 from agent.client import ChatClient, LLMConfig
-from agent.loop import AgentConfig
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from migrations import store
 from migrations.store import make_sessionmaker
 from sandbox.docker import DockerBackend
-from worker.pipeline import WorkerContext, run_task
+from tests.worker.conftest import make_context, outcome, submit
+from worker.pipeline import run_task
 
 
 def _context(engine: Engine, backend: DockerBackend, base_url: str, tmp_path: Path, max_steps: int = 10):
-    return WorkerContext(
-        sessions=make_sessionmaker(engine),
-        backend=backend,
-        model_factory=lambda task_id: ChatClient(
-            LLMConfig(base_url=base_url, model="mistral-medium-3.5", retries=1, backoff_max=0.1, session_id=task_id)
-        ),
-        workspaces=tmp_path / "workspaces",
-        allow_local_repos=True,
-        agent=AgentConfig(budget=Budget(max_steps=max_steps), command_timeout=30),
-    )
+    return make_context(engine, backend, base_url, tmp_path, max_steps=max_steps)
 
 
 def _submit(engine: Engine, repo: str, ref: str | None = None) -> str:
-    with make_sessionmaker(engine).begin() as session:
-        return store.create_task(session, repo=repo, ref=ref, instruction="fix the test").id
+    return submit(engine, repo, ref)
 
 
 def _task(engine: Engine, task_id: str):
-    with make_sessionmaker(engine)() as session:
-        return store.get_task(session, task_id), store.get_patch(session, task_id)
+    task, patch, _ = outcome(engine, task_id)
+    return task, patch
 
 
 def test_step_budget_exhausted_fails_and_keeps_the_partial_diff(

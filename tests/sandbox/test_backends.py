@@ -1,0 +1,139 @@
+"""What each backend promises of its own: Docker's container settings, bubblewrap's cgroup limits, network
+for a set-up phase that asks for it, and the reaper removing what a killed worker left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from sandbox.base import SandboxBackend, SandboxSpec
+from sandbox.bwrap import BwrapBackend, BwrapSandbox
+from sandbox.cgroups import CGROUP_ROOT, PARENT
+from sandbox.docker import DockerBackend, DockerSandbox
+from sandbox.reaper import orphaned, process_identity, reap
+from tests.conftest import SANDBOX_IMAGE
+
+
+def test_docker_container_is_locked_down(docker_backend: DockerBackend, tmp_path: Path) -> None:
+    box = docker_backend.start(SandboxSpec(task_id="locked", workspace=tmp_path, lifetime=600))
+    try:
+        assert isinstance(box, DockerSandbox)
+        box.container.reload()
+        host = box.container.attrs["HostConfig"]
+        assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
+        assert host["Memory"] == 512 * 2**20 and host["MemorySwap"] == host["Memory"]
+        assert host["PidsLimit"] == 256 and host["NanoCpus"] == 10**9
+        assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+        assert host["Privileged"] is False and host["Init"] is True
+        assert set(host["Tmpfs"]) == {"/tmp", "/home/sandbox"} and "size=64m" in host["Tmpfs"]["/tmp"]
+        mounts = {m["Destination"]: m["Source"] for m in box.container.attrs["Mounts"]}
+        assert set(mounts) == {"/workspace", "/overnight"} and mounts["/workspace"] == str(tmp_path)
+        assert not any("docker.sock" in source for source in mounts.values())
+        labels = box.container.labels
+        assert labels["dev.overnight.task"] == "locked" and labels["dev.overnight.worker-pid"] == process_identity()
+        assert float(labels["dev.overnight.expires"]) > time.time() + 500
+        assert box.run("test -S /var/run/docker.sock").exit_code != 0
+        assert box.run("grep -c Seccomp:.*2 /proc/self/status").stdout.strip() == "1"  # the default profile
+    finally:
+        box.close()
+
+
+def test_bwrap_sandbox_runs_in_its_own_cgroup(bwrap_backend: BwrapBackend, tmp_path: Path) -> None:
+    box = bwrap_backend.start(SandboxSpec(task_id="cgroup", workspace=tmp_path))
+    try:
+        assert isinstance(box, BwrapSandbox)
+        groups = [d for d in (CGROUP_ROOT / "pids" / PARENT).iterdir() if d.name.startswith("cgroup-")]
+        assert len(groups) == 1
+        assert (groups[0] / "pids.max").read_text().strip() == "256"
+        memory = CGROUP_ROOT / "memory" / PARENT / groups[0].name / "memory.limit_in_bytes"
+        assert int(memory.read_text()) == 512 * 2**20
+        status = box.run("grep -E 'CapEff|NoNewPrivs' /proc/self/status").stdout.split()
+        assert status == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1"]
+    finally:
+        box.close()
+    assert not [d for d in (CGROUP_ROOT / "pids" / PARENT).iterdir() if d.name.startswith("cgroup-")]
+
+
+def _interfaces(box: object) -> set[str]:
+    text = box.run("cat /proc/net/dev").stdout  # type: ignore[attr-defined]
+    return {line.split(":")[0].strip() for line in text.splitlines()[2:]}
+
+
+def test_only_a_setup_sandbox_that_asks_gets_a_network(backend: SandboxBackend, tmp_path: Path) -> None:
+    agent = backend.start(SandboxSpec(task_id="net-agent", workspace=tmp_path))
+    setup = backend.start(SandboxSpec(task_id="net-setup", workspace=tmp_path, network=True, purpose="setup"))
+    try:
+        assert _interfaces(agent) == {"lo"}
+        assert _interfaces(setup) - {"lo"}
+    finally:
+        agent.close()
+        setup.close()
+
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from sandbox.base import SandboxSpec
+    from tests.conftest import TEST_LIMITS
+    kind, workspace, rootfs = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    if kind == "docker":
+        from sandbox.docker import DockerConfig
+        backend = DockerConfig(image=sys.argv[4], **TEST_LIMITS).build()
+    else:
+        from sandbox.bwrap import BwrapConfig
+        backend = BwrapConfig(rootfs=rootfs, environments=workspace.parent / "envs", **TEST_LIMITS).build()
+    box = backend.start(SandboxSpec(task_id="orphan-" + kind, workspace=workspace))
+    print(json.dumps({"socket": str(box.socket_path)}), flush=True)
+    box.run("sleep 1000", timeout=1000)
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["docker", "bwrap"])
+def test_a_killed_worker_leaves_nothing_after_the_reaper(
+    kind: str, tmp_path: Path, docker_client: docker.DockerClient, sandbox_rootfs: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, kind, str(workspace), str(sandbox_rootfs), SANDBOX_IMAGE],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert worker.stdout is not None
+    control = Path(json.loads(worker.stdout.readline())["socket"]).parent
+    time.sleep(1)  # mid-command
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    deadline = time.monotonic() + 10
+    label = f"dev.overnight.task=orphan-{kind}"
+    while time.monotonic() < deadline:  # the reaper runs at worker start and periodically
+        reap(docker_client)
+        containers = docker_client.containers.list(all=True, filters={"label": label})
+        survivors = subprocess.run(["pgrep", "-f", str(control)], capture_output=True, text=True).stdout.split()
+        groups = [d for d in (CGROUP_ROOT / "pids" / PARENT).iterdir() if d.name.startswith("orphan-")]
+        if not containers and not survivors and not groups:
+            break
+        time.sleep(0.2)
+    assert containers == [] and survivors == [] and groups == []
+
+
+def test_orphan_rules() -> None:
+    me = process_identity()
+    mine = {"dev.overnight.worker": os.uname().nodename, "dev.overnight.worker-pid": me, "dev.overnight.expires": "0"}
+    assert orphaned(mine) is None
+    assert orphaned({**mine, "dev.overnight.worker-pid": f"{os.getpid()}:1"}) == (
+        f"its worker process {os.getpid()} is gone"
+    )
+    assert orphaned({**mine, "dev.overnight.expires": str(time.time() - 3600)}) == "outlived its lifetime"
+    elsewhere = {**mine, "dev.overnight.worker": "another-host", "dev.overnight.worker-pid": "1:1"}
+    assert orphaned(elsewhere) is None
