@@ -54,6 +54,7 @@ class BwrapSandbox(SocketRuntime):
     process: subprocess.Popen[bytes]
     environment: Path | None = None
     """The environment folder a set-up sandbox writes its /opt/overnight into."""
+    cgroup: CGroup
 
 
 class BwrapBackend:
@@ -121,6 +122,7 @@ class BwrapBackend:
         sandbox = BwrapSandbox(control / "exec.sock", default_timeout=self.config.command_timeout, on_close=stop)
         sandbox.process = process
         sandbox.environment = environment
+        sandbox.cgroup = group
         try:
             sandbox.wait_ready(self.config.startup_timeout, alive=lambda: process.poll() is None)
         except SandboxUnavailableError as exc:

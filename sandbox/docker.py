@@ -86,7 +86,8 @@ class DockerBackend:
         try:
             self.client.images.get(image)  # `containers.run` would try to pull a missing image
         except docker.errors.ImageNotFound as exc:
-            raise SandboxUnavailableError(f"sandbox image {image!r} not found: run `overnight image build`") from exc
+            hint = "run `overnight image build`" if image == self.config.image else "it is not on this worker"
+            raise SandboxUnavailableError(f"sandbox image {image!r} not found: {hint}") from exc
         uid, gid = sandbox_ids(spec.workspace)
         control = Path(tempfile.mkdtemp(prefix="overnight-ctl-"))
         shutil.copy(EXECSERVER, control / "execserver.py")

@@ -14,7 +14,6 @@ import collections
 import contextlib
 import json
 import os
-import resource
 import selectors
 import signal
 import socket
@@ -26,16 +25,16 @@ DRAIN_SECONDS = 0.2
 STATE_DIR = "/tmp/.overnight-session"
 # Session wrapper: restore the previous call's working directory and exported variables, save them on exit
 # (also when the command calls `exit`). Killed commands save nothing: the previous state stays.
+# Builtins only: no process is forked for the bookkeeping.
 SESSION_PROLOGUE = r"""
 __ov_save() {
   __ov_rc=$?
-  { export -p > "$__OV_STATE/env.tmp" && mv -f "$__OV_STATE/env.tmp" "$__OV_STATE/env"
-    pwd > "$__OV_STATE/cwd"; } 2>/dev/null
+  { export -p > "$__OV_STATE/env"; pwd > "$__OV_STATE/cwd"; } 2>/dev/null
   exit $__ov_rc
 }
 trap __ov_save EXIT
 [ -r "$__OV_STATE/env" ] && . "$__OV_STATE/env" 2>/dev/null
-[ -r "$__OV_STATE/cwd" ] && cd "$(cat "$__OV_STATE/cwd")" 2>/dev/null
+[ -r "$__OV_STATE/cwd" ] && { read -r __ov_cwd < "$__OV_STATE/cwd"; cd "$__ov_cwd" 2>/dev/null; }
 """
 
 
@@ -166,15 +165,13 @@ class Server:
         if request.get("session"):
             env["__OV_STATE"] = STATE_DIR
             command = SESSION_PROLOGUE + command + "\n"
+        if self.disk_limit:  # no file may outgrow the workspace's limit (ulimit -f counts KiB)
+            command = f"ulimit -f {self.disk_limit // 1024}\n{command}"
         limit = request.get("output_limit") or 32000
         timeout = float(request.get("timeout") or 300)
         if self.deadline is not None:
             timeout = min(timeout, max(self.deadline - time.time(), 0.1))
         started = time.monotonic()
-
-        def limits():
-            if self.disk_limit:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (self.disk_limit, self.disk_limit))
 
         process = subprocess.Popen(
             ["bash", "-c", command],
@@ -184,7 +181,6 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=limits,
         )
         if request.get("stdin") is not None:
             try:

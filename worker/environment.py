@@ -8,6 +8,7 @@ always a new one, without network unless settings say otherwise.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import stat
 import time
@@ -22,6 +23,8 @@ from sandbox.output import truncate_middle
 from worker.repo import TaskFailure
 
 REPOSITORY_SETUP = ".overnight/setup.sh"
+REPOSITORY_IMAGE = ".overnight/image"
+IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9._-]{1,128})?$")
 LOCKFILES = (
     "requirements.txt", "requirements-dev.txt", "requirements-test.txt", "pyproject.toml", "setup.py", "setup.cfg",
     "poetry.lock", "uv.lock", "Pipfile.lock", "package.json", "package-lock.json", "yarn.lock", "pnpm-lock.yaml",
@@ -71,6 +74,23 @@ def read_workspace_file(workspace: Path, relative: str, *, limit: int = MAX_SCRI
     return data
 
 
+def repository_image(workspace: Path, *, default: str, backend: str) -> str:
+    """The image the repository asks for in .overnight/image (one name), else ``default``.
+
+    The image must already be on the worker (nothing is pulled) and carry python3 for the exec server.
+    """
+    data = read_workspace_file(workspace, REPOSITORY_IMAGE, limit=512)
+    if data is None:
+        return default
+    name = data.decode("utf-8", errors="replace").strip()
+    if not IMAGE_NAME.match(name):
+        raise TaskFailure(f"{REPOSITORY_IMAGE}: {name[:80]!r} is not an image name")
+    if backend != "docker":
+        raise TaskFailure(f"{REPOSITORY_IMAGE} names image {name}, but this worker's {backend} backend runs only "
+                          "the base root filesystem")  # fmt: skip
+    return name
+
+
 def prepare_environment(
     *,
     task_id: str,
@@ -82,15 +102,17 @@ def prepare_environment(
     policy: SetupPolicy,
     emit: Callable[[str, dict[str, Any]], None],
 ) -> str | None:
-    """The environment the agent's sandbox starts from (None: the base image), after set-up if any."""
+    """The image or environment the agent's sandbox starts from (None: the base image), after set-up if any."""
+    image = repository_image(workspace, default=policy.image, backend=backend.name)
+    base = None if image == policy.image else image
     script_path = setup_path or REPOSITORY_SETUP
     script = read_workspace_file(workspace, script_path)
     if script is None:
         if setup_path:
             raise TaskFailure(f"set-up script {setup_path} not found in the repository")
-        return None
+        return base
     files = {name: data for name in LOCKFILES if (data := read_workspace_file(workspace, name)) is not None}
-    key = environment_key(image=policy.image, repository=repository, script=script, files=files)
+    key = environment_key(image=image, repository=repository, script=script, files=files)
     cached = cache.lookup(key)
     if cached is not None:
         emit("setup", {"script": script_path, "cached": True, "environment": key})
@@ -98,7 +120,12 @@ def prepare_environment(
     started = time.monotonic()
     sandbox = backend.start(
         SandboxSpec(
-            task_id=task_id, workspace=workspace, network=policy.network, purpose="setup", lifetime=policy.lifetime
+            task_id=task_id,
+            workspace=workspace,
+            network=policy.network,
+            purpose="setup",
+            lifetime=policy.lifetime,
+            image=base,
         )
     )
     try:

@@ -31,25 +31,30 @@ def _settings_for_up(host: str | None, port: int | None) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
-def _check_sandbox(settings: Settings, say: Say) -> None:
-    import docker
-    import docker.errors
+def _choose_sandbox(settings: Settings, say: Say) -> str:
+    """Docker when an engine answers (or when asked), else bubblewrap; say which, and what is missing."""
+    from sandbox.image import image_present, rootfs_complete
+    from worker.sandboxes import docker_answers
 
-    from sandbox.image import image_present
-
-    try:
-        client = docker.from_env()
-        version = client.version().get("Version", "?")
-    except docker.errors.DockerException as exc:
-        say(f"[yellow]sandbox: Docker engine not reachable ({exc}); tasks will fail until it runs[/yellow]")
-        return
-    if image_present(client, settings.sandbox_image):
-        say(f"sandbox: Docker {version}, image {settings.sandbox_image}")
+    backend = settings.sandbox_backend
+    if backend == "auto":
+        backend = "docker" if docker_answers() else "bwrap"
+        why = "a Docker engine answers" if backend == "docker" else "no Docker engine answered"
     else:
-        say(
-            f"[yellow]sandbox: Docker {version}, but image {settings.sandbox_image} is missing: "
-            "run `overnight image build`[/yellow]"
-        )
+        why = "OVERNIGHT_SANDBOX_BACKEND"
+    if backend == "docker":
+        import docker
+
+        client = docker.from_env()
+        ready = image_present(client, settings.sandbox_image)
+        say(f"sandbox: Docker {client.version().get('Version', '?')} ({why}), image {settings.sandbox_image}")
+    else:
+        rootfs = settings.sandbox_rootfs_for(settings.sandbox_image)
+        ready = rootfs_complete(rootfs)
+        say(f"sandbox: bubblewrap ({why}), root filesystem {rootfs}")
+    if not ready:
+        say("[yellow]the sandbox image is missing: run `overnight image build` (tasks fail until then)[/yellow]")
+    return backend
 
 
 def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) -> int:
@@ -62,7 +67,7 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
     say(f"database: {redact(database_url)} (migrated)")
     broker_url, broker_description = resolve_broker_url(settings)
     say(broker_description)
-    _check_sandbox(settings, say)
+    backend = _choose_sandbox(settings, say)
     say(f"model: {settings.llm_model} at {settings.llm_base_url}")
 
     env = dict(os.environ)
@@ -71,6 +76,7 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
         OVERNIGHT_DATABASE_URL=database_url,
         OVERNIGHT_BROKER_URL=broker_url,
         OVERNIGHT_ALLOW_LOCAL_REPOS="true" if settings.allow_local_repos else "false",
+        OVERNIGHT_SANDBOX_BACKEND=backend,
     )
     base = f"http://{settings.api_host}:{settings.api_port}"
     names = ["worker", "api"]

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import docker
 import pytest
 from sqlalchemy import Engine
 
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from sandbox.base import SandboxBackend
-from tests.conftest import git
+from tests.conftest import SANDBOX_IMAGE, git
 from tests.worker.conftest import make_context, outcome, submit
 from worker.pipeline import run_task
 
@@ -137,3 +138,43 @@ def test_setup_failures_end_the_task_with_a_reason(
     task, _, _ = outcome(sqlite_engine, task_id)
     assert task.state == "failed" and task.failure_reason == reason
     assert scripted_model.state.requests == []
+
+
+def test_a_repository_may_name_its_own_image(
+    sqlite_engine: Engine,
+    docker_backend: SandboxBackend,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    docker_client.images.get(SANDBOX_IMAGE).tag("overnight-test/custom", "1")
+    try:
+        (buggy_repo / ".overnight").mkdir()
+        (buggy_repo / ".overnight" / "image").write_text("overnight-test/custom:1\n")
+        git(buggy_repo, "add", ".")
+        git(buggy_repo, "commit", "-q", "-m", "own image")
+        scripted_model.state.extend(_script()[1:])
+        context = make_context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+        task_id = submit(sqlite_engine, str(buggy_repo))
+        run_task(task_id, context)
+        task, _, events = outcome(sqlite_engine, task_id)
+        assert task.state == "succeeded", task.failure_reason
+        assert {"phase": "sandbox", "environment": "overnight-test/custom:1"} in [d for k, d in events if k == "phase"]
+
+        (buggy_repo / ".overnight" / "image").write_text("overnight-test/absent:1\n")
+        git(buggy_repo, "commit", "-q", "-am", "absent image")
+        task_id = submit(sqlite_engine, str(buggy_repo))
+        run_task(task_id, context)
+        task, _, _ = outcome(sqlite_engine, task_id)
+        assert task.failure_reason == (
+            "sandbox: sandbox image 'overnight-test/absent:1' not found: it is not on this worker"
+        )
+        (buggy_repo / ".overnight" / "image").write_text("--privileged\n")
+        git(buggy_repo, "commit", "-q", "-am", "bad image")
+        task_id = submit(sqlite_engine, str(buggy_repo))
+        run_task(task_id, context)
+        task, _, _ = outcome(sqlite_engine, task_id)
+        assert task.failure_reason == ".overnight/image: '--privileged' is not an image name"
+    finally:
+        docker_client.images.remove("overnight-test/custom:1")
