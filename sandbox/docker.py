@@ -174,9 +174,11 @@ ENVIRONMENT_REPOSITORY = "overnight-env"
 def _snapshot(client: docker.DockerClient, sandbox: DockerSandbox, key: str) -> tuple[str, int]:
     try:
         image = sandbox.container.commit(repository=ENVIRONMENT_REPOSITORY, tag=key)
+        base = client.images.get(sandbox.container.attrs["Image"])
     except docker.errors.DockerException as exc:
         raise SandboxError(f"could not snapshot the set-up container: {exc}") from exc
-    return f"{ENVIRONMENT_REPOSITORY}:{key}", int(image.attrs.get("Size") or 0)
+    # What the snapshot adds: its own layer, not the base image it shares with every other one.
+    return f"{ENVIRONMENT_REPOSITORY}:{key}", int(image.attrs.get("Size") or 0) - int(base.attrs.get("Size") or 0)
 
 
 def _running(container: Container) -> bool:

@@ -1,0 +1,52 @@
+"""The environment cache with real snapshots (bubblewrap folders and Docker images): keys, reuse, expiry
+by age, eviction by total size, least recently used first."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox.base import SandboxBackend, SandboxSpec, SandboxUnavailableError
+from sandbox.environments import EnvironmentCache, environment_key
+
+
+def _snapshot(cache: EnvironmentCache, backend: SandboxBackend, workspace: Path, key: str, megabytes: int) -> str:
+    box = backend.start(SandboxSpec(task_id=f"env-{key}", workspace=workspace, purpose="setup"))
+    try:
+        box.run(f"head -c {megabytes * 2**20} /dev/urandom > /opt/overnight/blob-{key}")
+        return cache.store(box, key)
+    finally:
+        box.close()
+
+
+def test_keys_change_with_any_input() -> None:
+    base = {"image": "img:1", "repository": "https://x/y.git", "script": b"make", "files": {"a.lock": b"1"}}
+    key = environment_key(**base)  # type: ignore[arg-type]
+    assert key == environment_key(**base)  # type: ignore[arg-type]
+    for change in ({"image": "img:2"}, {"script": b"make all"}, {"files": {"a.lock": b"2"}}, {"files": {}}):
+        assert environment_key(**(base | change)) != key  # type: ignore[arg-type]
+
+
+def test_lru_eviction_by_total_size_and_expiry_by_age(backend: SandboxBackend, tmp_path: Path) -> None:
+    cache = EnvironmentCache(tmp_path / "index", backend, max_age=3600, max_bytes=25 * 2**20)
+    first = _snapshot(cache, backend, tmp_path, "aaa", 10)
+    second = _snapshot(cache, backend, tmp_path, "bbb", 10)
+    assert cache.lookup("aaa") == first  # now "bbb" is the least recently used
+    third = _snapshot(cache, backend, tmp_path, "ccc", 10)
+    assert {e.key for e in cache.entries()} == {"aaa", "ccc"}
+    assert cache.lookup("bbb") is None
+    box = backend.start(SandboxSpec(task_id="env-use", workspace=tmp_path, image=third))
+    try:
+        assert box.run("ls /opt/overnight").stdout.split() == ["blob-ccc"]
+    finally:
+        box.close()
+    with pytest.raises(SandboxUnavailableError):  # the evicted snapshot is really gone
+        box = backend.start(SandboxSpec(task_id="env-gone", workspace=tmp_path, image=second))
+        box.close()
+    aged = EnvironmentCache(tmp_path / "index", backend, max_age=0.5, max_bytes=25 * 2**20)
+    time.sleep(0.6)
+    assert aged.lookup("aaa") is None and aged.lookup("ccc") is None
+    assert aged.entries() == []
+    del first
