@@ -68,6 +68,7 @@ def run_agent(
     should_stop: Callable[[], bool] = lambda: False,
     trajectory: Trajectory | None = None,
     toolbox: Toolbox | None = None,
+    environment_note: str | None = None,
 ) -> AgentResult:
     """Drive the model until it calls ``finish``; raise ``LimitsExceeded`` or ``Cancelled`` otherwise."""
     toolbox = toolbox or Toolbox()
@@ -75,7 +76,7 @@ def run_agent(
     trajectory.tools = toolbox.schemas
     spend = Spend(budget=config.budget)
     ctx.instructions_shown.add(".")
-    task_message = first_user_message(instruction, read_instructions(ctx, "."))
+    task_message = first_user_message(instruction, read_instructions(ctx, "."), environment_note)
     messages: list[dict[str, Any]] = []
 
     pending_chars = 0

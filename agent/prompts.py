@@ -23,13 +23,17 @@ which tests you ran, a one-line pull-request title and a pull-request body.
 """
 
 
-def first_user_message(instruction: str, repo_instructions: str | None = None) -> str:
+def first_user_message(
+    instruction: str, repo_instructions: str | None = None, environment_note: str | None = None
+) -> str:
     parts = []
     if repo_instructions:
         parts.append(
             "Instructions from the repository's AGENTS.md files (follow them unless the task says otherwise):\n"
             f"<repository_instructions>\n{repo_instructions}\n</repository_instructions>"
         )
+    if environment_note:
+        parts.append(f"<environment>\n{environment_note}\n</environment>")
     parts.append(f"<task>\n{instruction}\n</task>")
     return "\n\n".join(parts)
 

@@ -125,3 +125,19 @@ class TrajectoryPublic(BaseModel):
     tools: list[dict[str, Any]]
     messages: list[dict[str, Any]] = Field(description="OpenAI-format messages; a compaction has overnight_compaction.")
     steps: list[dict[str, Any]] = Field(description="Per model call: usage (cached tokens included) and seconds.")
+
+
+class PatchPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    task_id: str
+    base_sha: str
+    title: str
+    body: str
+    diff: str = Field(
+        description="Unified diff in git's format (binary files as git binary patches); empty: no changes."
+    )
+    files_changed: int
+    complete: bool = Field(description="False when the run ended early (budget, cancel): the diff so far.")
+    excluded: list[str] = Field(description="Paths the built-in exclude list kept out (caches, dependencies, builds).")
+    created_at: datetime

@@ -106,6 +106,8 @@ class Patch(Base):
     title: Mapped[str] = mapped_column(String(512))
     body: Mapped[str] = mapped_column(Text)
     files_changed: Mapped[int] = mapped_column(Integer, default=0)
+    excluded: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Paths the built-in exclude list kept out of the diff (caches, dependencies, build output)."""
     complete: Mapped[bool] = mapped_column(default=True)
     """False when the run ended early (budget, cancel): the diff is what the agent had done so far."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -204,6 +204,7 @@ def store_patch(
     body: str,
     files_changed: int,
     complete: bool = True,
+    excluded: list[str] | None = None,
 ) -> Patch:
     patch = session.get(Patch, task_id)
     if patch is None:
@@ -215,6 +216,7 @@ def store_patch(
     patch.body = body
     patch.files_changed = files_changed
     patch.complete = complete
+    patch.excluded = excluded or []
     patch.created_at = utcnow()
     session.flush()
     return patch

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     """Size of the sandbox's home directory (tmpfs)."""
     sandbox_setup_network: bool = True
     """Give the set-up phase (.overnight/setup.sh) a network."""
+    sandbox_ca_bundle: Path | None = None
+    """PEM bundle that set-up sandboxes trust (pip, npm, git, curl, Python): a TLS-intercepting proxy's CA."""
+    sandbox_proxy: str | None = None
+    """Proxy URL given to set-up sandboxes as HTTP_PROXY/HTTPS_PROXY (and lowercase)."""
+    sandbox_no_proxy: str | None = None
+    """NO_PROXY for set-up sandboxes."""
     sandbox_agent_network: bool = False
     """Give the agent phase a network (off: commands the model writes reach nothing)."""
     sandbox_setup_timeout: int = Field(default=900, gt=0)
@@ -143,6 +149,15 @@ class Settings(BaseSettings):
             return self.sandbox_rootfs
         safe = image.replace("/", "_").replace(":", "_")
         return self.data_dir / "rootfs" / safe
+
+    def sandbox_proxy_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.sandbox_proxy:
+            for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+                env[name] = env[name.lower()] = self.sandbox_proxy
+        if self.sandbox_no_proxy:
+            env["NO_PROXY"] = env["no_proxy"] = self.sandbox_no_proxy
+        return env
 
     @property
     def environments_dir(self) -> Path:

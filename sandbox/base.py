@@ -52,6 +52,10 @@ class SandboxSpec(BaseModel):
     network: bool = Field(default=False, description="Give the sandbox a network (off for the agent phase).")
     image: str | None = Field(default=None, description="Image (or environment snapshot) to start from.")
     lifetime: float | None = Field(default=None, gt=0, description="Seconds after which the sandbox refuses work.")
+    env: dict[str, str] = Field(default_factory=dict, description="Variables every command of the sandbox sees.")
+    ca_bundle: Path | None = Field(
+        default=None, description="A PEM bundle mounted read-only and trusted by pip, npm, git, curl and Python."
+    )
     purpose: Literal["agent", "setup"] = Field(
         default="agent",
         description="agent: read-only root, tmpfs home. setup: writable root so the result can be snapshotted.",

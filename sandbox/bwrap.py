@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sandbox.base import Sandbox, SandboxError, SandboxSpec, SandboxUnavailableError
 from sandbox.cgroups import CGroup, _bytes
 from sandbox.image import SANDBOX_HOME, SANDBOX_UID
-from sandbox.runtime import CONTROL_DIR, EXECSERVER, HOME_SEED, WORKDIR, SocketRuntime
+from sandbox.runtime import CA_PATH, CONTROL_DIR, EXECSERVER, HOME_SEED, WORKDIR, SocketRuntime, sandbox_environment
 
 ENV_OPT = "/opt/overnight"
 
@@ -160,6 +160,8 @@ class BwrapBackend:
         ]  # fmt: skip
         if spec.network:
             argv += ["--share-net", "--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
+        if spec.ca_bundle is not None:
+            argv += ["--ro-bind", str(spec.ca_bundle.resolve()), CA_PATH]
         if spec.image:  # an environment: its /opt/overnight, writable while it is being set up
             environment = Path(spec.image)
             argv += ["--bind" if spec.purpose == "setup" else "--ro-bind", str(environment / "opt"), ENV_OPT]
@@ -168,10 +170,7 @@ class BwrapBackend:
             f" --disk-limit {config.disk_limit} --lifetime {spec.lifetime or 0:g}"
         )
         seed = f'[ -d {HOME_SEED} ] && cp -a {HOME_SEED}/. "$HOME"/ 2>/dev/null; '
-        argv += [
-            "--setenv", "HOME", SANDBOX_HOME, "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
-            "--setenv", "PAGER", "cat", "--setenv", "GIT_PAGER", "cat",
-            "--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "--setenv", "LANG", "C.UTF-8", "--chdir", WORKDIR, "--", "sh", "-c", f"{seed}exec {server}",
-        ]  # fmt: skip
+        for name, value in sandbox_environment(spec).items():
+            argv += ["--setenv", name, value]
+        argv += ["--chdir", WORKDIR, "--", "sh", "-c", f"{seed}exec {server}"]
         return argv

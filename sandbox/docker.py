@@ -26,7 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from sandbox.base import Sandbox, SandboxError, SandboxSpec, SandboxUnavailableError
 from sandbox.image import SANDBOX_HOME
 from sandbox.reaper import process_identity
-from sandbox.runtime import CONTROL_DIR, EXECSERVER, HOME_SEED, WORKDIR, SocketRuntime, sandbox_ids
+from sandbox.runtime import (
+    CA_PATH,
+    CONTROL_DIR,
+    EXECSERVER,
+    HOME_SEED,
+    WORKDIR,
+    SocketRuntime,
+    sandbox_environment,
+    sandbox_ids,
+)
 
 LABEL = "dev.overnight"
 
@@ -99,6 +108,12 @@ class DockerBackend:
         setup = spec.purpose == "setup"
         seed = "" if setup else f'[ -d {HOME_SEED} ] && cp -a {HOME_SEED}/. "$HOME"/ 2>/dev/null; '
         options: dict[str, Any] = {}
+        volumes = {
+            str(spec.workspace): {"bind": WORKDIR, "mode": "rw"},
+            str(control): {"bind": CONTROL_DIR, "mode": "rw"},
+        }
+        if spec.ca_bundle is not None:
+            volumes[str(spec.ca_bundle.resolve())] = {"bind": CA_PATH, "mode": "ro"}
         if not setup:
             options["read_only"] = True
             options["tmpfs"] = {
@@ -113,12 +128,9 @@ class DockerBackend:
                 name=f"overnight-{spec.task_id}-{spec.purpose}-{os.urandom(3).hex()}",
                 labels=sandbox_labels(spec),
                 user=f"{uid}:{gid}",
-                environment={"HOME": SANDBOX_HOME, "PYTHONDONTWRITEBYTECODE": "1", "PAGER": "cat", "GIT_PAGER": "cat"},
+                environment=sandbox_environment(spec),
                 working_dir=WORKDIR,
-                volumes={
-                    str(spec.workspace): {"bind": WORKDIR, "mode": "rw"},
-                    str(control): {"bind": CONTROL_DIR, "mode": "rw"},
-                },
+                volumes=volumes,
                 network_mode="bridge" if spec.network else "none",
                 mem_limit=self.config.memory,
                 memswap_limit=self.config.memory,

@@ -23,6 +23,7 @@ from sandbox.base import (
     SandboxError,
     SandboxExpiredError,
     SandboxFileError,
+    SandboxSpec,
     SandboxUnavailableError,
 )
 from sandbox.image import SANDBOX_UID
@@ -39,6 +40,19 @@ from sandbox.protocol import (
 WORKDIR = "/workspace"
 CONTROL_DIR = "/overnight"
 """Where the exec server and its socket are mounted inside a sandbox."""
+CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
+"""Where a sandbox's CA bundle is: a bundle given for a set-up phase is mounted over it."""
+BASE_ENV = {
+    "PATH": "/opt/overnight/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/home/sandbox",
+    "LANG": "C.UTF-8",
+    "PAGER": "cat",
+    "GIT_PAGER": "cat",
+    # Keep caches and bytecode out of the workspace, and so out of the patch.
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTEST_ADDOPTS": "-p no:cacheprovider",
+}
+CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
 HOME_SEED = "/opt/overnight/home"
 """An environment's home-directory contents, copied into the tmpfs home when a sandbox starts."""
 EXECSERVER = Path(__file__).with_name("execserver.py")
@@ -179,3 +193,12 @@ def sandbox_ids(workspace: Path) -> tuple[int, int]:
             os.lchown(os.path.join(root, name), SANDBOX_UID, SANDBOX_UID)
     os.lchown(workspace, SANDBOX_UID, SANDBOX_UID)
     return SANDBOX_UID, SANDBOX_UID
+
+
+def sandbox_environment(spec: SandboxSpec) -> dict[str, str]:
+    """The variables every command of the sandbox sees."""
+    env = dict(BASE_ENV)
+    if spec.ca_bundle is not None:
+        env.update(dict.fromkeys(CA_ENV, CA_PATH))
+    env.update(spec.env)
+    return env

@@ -13,13 +13,14 @@ import shlex
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sandbox.base import SandboxBackend, SandboxError, SandboxSpec
 from sandbox.environments import WORKSPACE_ARCHIVE, WORKSPACE_PATHS, EnvironmentCache, environment_key
 from sandbox.output import truncate_middle
+from worker.autosetup import auto_setup_script
 from worker.repo import TaskFailure
 
 REPOSITORY_SETUP = ".overnight/setup.sh"
@@ -53,6 +54,18 @@ class SetupPolicy:
     network: bool
     timeout: float
     lifetime: float
+    ca_bundle: Path | None = None
+    """A PEM bundle set-up sandboxes trust (for registries behind a TLS-intercepting proxy)."""
+    proxy_env: dict[str, str] = field(default_factory=dict)
+    """HTTP(S)_PROXY / NO_PROXY for set-up sandboxes, when the host reaches registries through a proxy."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class Environment:
+    ref: str | None
+    """What the agent's sandbox starts from: an environment snapshot or image; None for the base image."""
+    note: str | None = None
+    """Something the model should know (an automatic set-up that failed)."""
 
 
 def read_workspace_file(workspace: Path, relative: str, *, limit: int = MAX_SCRIPT_BYTES) -> bytes | None:
@@ -101,22 +114,29 @@ def prepare_environment(
     cache: EnvironmentCache,
     policy: SetupPolicy,
     emit: Callable[[str, dict[str, Any]], None],
-) -> str | None:
-    """The image or environment the agent's sandbox starts from (None: the base image), after set-up if any."""
+) -> Environment:
+    """Where the agent's sandbox starts: after the set-up script, the automatic set-up, or neither."""
     image = repository_image(workspace, default=policy.image, backend=backend.name)
     base = None if image == policy.image else image
     script_path = setup_path or REPOSITORY_SETUP
     script = read_workspace_file(workspace, script_path)
+    auto = False
     if script is None:
         if setup_path:
             raise TaskFailure(f"set-up script {setup_path} not found in the repository")
-        return base
+        requirements = sorted(p.name for p in workspace.glob("requirements*.txt") if p.is_file())
+        generated = auto_setup_script(lambda name: read_workspace_file(workspace, name), requirements)
+        if generated is None:
+            return Environment(ref=base)
+        script, script_path, auto = generated.encode(), "automatic set-up", True
     files = {name: data for name in LOCKFILES if (data := read_workspace_file(workspace, name)) is not None}
+    files |= {p.name: data for p in workspace.glob("requirements*.txt")
+              if (data := read_workspace_file(workspace, p.name)) is not None}  # fmt: skip
     key = environment_key(image=image, repository=repository, script=script, files=files)
     cached = cache.lookup(key)
     if cached is not None:
-        emit("setup", {"script": script_path, "cached": True, "environment": key})
-        return cached
+        emit("setup", {"script": script_path, "auto": auto, "cached": True, "environment": key})
+        return Environment(ref=cached)
     started = time.monotonic()
     sandbox = backend.start(
         SandboxSpec(
@@ -126,25 +146,34 @@ def prepare_environment(
             purpose="setup",
             lifetime=policy.lifetime,
             image=base,
+            ca_bundle=policy.ca_bundle if policy.network else None,
+            env=policy.proxy_env if policy.network else {},
         )
     )
     try:
-        result = sandbox.run(f"bash {shlex.quote(script_path)}", timeout=policy.timeout, output_limit=LOG_LIMIT)
+        command = script.decode("utf-8", errors="replace") if auto else f"bash {shlex.quote(script_path)}"
+        result = sandbox.run(command, timeout=policy.timeout, output_limit=LOG_LIMIT)
         log = truncate_middle(result.stdout + result.stderr, LOG_LIMIT)
         emit(
             "setup",
-            {"script": script_path, "cached": False, "network": policy.network, "exit_code": result.exit_code,
+            {"script": script_path, "auto": auto, "cached": False, "network": policy.network,
+             "commands": script.decode("utf-8", errors="replace") if auto else None, "exit_code": result.exit_code,
              "timed_out": result.timed_out, "duration": round(time.monotonic() - started, 2), "log": log},
         )  # fmt: skip
-        if result.timed_out:
-            raise TaskFailure(f"set-up timed out after {policy.timeout:g} s ({script_path})")
-        if result.exit_code != 0:
+        if result.timed_out or result.exit_code != 0:
             last = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-            raise TaskFailure(f"set-up failed ({script_path} exited {result.exit_code}): {last[0][:200]}")
+            reason = (
+                f"set-up timed out after {policy.timeout:g} s ({script_path})"
+                if result.timed_out
+                else f"set-up failed ({script_path} exited {result.exit_code}): {last[0][:200]}"
+            )
+            if not auto:
+                raise TaskFailure(reason)
+            return Environment(ref=base, note=f"The {reason}. Its log ended with:\n{log[-2000:]}")
         capture = sandbox.run(CAPTURE, timeout=600)
         if capture.exit_code != 0:
             raise TaskFailure(f"set-up: could not save its result: {capture.stderr.strip()[-200:]}")
-        return cache.store(sandbox, key)
+        return Environment(ref=cache.store(sandbox, key))
     except SandboxError as exc:
         raise TaskFailure(f"set-up: {exc}") from exc
     finally:

@@ -1,4 +1,4 @@
-"""One task, start to end: prepare_workspace → start sandbox → run_agent → extract_diff → store_patch.
+"""One task, start to end: clone → set-up → start sandbox → run_agent → extract_patch → store_patch.
 
 Every way out leaves the task in a final state with a one-line reason, and the sandbox removed.
 """
@@ -24,17 +24,10 @@ from migrations.models import TaskState
 from sandbox.base import Sandbox, SandboxBackend, SandboxDiskFullError, SandboxError, SandboxSpec
 from sandbox.environments import EnvironmentCache
 from worker.environment import SetupPolicy, enter_environment, prepare_environment
+from worker.patch import extract_patch
 from worker.repo import TaskFailure, clone_repository
 
 log = logging.getLogger(__name__)
-
-# Run inside the sandbox: a repository's own git config must not be able to run code on the worker.
-DIFF_FILE = "/tmp/overnight-task.diff"
-DIFF_COMMAND = (
-    "git -c core.fsmonitor=false -c core.hooksPath=/dev/null add -A -- . && "
-    "git -c core.fsmonitor=false diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv {base}"
-    f" > {DIFF_FILE}"
-)
 
 
 @dataclass(kw_only=True)
@@ -71,13 +64,14 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
     deadline = time.monotonic() + ctx.setup.lifetime
 
     workspace = ctx.workspaces / task_id
+    pristine = ctx.workspaces / f"{task_id}.pristine.git"
     sandbox: Sandbox | None = None
     base_sha: str | None = None
     emit = _event_sink(ctx.sessions, task_id)
     trajectory = Trajectory()
     try:
         emit("phase", {"phase": "clone", "repo": repo, "ref": ref})
-        base_sha = clone_repository(repo, ref, workspace, allow_local=ctx.allow_local_repos)
+        base_sha = clone_repository(repo, ref, workspace, pristine=pristine, allow_local=ctx.allow_local_repos)
         with ctx.sessions.begin() as session:
             store.get_task(session, task_id).base_sha = base_sha  # type: ignore[union-attr]
         emit("phase", {"phase": "setup", "base_sha": base_sha})
@@ -85,17 +79,17 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
             task_id=task_id, repository=repo, workspace=workspace, setup_path=setup_path, backend=ctx.backend,
             cache=ctx.environments, policy=ctx.setup, emit=emit,
         )  # fmt: skip
-        emit("phase", {"phase": "sandbox", "environment": environment})
+        emit("phase", {"phase": "sandbox", "environment": environment.ref})
         sandbox = ctx.backend.start(
             SandboxSpec(
                 task_id=task_id,
                 workspace=workspace,
-                image=environment,
+                image=environment.ref,
                 network=ctx.agent_network,
                 lifetime=max(deadline - time.monotonic(), 1.0),
             )
         )
-        enter_environment(sandbox, environment)
+        enter_environment(sandbox, environment.ref)
         emit("phase", {"phase": "agent"})
         config = ctx.agent
         if max_steps:
@@ -110,19 +104,20 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
             on_event=emit,
             should_stop=lambda: _cancel_requested(ctx.sessions, task_id),
             trajectory=trajectory,
+            environment_note=environment.note,
         )
-        _store_patch(ctx.sessions, task_id, sandbox, base_sha, result.submission, complete=True)
+        _store_patch(ctx.sessions, task_id, sandbox, base_sha, pristine, result.submission, complete=True)
         _finish(ctx.sessions, task_id, TaskState.succeeded)
     except Cancelled as exc:
-        _store_partial(ctx.sessions, task_id, sandbox, base_sha, str(exc))
+        _store_partial(ctx.sessions, task_id, sandbox, base_sha, pristine, str(exc))
         _finish(ctx.sessions, task_id, TaskState.cancelled, str(exc))
     except LimitsExceeded as exc:
-        _store_partial(ctx.sessions, task_id, sandbox, base_sha, str(exc))
+        _store_partial(ctx.sessions, task_id, sandbox, base_sha, pristine, str(exc))
         _finish(ctx.sessions, task_id, TaskState.failed, str(exc))
     except (TaskFailure, AgentError) as exc:
         _finish(ctx.sessions, task_id, TaskState.failed, str(exc))
     except SandboxDiskFullError as exc:
-        _store_partial(ctx.sessions, task_id, None, base_sha, str(exc))
+        _store_partial(ctx.sessions, task_id, None, base_sha, pristine, str(exc))
         _finish(ctx.sessions, task_id, TaskState.failed, f"sandbox: {exc}")
     except SandboxError as exc:
         _finish(ctx.sessions, task_id, TaskState.failed, f"sandbox: {exc}")
@@ -138,15 +133,7 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
             except SandboxError:
                 log.exception("could not remove the sandbox of task %s", task_id)
         shutil.rmtree(workspace, ignore_errors=True)
-
-
-def extract_diff(sandbox: Sandbox, base_sha: str) -> str:
-    """The workspace's change against ``base_sha`` as a git patch, new and binary files included."""
-    result = sandbox.run(DIFF_COMMAND.format(base=base_sha), timeout=300)
-    if result.exit_code != 0:
-        last = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.exit_code}"]
-        raise TaskFailure(f"could not compute the diff: {last[0]}")
-    return sandbox.read_file(DIFF_FILE).decode("utf-8", errors="replace")
+        shutil.rmtree(pristine, ignore_errors=True)
 
 
 def _store_patch(
@@ -154,38 +141,52 @@ def _store_patch(
     task_id: str,
     sandbox: Sandbox,
     base_sha: str,
+    pristine: Path,
     submission: Submitted,
     *,
     complete: bool,
 ) -> None:
-    diff = extract_diff(sandbox, base_sha)
-    files = sum(1 for line in diff.splitlines() if line.startswith("diff --git "))
+    patch = extract_patch(sandbox, base_sha, pristine)
     body = submission.pr_body.strip() or submission.summary.strip()
     with sessions.begin() as session:
         store.store_patch(
             session,
             task_id,
             base_sha=base_sha,
-            diff=diff,
+            diff=patch.diff,
             title=submission.pr_title,
             body=body,
-            files_changed=files,
+            files_changed=patch.files_changed,
             complete=complete,
+            excluded=patch.excluded,
         )
         store.append_event(
-            session, task_id, "patch", {"files_changed": files, "bytes": len(diff), "complete": complete}
+            session,
+            task_id,
+            "patch",
+            {
+                "files_changed": patch.files_changed,
+                "bytes": len(patch.diff),
+                "complete": complete,
+                "excluded": patch.excluded,
+            },
         )
 
 
 def _store_partial(
-    sessions: sessionmaker[Session], task_id: str, sandbox: Sandbox | None, base_sha: str | None, reason: str
+    sessions: sessionmaker[Session],
+    task_id: str,
+    sandbox: Sandbox | None,
+    base_sha: str | None,
+    pristine: Path,
+    reason: str,
 ) -> None:
     """Keep what the agent did before the run was cut short, marked incomplete."""
     if sandbox is None or base_sha is None:
         return
     try:
         partial = Submitted(summary=reason, pr_title=f"Incomplete: {reason}"[:200], pr_body=reason)
-        _store_patch(sessions, task_id, sandbox, base_sha, partial, complete=False)
+        _store_patch(sessions, task_id, sandbox, base_sha, pristine, partial, complete=False)
     except (TaskFailure, SandboxError):
         log.exception("could not store the partial diff of task %s", task_id)
 

@@ -53,6 +53,8 @@ def build_context(settings: Settings) -> WorkerContext:
             network=settings.sandbox_setup_network,
             timeout=settings.sandbox_setup_timeout,
             lifetime=settings.task_time_limit,
+            ca_bundle=settings.sandbox_ca_bundle,
+            proxy_env=settings.sandbox_proxy_env(),
         ),
         agent_network=settings.sandbox_agent_network,
         model_factory=model_factory,

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import JSONResponse
 
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import APIError
-from api.schemas import ErrorResponse, EventList, EventPublic, TaskCreate, TaskList, TaskPublic, TrajectoryPublic
+from api.schemas import (
+    ErrorResponse,
+    EventList,
+    EventPublic,
+    PatchPublic,
+    TaskCreate,
+    TaskList,
+    TaskPublic,
+    TrajectoryPublic,
+)
 from migrations import store
 from migrations.models import Task, TaskState
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+PatchFormat = Literal["diff", "json"]
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 
 
@@ -100,16 +111,25 @@ def task_events(
     responses={
         **ERRORS,
         409: {"model": ErrorResponse},
-        200: {"content": {"text/x-diff": {}}, "description": "The unified diff (git format)."},
+        200: {
+            "content": {"text/x-diff": {}, "application/json": {"schema": PatchPublic.model_json_schema()}},
+            "description": "format=diff: the unified diff (git apply takes it); format=json: the patch and more.",
+        },
     },
 )
-def task_patch(task_id: str, session: SessionDep) -> Response:
+def task_patch(
+    task_id: str,
+    session: SessionDep,
+    format: Annotated[PatchFormat, Query(description="diff (default) or json.")] = "diff",
+) -> Response:
     task = _task_or_404(session, task_id)
     patch = store.get_patch(session, task_id)
     if patch is None:
         if not TaskState(task.state).is_final:
             raise APIError(409, "task_not_finished", f"task {task_id} is {task.state}; it has no patch yet")
         raise APIError(404, "patch_not_found", f"task {task_id} ended {task.state} without a patch")
+    if format == "json":
+        return JSONResponse(PatchPublic.model_validate(patch).model_dump(mode="json"))
     return Response(
         content=patch.diff,
         media_type="text/x-diff",

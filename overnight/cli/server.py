@@ -57,6 +57,23 @@ def _choose_sandbox(settings: Settings, say: Say) -> str:
     return backend
 
 
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def _choose_ca_bundle(settings: Settings, say: Say) -> Path | None:
+    """The host's CA bundle for set-up sandboxes when it trusts more than the image does (a TLS proxy's CA)."""
+    if settings.sandbox_ca_bundle is not None:
+        say(f"set-up sandboxes trust {settings.sandbox_ca_bundle} (OVERNIGHT_SANDBOX_CA_BUNDLE)")
+        return settings.sandbox_ca_bundle
+    image_bundle = settings.sandbox_rootfs_for(settings.sandbox_image) / HOST_CA_BUNDLE.relative_to("/")
+    if not HOST_CA_BUNDLE.is_file() or not image_bundle.is_file():
+        return None
+    if HOST_CA_BUNDLE.read_bytes() == image_bundle.read_bytes():
+        return None
+    say(f"set-up sandboxes trust this host's CA bundle {HOST_CA_BUNDLE}: it differs from the image's")
+    return HOST_CA_BUNDLE
+
+
 def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) -> int:
     from migrations.store import make_engine, migrate
 
@@ -68,6 +85,7 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
     broker_url, broker_description = resolve_broker_url(settings)
     say(broker_description)
     backend = _choose_sandbox(settings, say)
+    ca_bundle = _choose_ca_bundle(settings, say)
     say(f"model: {settings.llm_model} at {settings.llm_base_url}")
 
     env = dict(os.environ)
@@ -78,6 +96,8 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
         OVERNIGHT_ALLOW_LOCAL_REPOS="true" if settings.allow_local_repos else "false",
         OVERNIGHT_SANDBOX_BACKEND=backend,
     )
+    if ca_bundle is not None:
+        env["OVERNIGHT_SANDBOX_CA_BUNDLE"] = str(ca_bundle)
     base = f"http://{settings.api_host}:{settings.api_port}"
     names = ["worker", "api"]
     children = [

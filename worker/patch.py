@@ -1,0 +1,61 @@
+"""Extracting the patch: the workspace's change against the base commit, and nothing else.
+
+Runs inside the sandbox (a repository's own git config must never run code on the worker). New files are
+included and binary ones as git binary patches; a built-in list keeps caches, virtualenvs, dependencies and
+build output out — on top of the repository's own ignore rules — and what it kept out is reported. The
+patch is checked with ``git apply --check`` against a clean index of the base commit in the worker's
+pristine copy of the repository (which no untrusted code touched) before it is stored.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.base import Sandbox
+from worker.repo import TaskFailure, check_patch_applies
+
+BUILTIN_EXCLUDES = (
+    "__pycache__/", "*.py[cod]", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".hypothesis/",
+    "*.egg-info/", ".eggs/", ".tox/", ".nox/", ".venv/", "venv/", ".coverage", ".coverage.*", "coverage.xml",
+    "htmlcov/", ".nyc_output/", "coverage/", "node_modules/", "build/", "dist/", ".cache/",
+)  # fmt: skip
+MAX_REPORTED = 200
+DIFF = "/tmp/overnight-task.diff"
+EXCLUDED = "/tmp/overnight-excluded"
+SCRIPT = """set -e
+cd /workspace
+G="git -c core.fsmonitor=false -c core.hooksPath=/dev/null"
+printf '%s\\n' {patterns} > /tmp/overnight-exclude
+$G -c core.excludesFile=/tmp/overnight-exclude add -A -- .
+$G diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv {base} > {diff}
+$G -c core.excludesFile=/tmp/overnight-exclude ls-files -z -o -i --exclude-standard --directory | sort -z > /tmp/ov-a
+$G -c core.excludesFile=/dev/null ls-files -z -o -i --exclude-standard --directory | sort -z > /tmp/ov-b
+comm -z -23 /tmp/ov-a /tmp/ov-b > {excluded}
+"""
+
+
+@dataclass(kw_only=True, frozen=True)
+class ExtractedPatch:
+    diff: str
+    files_changed: int
+    excluded: list[str]
+    """Paths the built-in exclude list kept out of the patch (the repository's own rules aside)."""
+
+
+def extract_patch(sandbox: Sandbox, base_sha: str, pristine: Path) -> ExtractedPatch:
+    patterns = " ".join(shlex.quote(p) for p in BUILTIN_EXCLUDES)
+    script = SCRIPT.format(patterns=patterns, base=base_sha, diff=DIFF, excluded=EXCLUDED)
+    result = sandbox.run(script, timeout=600)
+    if result.exit_code != 0:
+        last = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.exit_code}"]
+        raise TaskFailure(f"could not compute the diff: {last[0]}")
+    diff = sandbox.read_file(DIFF).decode("utf-8", errors="replace")
+    check_patch_applies(pristine, base_sha, diff)
+    excluded = [p for p in sandbox.read_file(EXCLUDED).decode("utf-8", errors="replace").split("\0") if p]
+    return ExtractedPatch(
+        diff=diff,
+        files_changed=sum(1 for line in diff.splitlines() if line.startswith("diff --git ")),
+        excluded=excluded[:MAX_REPORTED],
+    )
