@@ -21,6 +21,7 @@ from typing import Any
 import docker
 import docker.errors
 from docker.models.containers import Container
+from docker.types import Mount
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.base import Sandbox, SandboxError, SandboxSpec, SandboxUnavailableError
@@ -108,12 +109,14 @@ class DockerBackend:
         setup = spec.purpose == "setup"
         seed = "" if setup else f'[ -d {HOME_SEED} ] && cp -a {HOME_SEED}/. "$HOME"/ 2>/dev/null; '
         options: dict[str, Any] = {}
-        volumes = {
-            str(spec.workspace): {"bind": WORKDIR, "mode": "rw"},
-            str(control): {"bind": CONTROL_DIR, "mode": "rw"},
-        }
+        # Mounts, not `volumes=`: the SDK also declares volumes in the container's config, which a snapshot
+        # (docker commit) would carry into every later container as anonymous volumes.
+        mounts = [
+            Mount(WORKDIR, str(spec.workspace), type="bind"),
+            Mount(CONTROL_DIR, str(control), type="bind"),
+        ]
         if spec.ca_bundle is not None:
-            volumes[str(spec.ca_bundle.resolve())] = {"bind": CA_PATH, "mode": "ro"}
+            mounts.append(Mount(CA_PATH, str(spec.ca_bundle.resolve()), type="bind", read_only=True))
         if not setup:
             options["read_only"] = True
             options["tmpfs"] = {
@@ -130,7 +133,7 @@ class DockerBackend:
                 user=f"{uid}:{gid}",
                 environment=sandbox_environment(spec),
                 working_dir=WORKDIR,
-                volumes=volumes,
+                mounts=mounts,
                 network_mode="bridge" if spec.network else "none",
                 mem_limit=self.config.memory,
                 memswap_limit=self.config.memory,
@@ -147,7 +150,7 @@ class DockerBackend:
 
         def stop() -> None:
             try:
-                container.remove(force=True)
+                container.remove(force=True, v=True)
             except docker.errors.NotFound:
                 pass
             except docker.errors.DockerException as exc:

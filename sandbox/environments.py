@@ -25,6 +25,9 @@ WORKSPACE_ARCHIVE = "/opt/overnight/workspace.tar"
 """Files the set-up left in the workspace, restored into the workspace of a task that starts from the cache."""
 WORKSPACE_PATHS = "/opt/overnight/workspace.paths"
 """Their paths, one a line: kept out of the patch (they are the set-up's, not the agent's)."""
+WORKSPACE_MODIFIED = "/opt/overnight/workspace.modified"
+"""Tracked files the set-up changed, with the hash of their content after it (NUL-separated pairs): kept out
+of the patch unless the agent changed them further."""
 
 
 class Snapshotter(Protocol):

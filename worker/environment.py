@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.base import SandboxBackend, SandboxError, SandboxSpec
-from sandbox.environments import WORKSPACE_ARCHIVE, WORKSPACE_PATHS, EnvironmentCache, environment_key
+from sandbox.environments import (
+    WORKSPACE_ARCHIVE,
+    WORKSPACE_MODIFIED,
+    WORKSPACE_PATHS,
+    EnvironmentCache,
+    environment_key,
+)
 from sandbox.output import truncate_middle
 from worker.autosetup import auto_setup_script
 from worker.repo import TaskFailure
@@ -38,7 +44,12 @@ CAPTURE = f"""
 set -e
 {{ git ls-files -z --others --exclude-standard --directory; git ls-files -z --others --ignored --exclude-standard \\
   --directory; }} | sort -zu > /tmp/overnight-paths
-tar -C /workspace --null -T /tmp/overnight-paths -cf {WORKSPACE_ARCHIVE}
+git diff -z --name-only > /tmp/overnight-modified
+: > {WORKSPACE_MODIFIED}
+while IFS= read -r -d '' path; do
+  printf '%s\\0%s\\0' "$path" "$(git hash-object -- "$path")" >> {WORKSPACE_MODIFIED}
+done < /tmp/overnight-modified
+cat /tmp/overnight-paths /tmp/overnight-modified | tar -C /workspace --null -T - -cf {WORKSPACE_ARCHIVE}
 tr '\\0' '\\n' < /tmp/overnight-paths > {WORKSPACE_PATHS}
 mkdir -p /opt/overnight/home
 tar -C "$HOME" --exclude=./.cache --exclude=./.npm/_cacache -cf - . | tar -C /opt/overnight/home -xf -

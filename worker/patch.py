@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.base import Sandbox
+from sandbox.environments import WORKSPACE_MODIFIED
 from worker.repo import TaskFailure, check_patch_applies
 
 BUILTIN_EXCLUDES = (
@@ -29,10 +30,19 @@ cd /workspace
 G="git -c core.fsmonitor=false -c core.hooksPath=/dev/null"
 printf '%s\\n' {patterns} > /tmp/overnight-exclude
 $G -c core.excludesFile=/tmp/overnight-exclude add -A -- .
+: > {setup_changed}
+if [ -f {modified} ]; then
+  while IFS= read -r -d '' path && IFS= read -r -d '' hash; do
+    if [ -f "$path" ] && [ "$($G hash-object -- "$path")" = "$hash" ]; then
+      $G reset -q {base} -- "$path" && printf '%s\\0' "$path" >> {setup_changed}
+    fi
+  done < {modified}
+fi
 $G diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv {base} > {diff}
 $G -c core.excludesFile=/tmp/overnight-exclude ls-files -z -o -i --exclude-standard --directory | sort -z > /tmp/ov-a
 $G -c core.excludesFile=/dev/null ls-files -z -o -i --exclude-standard --directory | sort -z > /tmp/ov-b
 comm -z -23 /tmp/ov-a /tmp/ov-b > {excluded}
+cat {setup_changed} >> {excluded}
 """
 
 
@@ -41,12 +51,20 @@ class ExtractedPatch:
     diff: str
     files_changed: int
     excluded: list[str]
-    """Paths the built-in exclude list kept out of the patch (the repository's own rules aside)."""
+    """Paths kept out of the patch: by the built-in exclude list (the repository's own rules aside), and
+    tracked files only the set-up changed."""
 
 
 def extract_patch(sandbox: Sandbox, base_sha: str, pristine: Path) -> ExtractedPatch:
     patterns = " ".join(shlex.quote(p) for p in BUILTIN_EXCLUDES)
-    script = SCRIPT.format(patterns=patterns, base=base_sha, diff=DIFF, excluded=EXCLUDED)
+    script = SCRIPT.format(
+        patterns=patterns,
+        base=base_sha,
+        diff=DIFF,
+        excluded=EXCLUDED,
+        modified=WORKSPACE_MODIFIED,
+        setup_changed="/tmp/overnight-setup-changed",
+    )
     result = sandbox.run(script, timeout=600)
     if result.exit_code != 0:
         last = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.exit_code}"]
