@@ -75,6 +75,8 @@ class ScriptedModel:
         self.dialect = dialect
         """vllm streams reasoning in ``delta.reasoning``; mistral (La Plateforme) as thinking content chunks."""
         self.requests: list[dict[str, Any]] = []
+        self.received_at: list[float] = []
+        """time.time() of each request's arrival."""
         self._previous_prompt = ""
         self._lock = threading.Lock()
 
@@ -84,6 +86,7 @@ class ScriptedModel:
 
     def next_turn(self, body: dict[str, Any]) -> tuple[ScriptedTurn | None, dict[str, int]]:
         with self._lock:
+            self.received_at.append(time.time())
             self.requests.append(body)
             prompt = json.dumps([body.get("tools"), body.get("messages")], separators=(",", ":"))
             usage = self._prompt_usage(prompt)
