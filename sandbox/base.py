@@ -42,6 +42,29 @@ class CommandResult(BaseModel):
     duration: float = Field(ge=0, description="Wall-clock seconds the command took.")
 
 
+class SandboxLimits(BaseModel):
+    """Limits every backend enforces, per sandbox."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    memory: str = "2g"
+    """Memory limit (swap included: the sandbox gets no swap)."""
+    pids: int = Field(default=512, gt=16)
+    """Most processes and threads the sandbox may hold at once."""
+    cpus: float = Field(default=2.0, gt=0)
+    """CPUs the sandbox may use."""
+    command_timeout: float = Field(default=300, gt=0)
+    """Seconds a command may run when the caller names no timeout."""
+    disk_limit: int = Field(default=10 * 2**30, ge=0)
+    """Bytes the workspace may grow to; a command that passes it is killed and the sandbox refuses more."""
+    tmp_size: str = "1g"
+    """Size of the /tmp tmpfs."""
+    home_size: str = "1g"
+    """Size of the home-directory tmpfs."""
+    startup_timeout: float = Field(default=30, gt=0)
+    """Seconds the sandbox's exec server may take to answer after start."""
+
+
 class SandboxSpec(BaseModel):
     """What one sandbox is started for."""
 

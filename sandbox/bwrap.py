@@ -18,9 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from sandbox.base import Sandbox, SandboxError, SandboxSpec, SandboxUnavailableError
+from sandbox.base import Sandbox, SandboxError, SandboxLimits, SandboxSpec, SandboxUnavailableError
 from sandbox.cgroups import CGroup, _bytes
 from sandbox.image import SANDBOX_HOME, SANDBOX_UID
 from sandbox.runtime import CA_PATH, CONTROL_DIR, EXECSERVER, HOME_SEED, WORKDIR, SocketRuntime, sandbox_environment
@@ -28,21 +26,11 @@ from sandbox.runtime import CA_PATH, CONTROL_DIR, EXECSERVER, HOME_SEED, WORKDIR
 ENV_OPT = "/opt/overnight"
 
 
-class BwrapConfig(BaseModel):
+class BwrapConfig(SandboxLimits):
     """Settings of the bubblewrap backend."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     rootfs: Path
     """Root filesystem of the base image (``overnight image build`` writes it)."""
-    memory: str = "2g"
-    pids: int = Field(default=512, gt=16)
-    cpus: float = Field(default=2.0, gt=0)
-    command_timeout: float = Field(default=300, gt=0)
-    disk_limit: int = Field(default=10 * 2**30, ge=0)
-    tmp_size: str = "1g"
-    home_size: str = "1g"
-    startup_timeout: float = Field(default=30, gt=0)
     environments: Path = Path("/var/tmp/overnight-environments")
     """Where set-up environments (their /opt/overnight) are kept."""
 

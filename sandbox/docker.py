@@ -22,9 +22,8 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
-from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.base import Sandbox, SandboxError, SandboxSpec, SandboxUnavailableError
+from sandbox.base import Sandbox, SandboxError, SandboxLimits, SandboxSpec, SandboxUnavailableError
 from sandbox.image import SANDBOX_HOME
 from sandbox.reaper import process_identity
 from sandbox.runtime import (
@@ -41,27 +40,11 @@ from sandbox.runtime import (
 LABEL = "dev.overnight"
 
 
-class DockerConfig(BaseModel):
+class DockerConfig(SandboxLimits):
     """Settings of the Docker backend."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     image: str = "overnight-sandbox:bookworm-2"
     """Image every sandbox starts from, unless the task or an environment snapshot names another."""
-    memory: str = "2g"
-    """Memory limit (swap included: the sandbox gets no swap)."""
-    pids: int = Field(default=512, gt=16)
-    """Most processes and threads the sandbox may hold at once."""
-    cpus: float = Field(default=2.0, gt=0)
-    command_timeout: float = Field(default=300, gt=0)
-    """Seconds a command may run when the caller names no timeout."""
-    disk_limit: int = Field(default=10 * 2**30, ge=0)
-    """Bytes the workspace may grow to; a command that passes it is killed and the sandbox refuses more."""
-    tmp_size: str = "1g"
-    """Size of the /tmp tmpfs."""
-    home_size: str = "1g"
-    """Size of the home-directory tmpfs."""
-    startup_timeout: float = Field(default=30, gt=0)
 
     def build(self) -> DockerBackend:
         return DockerBackend(self)
