@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from api.errors import install_error_handlers
-from api.queue import TaskQueue
 from api.routes import health, tasks
+from api.routes.health import TaskCollector
 from migrations.store import make_engine, make_sessionmaker
 from overnight.broker import resolve_broker_url
 from overnight.settings import Settings
+from worker.celery_app import TaskQueue
 
 
 def create_app(settings: Settings | None = None, *, queue: TaskQueue | None = None) -> FastAPI:
@@ -21,6 +23,8 @@ def create_app(settings: Settings | None = None, *, queue: TaskQueue | None = No
     )
     app.state.settings = settings
     app.state.sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    app.state.metrics = CollectorRegistry()
+    app.state.metrics.register(TaskCollector(app.state.sessions))
     if queue is None:
         broker_url, _ = resolve_broker_url(settings)
         queue = TaskQueue(broker_url, queue=settings.queue)

@@ -6,10 +6,16 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.queue import TaskQueue
+from api.errors import APIError
+from migrations import store
+from migrations.models import User
 from overnight.settings import Settings
+from worker.celery_app import TaskQueue
+
+bearer = HTTPBearer(auto_error=False, description="A token from `overnight token create --user NAME`.")
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -25,6 +31,20 @@ def get_queue(request: Request) -> TaskQueue:
     return request.app.state.queue  # type: ignore[no-any-return]
 
 
+def get_user(
+    session: Annotated[Session, Depends(get_session)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> User:
+    if credentials is None or not credentials.credentials:
+        raise APIError(401, "unauthorized", "a bearer token is required (Authorization: Bearer TOKEN)")
+    user = store.user_for_token(session, credentials.credentials)
+    if user is None:
+        raise APIError(401, "unauthorized", "the bearer token is not valid")
+    session.commit()  # last_used_at
+    return user
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 QueueDep = Annotated[TaskQueue, Depends(get_queue)]
+CurrentUser = Annotated[User, Depends(get_user)]

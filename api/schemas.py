@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 MAX_INSTRUCTION_BYTES = 32 * 1024
+
+
+def _check_instruction(value: str) -> str:
+    if not value.strip():
+        raise ValueError("instruction must not be empty")
+    size = len(value.encode("utf-8"))
+    if size > MAX_INSTRUCTION_BYTES:
+        raise ValueError(f"instruction is {size} bytes; at most {MAX_INSTRUCTION_BYTES} are allowed")
+    return value
+
+
+Instruction = Annotated[str, AfterValidator(_check_instruction)]
 
 
 class TaskCreate(BaseModel):
@@ -28,7 +40,9 @@ class TaskCreate(BaseModel):
         max_length=2048, description="https:// or ssh URL, git@host:path, or (when allowed) a local path."
     )
     ref: str | None = Field(default=None, max_length=255, description="Branch, tag or commit; default branch if empty.")
-    instruction: str = Field(description=f"What to do, in plain language (at most {MAX_INSTRUCTION_BYTES} bytes).")
+    instruction: Instruction = Field(
+        description=f"What to do, in plain language (at most {MAX_INSTRUCTION_BYTES} bytes)."
+    )
     max_steps: int | None = Field(default=None, ge=1, le=1000, description="Model calls this task may make.")
     setup: str | None = Field(
         default=None,
@@ -47,20 +61,19 @@ class TaskCreate(BaseModel):
             raise ValueError("setup must be a relative path inside the repository (no '..', no leading '/' or '-')")
         return value
 
-    @field_validator("instruction")
-    @classmethod
-    def _instruction(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("instruction must not be empty")
-        size = len(value.encode("utf-8"))
-        if size > MAX_INSTRUCTION_BYTES:
-            raise ValueError(f"instruction is {size} bytes; at most {MAX_INSTRUCTION_BYTES} are allowed")
-        return value
-
     @field_validator("ref")
     @classmethod
     def _empty_ref(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+
+class FollowUpCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"instruction": "Now also add a test for the empty case"}]}
+    )
+
+    instruction: Instruction = Field(description=f"What to do next (at most {MAX_INSTRUCTION_BYTES} bytes).")
+    max_steps: int | None = Field(default=None, ge=1, le=1000)
 
 
 class PatchSummary(BaseModel):
@@ -75,10 +88,14 @@ class TaskPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
+    kind: str = Field(description="task, or follow-up (starts from parent_id's patch).")
+    parent_id: str | None
+    user_id: int | None
     repo: str
     ref: str | None
     instruction: str
     state: str
+    attempt: int = Field(description="Executions started (a redelivery after a worker crash starts another).")
     failure_reason: str | None
     base_sha: str | None
     max_steps: int | None
@@ -95,6 +112,7 @@ class TaskPublic(BaseModel):
 
 class TaskList(BaseModel):
     tasks: list[TaskPublic]
+    next_cursor: str | None = Field(default=None, description="Pass as ?cursor= for the next page; null: last.")
 
 
 class EventPublic(BaseModel):
@@ -138,6 +156,8 @@ class PatchPublic(BaseModel):
         description="Unified diff in git's format (binary files as git binary patches); empty: no changes."
     )
     files_changed: int
+    diffstat: str
+    commit_message: str = Field(description="Title, blank line, body: summary, files changed, tests the agent ran.")
     complete: bool = Field(description="False when the run ended early (budget, cancel): the diff so far.")
     excluded: list[str] = Field(description="Paths the built-in exclude list kept out (caches, dependencies, builds).")
     created_at: datetime

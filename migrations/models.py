@@ -6,7 +6,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -36,6 +36,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class TaskState(enum.StrEnum):
     queued = "queued"
+    preparing = "preparing"
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
@@ -47,16 +48,59 @@ class TaskState(enum.StrEnum):
 
 
 FINAL_STATES = frozenset({TaskState.succeeded, TaskState.failed, TaskState.cancelled})
+ACTIVE_STATES = frozenset({TaskState.preparing, TaskState.running})
 
 
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
 
 
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """Touched when a task of the user is claimed: the row lock that serialises concurrency checks."""
+
+
+class Token(Base):
+    """An API bearer token; only its SHA-256 is stored."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship()
+
+
 class Task(Base):
     __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("user_id", "idempotency_key", name="uq_tasks_user_idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL", name="fk_tasks_user_id_users"), index=True
+    )
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    parent_id: Mapped[str | None] = mapped_column(String(32))
+    """The task this one follows up (its patch is the starting point) or retries."""
+    kind: Mapped[str] = mapped_column(String(16), default="task")
+    """task, retry or follow-up."""
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    """Executions started; a redelivery after a worker crash starts the next one."""
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    sandbox_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    """Seconds spent running commands in sandboxes (set-up and tools)."""
     repo: Mapped[str] = mapped_column(String(2048))
     ref: Mapped[str | None] = mapped_column(String(255))
     instruction: Mapped[str] = mapped_column(Text)
@@ -110,6 +154,10 @@ class Patch(Base):
     """Paths the built-in exclude list kept out of the diff (caches, dependencies, build output)."""
     complete: Mapped[bool] = mapped_column(default=True)
     """False when the run ended early (budget, cancel): the diff is what the agent had done so far."""
+    diffstat: Mapped[str] = mapped_column(Text, default="")
+    commit_message: Mapped[str] = mapped_column(Text, default="")
+    mbox: Mapped[str] = mapped_column(Text, default="")
+    """``git format-patch`` output that ``git am`` applies (empty when the diff is)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     task: Mapped[Task] = relationship(back_populates="patch")

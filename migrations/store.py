@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,18 @@ from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrations.models import FINAL_STATES, Patch, Task, TaskEvent, TaskState, Trajectory, utcnow
+from migrations.models import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    Patch,
+    Task,
+    TaskEvent,
+    TaskState,
+    Token,
+    Trajectory,
+    User,
+    utcnow,
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 
@@ -70,9 +83,17 @@ def create_task(
     instruction: str,
     max_steps: int | None = None,
     setup: str | None = None,
+    user_id: int | None = None,
+    idempotency_key: str | None = None,
+    parent_id: str | None = None,
+    kind: str = "task",
 ) -> Task:
     task = Task(
         id=new_task_id(),
+        user_id=user_id,
+        idempotency_key=idempotency_key,
+        parent_id=parent_id,
+        kind=kind,
         repo=repo,
         ref=ref,
         instruction=instruction,
@@ -86,19 +107,53 @@ def create_task(
     return task
 
 
-def get_task(session: Session, task_id: str) -> Task | None:
-    return session.get(Task, task_id)
+def get_task(session: Session, task_id: str, *, user: User | None = None) -> Task | None:
+    """The task, or None; with ``user``, only if that user may see it (their own, or any for an admin)."""
+    task = session.get(Task, task_id)
+    if task is None or (user is not None and not user.is_admin and task.user_id != user.id):
+        return None
+    return task
+
+
+def task_by_idempotency_key(session: Session, user_id: int, key: str) -> Task | None:
+    return session.scalar(select(Task).where(Task.user_id == user_id, Task.idempotency_key == key))
+
+
+def encode_cursor(task: Task) -> str:
+    return base64.urlsafe_b64encode(f"{task.created_at.isoformat()}|{task.id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError on a cursor this API did not make."""
+    moment, _, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+    if not task_id:
+        raise ValueError("malformed cursor")
+    return datetime.fromisoformat(moment), task_id
 
 
 def list_tasks(
-    session: Session, *, limit: int = 50, state: str | None = None, repo: str | None = None
-) -> Sequence[Task]:
-    query = select(Task).order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
+    session: Session,
+    *,
+    limit: int = 50,
+    state: str | None = None,
+    repo: str | None = None,
+    user: User | None = None,
+    cursor: str | None = None,
+) -> tuple[Sequence[Task], str | None]:
+    """Newest first; the second value is the cursor of the next page (None on the last)."""
+    query = select(Task).order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
     if state:
         query = query.where(Task.state == state)
     if repo:
         query = query.where(Task.repo == repo)
-    return session.scalars(query).all()
+    if user is not None and not user.is_admin:
+        query = query.where(Task.user_id == user.id)
+    if cursor:
+        moment, task_id = decode_cursor(cursor)
+        query = query.where((Task.created_at < moment) | ((Task.created_at == moment) & (Task.id < task_id)))
+    tasks = session.scalars(query).all()
+    next_cursor = encode_cursor(tasks[limit - 1]) if len(tasks) > limit else None
+    return tasks[:limit], next_cursor
 
 
 def transition(
@@ -116,7 +171,7 @@ def transition(
     """
     now = utcnow()
     values: dict[str, Any] = {"state": to_state.value, "updated_at": now, **fields}
-    if to_state is TaskState.running:
+    if to_state is TaskState.preparing:
         values.setdefault("started_at", now)
     if to_state in FINAL_STATES:
         values["finished_at"] = now
@@ -246,3 +301,136 @@ def store_trajectory(session: Session, task_id: str, data: dict[str, Any]) -> Tr
 
 def get_trajectory(session: Session, task_id: str) -> Trajectory | None:
     return session.get(Trajectory, task_id)
+
+
+# --- users and tokens ------------------------------------------------------------------------------
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, user_name: str, *, admin: bool = False, label: str | None = None) -> str:
+    """A new token for ``user_name`` (created if new); returns the token itself, which is stored hashed."""
+    user = session.scalar(select(User).where(User.name == user_name))
+    if user is None:
+        user = User(name=user_name, is_admin=admin)
+        session.add(user)
+        session.flush()
+    elif admin and not user.is_admin:
+        user.is_admin = True
+    token = "ovn_" + secrets.token_urlsafe(32)
+    session.add(Token(user_id=user.id, token_hash=hash_token(token), label=label))
+    session.flush()
+    return token
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    row = session.scalar(select(Token).where(Token.token_hash == hash_token(token)))
+    if row is None:
+        return None
+    row.last_used_at = utcnow()
+    return row.user
+
+
+# --- claiming, heartbeats, reconciling -------------------------------------------------------------
+
+
+def claim(session: Session, task_id: str, *, worker: str, max_active_per_user: int) -> str:
+    """Try to start task ``task_id`` on ``worker``: "claimed", "busy" (its user is at the concurrency
+    limit: leave it queued), or "gone" (not queued any more)."""
+    task = session.get(Task, task_id)
+    if task is None or task.state != TaskState.queued.value:
+        return "gone"
+    if task.user_id is not None:
+        # Touching the user's row serialises concurrent claims of one user (a row lock; SQLite: the write lock).
+        session.execute(update(User).where(User.id == task.user_id).values(updated_at=utcnow()))
+        active = session.scalar(
+            select(func.count())
+            .select_from(Task)
+            .where(Task.user_id == task.user_id, Task.state.in_([s.value for s in ACTIVE_STATES]))
+        )
+        if (active or 0) >= max_active_per_user:
+            return "busy"
+    claimed = transition(
+        session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing,
+        attempt=Task.attempt + 1, worker=worker, heartbeat_at=utcnow(), cancel_requested=False,
+    )  # fmt: skip
+    return "claimed" if claimed else "gone"
+
+
+def heartbeat(session: Session, task_id: str, worker: str) -> None:
+    session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.worker == worker, Task.state.in_([s.value for s in ACTIVE_STATES]))
+        .values(heartbeat_at=utcnow())
+    )
+
+
+def mark_enqueued(session: Session, task_id: str) -> None:
+    session.execute(update(Task).where(Task.id == task_id).values(enqueued_at=utcnow()))
+
+
+def stale_active_tasks(session: Session, *, older_than: timedelta) -> Sequence[Task]:
+    """Preparing or running tasks whose worker stopped beating."""
+    limit = utcnow() - older_than
+    return session.scalars(
+        select(Task).where(Task.state.in_([s.value for s in ACTIVE_STATES]), Task.heartbeat_at < limit)
+    ).all()
+
+
+def lost_queued_tasks(session: Session, *, older_than: timedelta) -> Sequence[Task]:
+    """Queued tasks last handed to the broker long ago (the broker may have lost them)."""
+    limit = utcnow() - older_than
+    return session.scalars(
+        select(Task).where(
+            Task.state == TaskState.queued.value, (Task.enqueued_at < limit) | (Task.enqueued_at.is_(None))
+        )
+    ).all()
+
+
+def requeue_or_fail(session: Session, task: Task, *, max_attempts: int, reason: str) -> str:
+    """A task whose worker died: back to queued for a clean new attempt, or failed after ``max_attempts``."""
+    states = [s for s in ACTIVE_STATES if s.value == task.state]
+    if task.attempt >= max_attempts:
+        transition(session, task.id, from_states=states, to_state=TaskState.failed,
+                   reason=f"worker lost: {reason} (after {task.attempt} attempts)")  # fmt: skip
+        return "failed"
+    if transition(session, task.id, from_states=states, to_state=TaskState.queued, reason=reason):
+        return "requeued"
+    return "unchanged"
+
+
+def add_sandbox_seconds(session: Session, task_id: str, seconds: float) -> None:
+    session.execute(update(Task).where(Task.id == task_id).values(sandbox_seconds=Task.sandbox_seconds + seconds))
+
+
+def metrics_snapshot(session: Session) -> dict[str, Any]:
+    """Figures for /metrics, read from the database (the source of truth)."""
+    by_state = dict(session.execute(select(Task.state, func.count()).group_by(Task.state)).all())
+    tokens = session.execute(
+        select(
+            func.coalesce(func.sum(Task.prompt_tokens), 0),
+            func.coalesce(func.sum(Task.cached_tokens), 0),
+            func.coalesce(func.sum(Task.completion_tokens), 0),
+            func.coalesce(func.sum(Task.sandbox_seconds), 0.0),
+        )
+    ).one()
+    durations: dict[str, list[float]] = {}
+    finished = session.execute(
+        select(Task.state, Task.started_at, Task.finished_at)
+        .where(Task.finished_at.is_not(None), Task.started_at.is_not(None))
+        .order_by(Task.finished_at.desc())
+        .limit(10_000)
+    ).all()
+    for state, started, ended in finished:
+        if started is not None and ended is not None:
+            durations.setdefault(state, []).append((ended - started).total_seconds())
+    return {
+        "by_state": by_state,
+        "prompt_tokens": int(tokens[0]),
+        "cached_tokens": int(tokens[1]),
+        "completion_tokens": int(tokens[2]),
+        "sandbox_seconds": float(tokens[3]),
+        "durations": durations,
+    }

@@ -6,12 +6,19 @@ passed down explicitly; no other module reads ``os.environ``.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_config_path, user_data_path
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 APP_NAME = "overnight"
 
@@ -31,6 +38,8 @@ class Settings(BaseSettings):
         env_prefix="OVERNIGHT_", env_file=".env", extra="ignore", use_attribute_docstrings=True
     )
 
+    config_dir: Path = Field(default_factory=default_config_dir)
+    """Where `overnight up` writes the local client config (server and admin token)."""
     data_dir: Path = Field(default_factory=default_data_dir)
     """Where the embedded database, the SQL broker file and task workspaces live (default: the user's data
     dir from platformdirs, e.g. ~/.local/share/overnight)."""
@@ -133,7 +142,25 @@ class Settings(BaseSettings):
     sandbox_env_max_bytes: int = Field(default=20 * 2**30, gt=0)
     """Total size of cached environments; the least recently used go first."""
     task_time_limit: int = Field(default=7200, gt=0)
-    """Wall-clock seconds one task's sandbox may live (set-up and agent together)."""
+    """Wall-clock seconds one task may take (set-up and agent together); past it the task fails."""
+    task_max_attempts: int = Field(default=3, ge=1)
+    """Executions of one task after worker crashes before it fails with "worker lost"."""
+    max_active_tasks_per_user: int = Field(default=4, ge=1)
+    """Tasks of one user preparing or running at once; more wait queued."""
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    """How often a worker marks its task alive."""
+    worker_stale_seconds: float = Field(default=60.0, gt=0)
+    """A preparing or running task whose heartbeat is older is taken as lost with its worker."""
+    reconcile_seconds: float = Field(default=30.0, gt=0)
+    """How often each worker re-enqueues queued tasks the broker lost and recovers tasks of dead workers."""
+    mirror_max_bytes: int = Field(default=20 * 2**30, gt=0)
+    """Total size of the worker's bare repository mirrors; the least recently used go first."""
+    git_credentials: dict[str, SecretStr] = Field(default_factory=dict)
+    """Tokens for private HTTPS repositories, by host (JSON: {"github.com": "TOKEN"}); never logged."""
+    git_author_name: str = "Overnight"
+    """Author of the commit in the patch's mbox form."""
+    git_author_email: str = "overnight@localhost"
+    """Its e-mail address."""
 
     @field_validator("llm_base_url")
     @classmethod
@@ -164,6 +191,10 @@ class Settings(BaseSettings):
         return self.data_dir / "environments"
 
     @property
+    def mirrors_dir(self) -> Path:
+        return self.data_dir / "mirrors"
+
+    @property
     def workspaces_dir(self) -> Path:
         return self.data_dir / "workspaces"
 
@@ -172,8 +203,17 @@ class Settings(BaseSettings):
         return f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
 
 
+CONFIG_FILE = "config.json"
+
+
+def config_dir_from_env() -> Path:
+    """OVERNIGHT_CONFIG_DIR, else the user's config dir; read before the settings that live in it."""
+    return Path(os.environ.get("OVERNIGHT_CONFIG_DIR") or default_config_dir())
+
+
 class ClientSettings(BaseSettings):
-    """What the remote CLI needs: where the API is and who is asking."""
+    """What the remote CLI needs: where the API is and who is asking. Environment variables win over the
+    client config file (``config.json`` in the config dir, written by ``overnight up`` and ``overnight login``)."""
 
     model_config = SettingsConfigDict(env_prefix="OVERNIGHT_", extra="ignore", use_attribute_docstrings=True)
 
@@ -181,8 +221,42 @@ class ClientSettings(BaseSettings):
     """Base URL of the Overnight API the CLI talks to."""
     token: SecretStr | None = None
     """Bearer token sent to the API."""
+    config_dir: Path = Field(default_factory=default_config_dir)
+    """Where the client config file lives (the user's config dir, e.g. ~/.config/overnight)."""
 
     @field_validator("server")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = JsonConfigSettingsSource(settings_cls, json_file=config_dir_from_env() / CONFIG_FILE)
+        return init_settings, env_settings, config_file
+
+
+def write_client_config(config_dir: Path, *, server: str, token: str) -> Path:
+    """Store the server and token for the CLI (mode 0600: the token is a secret)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / CONFIG_FILE
+    descriptor = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump({"server": server, "token": token}, handle, indent=2)
+    path.with_suffix(".tmp").replace(path)
+    return path
+
+
+def read_client_config(config_dir: Path) -> dict[str, str]:
+    path = config_dir / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

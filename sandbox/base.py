@@ -118,6 +118,10 @@ class Sandbox(Protocol):
 
     def list_dir(self, path: str) -> list[str]: ...
 
+    def interrupt(self) -> None:
+        """Kill whatever command is running now (another thread may call this); the sandbox stays usable."""
+        ...
+
     def close(self) -> None:
         """Stop and remove the sandbox; safe to call twice."""
         ...

@@ -18,6 +18,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 CHUNK = 65536
@@ -120,6 +121,8 @@ def kill_session(sid):
 
 class Server:
     def __init__(self, args):
+        self.running = set()
+        self.running_lock = threading.Lock()
         self.workdir = args.workdir
         self.disk_limit = args.disk_limit
         self.deadline = time.time() + args.lifetime if args.lifetime else None
@@ -142,6 +145,14 @@ class Server:
 
     def do_ping(self, request):
         return {"ok": True, "pid": os.getpid(), "uid": os.getuid()}
+
+    def do_interrupt(self, request):
+        """Kill every command running now (a cancelled task); later requests work as before."""
+        with self.running_lock:
+            sessions = list(self.running)
+        for sid in sessions:
+            kill_session(sid)
+        return {"interrupted": len(sessions)}
 
     def do_read_file(self, request):
         with open(request["path"], "rb") as handle:
@@ -182,6 +193,8 @@ class Server:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        with self.running_lock:
+            self.running.add(process.pid)
         if request.get("stdin") is not None:
             try:
                 process.stdin.write(base64.b64decode(request["stdin"]))
@@ -227,6 +240,8 @@ class Server:
             exit_code = process.wait()
         if not (timed_out or disk):
             kill_session(process.pid)  # background leftovers must not outlive their command
+        with self.running_lock:
+            self.running.discard(process.pid)
         selector.close()
         process.stdout.close()
         process.stderr.close()
@@ -256,14 +271,19 @@ def serve(args):
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     while True:
         connection, _ = listener.accept()
-        with connection:
-            reader = connection.makefile("rb")
-            line = reader.readline()
-            try:
-                answer = server.handle(json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                answer = {"error": "bad_request", "message": str(exc)}
-            connection.sendall(json.dumps(answer).encode() + b"\n")
+        # One thread a connection: an interrupt must get through while a command runs.
+        threading.Thread(target=answer, args=(server, connection), daemon=True).start()
+
+
+def answer(server, connection):
+    with connection:
+        line = connection.makefile("rb").readline()
+        try:
+            reply = server.handle(json.loads(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            reply = {"error": "bad_request", "message": str(exc)}
+        with contextlib.suppress(OSError):
+            connection.sendall(json.dumps(reply).encode() + b"\n")
 
 
 def main():

@@ -37,13 +37,18 @@ class WriteFileRequest(_Request):
     content: str = Field(description="Base64 of the file's bytes.")
 
 
+class InterruptRequest(_Request):
+    type: Literal["interrupt"] = "interrupt"
+
+
 class ListDirRequest(_Request):
     type: Literal["list_dir"] = "list_dir"
     path: str
 
 
 Request = Annotated[
-    PingRequest | RunRequest | ReadFileRequest | WriteFileRequest | ListDirRequest, Field(discriminator="type")
+    PingRequest | RunRequest | ReadFileRequest | WriteFileRequest | ListDirRequest | InterruptRequest,
+    Field(discriminator="type"),
 ]
 
 

@@ -29,6 +29,7 @@ from sandbox.base import (
 from sandbox.image import SANDBOX_UID
 from sandbox.protocol import (
     ErrorAnswer,
+    InterruptRequest,
     ListDirRequest,
     PingRequest,
     ReadFileRequest,
@@ -136,6 +137,10 @@ class SocketRuntime:
 
     def list_dir(self, path: str) -> list[str]:
         return list(self._call(ListDirRequest(path=self._abs(path)))["entries"])
+
+    def interrupt(self) -> None:
+        """Kill the commands running now; the sandbox stays usable."""
+        self._call(InterruptRequest(), timeout=10)
 
     def close(self) -> None:
         if not self._closed:

@@ -8,7 +8,8 @@ import sys
 
 from overnight.broker import resolve_broker_url
 from overnight.settings import Settings
-from worker.celery_app import create_celery, register_tasks
+from worker.celery_app import TaskQueue, create_celery, register_tasks
+from worker.reconciler import start_reconciler
 from worker.sandboxes import start_reaper
 
 
@@ -18,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     broker_url, description = resolve_broker_url(settings)
     logging.getLogger("overnight.worker").info(description)
     start_reaper()  # sandboxes a crashed worker left behind: now, then every minute
-    app = create_celery(broker_url, queue=settings.queue)
+    app = create_celery(broker_url, queue=settings.queue, task_time_limit=settings.task_time_limit)
+    start_reconciler(settings, TaskQueue(broker_url, queue=settings.queue))
     register_tasks(app)
     concurrency = (argv or sys.argv[1:] or ["1"])[0]
     app.worker_main(

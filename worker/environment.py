@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox.base import SandboxBackend, SandboxError, SandboxSpec
+from sandbox.base import Sandbox, SandboxBackend, SandboxError, SandboxSpec
 from sandbox.environments import (
     WORKSPACE_ARCHIVE,
     WORKSPACE_MODIFIED,
@@ -125,6 +125,7 @@ def prepare_environment(
     cache: EnvironmentCache,
     policy: SetupPolicy,
     emit: Callable[[str, dict[str, Any]], None],
+    on_sandbox: Callable[[Sandbox | None], None] = lambda sandbox: None,
 ) -> Environment:
     """Where the agent's sandbox starts: after the set-up script, the automatic set-up, or neither."""
     image = repository_image(workspace, default=policy.image, backend=backend.name)
@@ -161,6 +162,7 @@ def prepare_environment(
             env=policy.proxy_env if policy.network else {},
         )
     )
+    on_sandbox(sandbox)  # a cancel kills the set-up's command too
     try:
         command = script.decode("utf-8", errors="replace") if auto else f"bash {shlex.quote(script_path)}"
         result = sandbox.run(command, timeout=policy.timeout, output_limit=LOG_LIMIT)
@@ -188,6 +190,7 @@ def prepare_environment(
     except SandboxError as exc:
         raise TaskFailure(f"set-up: {exc}") from exc
     finally:
+        on_sandbox(None)
         sandbox.close()
 
 

@@ -9,9 +9,12 @@ pristine copy of the repository (which no untrusted code touched) before it is s
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sandbox.base import Sandbox
 from sandbox.environments import WORKSPACE_MODIFIED
@@ -55,7 +58,7 @@ class ExtractedPatch:
     tracked files only the set-up changed."""
 
 
-def extract_patch(sandbox: Sandbox, base_sha: str, pristine: Path) -> ExtractedPatch:
+def extract_patch(sandbox: Sandbox, base_sha: str, mirror: Path) -> ExtractedPatch:
     patterns = " ".join(shlex.quote(p) for p in BUILTIN_EXCLUDES)
     script = SCRIPT.format(
         patterns=patterns,
@@ -70,10 +73,54 @@ def extract_patch(sandbox: Sandbox, base_sha: str, pristine: Path) -> ExtractedP
         last = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.exit_code}"]
         raise TaskFailure(f"could not compute the diff: {last[0]}")
     diff = sandbox.read_file(DIFF).decode("utf-8", errors="replace")
-    check_patch_applies(pristine, base_sha, diff)
+    check_patch_applies(mirror, base_sha, diff)
     excluded = [p for p in sandbox.read_file(EXCLUDED).decode("utf-8", errors="replace").split("\0") if p]
     return ExtractedPatch(
         diff=diff,
-        files_changed=sum(1 for line in diff.splitlines() if line.startswith("diff --git ")),
+        files_changed=len(changed_files(diff)),
         excluded=excluded[:MAX_REPORTED],
     )
+
+
+TEST_COMMAND = re.compile(
+    r"\b(pytest|py\.test|unittest|tox|nox|npm (run )?test|yarn test|pnpm test|jest|vitest|mocha|tape|go test|"
+    r"cargo test|mvn test|gradle test|make (check|test)|ctest|rspec|phpunit)\b"
+)
+
+
+def tests_run(messages: list[dict[str, Any]]) -> list[tuple[str, int | None]]:
+    """The test commands the agent ran (bash calls that look like a test runner) and their exit codes."""
+    commands: dict[str, str] = {}
+    found: list[tuple[str, int | None]] = []
+    for message in messages:
+        for call in message.get("tool_calls") or []:
+            if call["function"]["name"] == "bash":
+                try:
+                    command = json.loads(call["function"]["arguments"]).get("command", "")
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+                if isinstance(command, str) and TEST_COMMAND.search(command):
+                    commands[call["id"]] = command
+        if message.get("role") == "tool" and message.get("tool_call_id") in commands:
+            match = re.match(r"returncode: (-?\d+)", message.get("content") or "")
+            found.append((commands[message["tool_call_id"]], int(match.group(1)) if match else None))
+    return found
+
+
+def commit_message(*, title: str, summary: str, files: list[str], tests: list[tuple[str, int | None]]) -> str:
+    """Title, blank line, then the summary, the files changed and the tests the agent ran with their result."""
+    lines = [title.strip() or "Overnight change", "", summary.strip() or "(no summary)", ""]
+    if files:
+        lines += ["Files changed:", *(f"- {name}" for name in files), ""]
+    if tests:
+        lines.append("Tests run by the agent:")
+        for command, code in tests[-10:]:
+            verdict = "passed" if code == 0 else ("result unknown" if code is None else f"failed (exit {code})")
+            lines.append(f"- `{command.strip()[:200]}`: {verdict}")
+    else:
+        lines.append("The agent ran no tests.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def changed_files(diff: str) -> list[str]:
+    return [line.split(" b/", 1)[1] for line in diff.splitlines() if line.startswith("diff --git ") and " b/" in line]

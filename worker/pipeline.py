@@ -1,18 +1,23 @@
-"""One task, start to end: clone → set-up → start sandbox → run_agent → extract_patch → store_patch.
+"""One task, start to end: claim → clone → set-up → sandbox → run_agent → extract_patch → store_patch.
 
-Every way out leaves the task in a final state with a one-line reason, and the sandbox removed.
+The database is the source of truth; a message from the broker only says "look at this task". So the body
+is idempotent: a task already ended, or running on a live worker, is left alone; one whose worker stopped
+beating starts a clean new attempt (or fails with "worker lost" after the last one). Every way out leaves
+the task in a final state with a one-line reason, and the sandbox removed.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,10 +29,11 @@ from migrations.models import TaskState
 from sandbox.base import Sandbox, SandboxBackend, SandboxDiskFullError, SandboxError, SandboxSpec
 from sandbox.environments import EnvironmentCache
 from worker.environment import SetupPolicy, enter_environment, prepare_environment
-from worker.patch import extract_patch
-from worker.repo import TaskFailure, clone_repository
+from worker.patch import changed_files, commit_message, extract_patch, tests_run
+from worker.repo import Checkout, TaskFailure, apply_to_workspace, clone_repository, format_patch
 
 log = logging.getLogger(__name__)
+Outcome = Literal["ran", "busy", "skipped"]
 
 
 @dataclass(kw_only=True)
@@ -37,23 +43,82 @@ class WorkerContext:
     model_factory: Callable[[str], ModelClient]
     """Builds the model client of one task (the task id becomes its cache-affinity key)."""
     workspaces: Path
-    allow_local_repos: bool
+    checkout: Checkout
     agent: AgentConfig
     environments: EnvironmentCache
     setup: SetupPolicy
     agent_network: bool = False
+    worker_name: str = "worker"
+    max_active_per_user: int = 4
+    max_attempts: int = 3
+    heartbeat_seconds: float = 5.0
+    stale_after: timedelta = timedelta(seconds=60)
+    author: tuple[str, str] = ("Overnight", "overnight@localhost")
 
 
-def run_task(task_id: str, ctx: WorkerContext) -> None:
-    """Run task ``task_id`` if it is still queued; a task in any other state is left alone (idempotent)."""
+class _Watch:
+    """Beats the task's heartbeat and, when the user cancels, kills the command running in its sandbox."""
+
+    def __init__(self, ctx: WorkerContext, task_id: str) -> None:
+        self.ctx, self.task_id = ctx, task_id
+        self.sandbox: Sandbox | None = None
+        self.cancelled = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"watch-{task_id}", daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self._thread.start()
+        return self
+
+    def attach(self, sandbox: Sandbox | None) -> None:
+        self.sandbox = sandbox
+        if sandbox is not None and self.cancelled.is_set():
+            sandbox.interrupt()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(self.ctx.heartbeat_seconds, 1.0)):
+            try:
+                with self.ctx.sessions.begin() as session:
+                    store.heartbeat(session, self.task_id, self.ctx.worker_name)
+                    cancel = store.cancel_requested(session, self.task_id)
+                if cancel and not self.cancelled.is_set():
+                    self.cancelled.set()
+                    if self.sandbox is not None:
+                        self.sandbox.interrupt()
+            except Exception:  # a missed beat is not worth the task
+                log.exception("heartbeat of task %s failed", self.task_id)
+
+
+def run_task(task_id: str, ctx: WorkerContext) -> Outcome:
+    """Run task ``task_id`` if nobody else is; "busy" means its user is at the concurrency limit (retry later)."""
     with ctx.sessions.begin() as session:
         task = store.get_task(session, task_id)
-        if task is None:
-            log.warning("task %s does not exist; dropping the message", task_id)
-            return
-        if not store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.running):
-            log.info("task %s is %s, not queued; nothing to do", task_id, task.state)
-            return
+        if task is None or TaskState(task.state).is_final:
+            return "skipped"
+        if task.state != TaskState.queued.value:
+            beat = task.heartbeat_at
+            if beat is not None and store.age(beat) < ctx.stale_after.total_seconds():
+                log.info("task %s is %s on live worker %s; leaving it", task_id, task.state, task.worker)
+                return "skipped"
+            if store.requeue_or_fail(session, task, max_attempts=ctx.max_attempts, reason="redelivered") != "requeued":
+                return "skipped"
+        claim = store.claim(session, task_id, worker=ctx.worker_name, max_active_per_user=ctx.max_active_per_user)
+    if claim != "claimed":
+        return "busy" if claim == "busy" else "skipped"
+    with _Watch(ctx, task_id) as watch:
+        _execute(task_id, ctx, watch)
+    return "ran"
+
+
+def _execute(task_id: str, ctx: WorkerContext, watch: _Watch) -> None:
+    with ctx.sessions() as session:
+        task = store.get_task(session, task_id)
+        assert task is not None
+        parent_patch = store.get_patch(session, task.parent_id) if task.kind == "follow-up" and task.parent_id else None
         repo, ref, instruction, max_steps, setup_path = (
             task.repo,
             task.ref,
@@ -61,25 +126,27 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
             task.max_steps,
             task.setup,
         )
+        start_diff = parent_patch.diff if parent_patch else None
     deadline = time.monotonic() + ctx.setup.lifetime
-
     workspace = ctx.workspaces / task_id
-    pristine = ctx.workspaces / f"{task_id}.pristine.git"
     sandbox: Sandbox | None = None
     base_sha: str | None = None
+    mirror: Path | None = None
     emit = _event_sink(ctx.sessions, task_id)
     trajectory = Trajectory()
     try:
         emit("phase", {"phase": "clone", "repo": repo, "ref": ref})
-        base_sha = clone_repository(repo, ref, workspace, pristine=pristine, allow_local=ctx.allow_local_repos)
+        base_sha, mirror = clone_repository(repo, ref, workspace, checkout=ctx.checkout)
+        if start_diff is not None:
+            apply_to_workspace(workspace, start_diff)
         with ctx.sessions.begin() as session:
             store.get_task(session, task_id).base_sha = base_sha  # type: ignore[union-attr]
         emit("phase", {"phase": "setup", "base_sha": base_sha})
         environment = prepare_environment(
             task_id=task_id, repository=repo, workspace=workspace, setup_path=setup_path, backend=ctx.backend,
-            cache=ctx.environments, policy=ctx.setup, emit=emit,
+            cache=ctx.environments, policy=ctx.setup, emit=emit, on_sandbox=watch.attach,
         )  # fmt: skip
-        emit("phase", {"phase": "sandbox", "environment": environment.ref})
+        _raise_if_cancelled(watch)
         sandbox = ctx.backend.start(
             SandboxSpec(
                 task_id=task_id,
@@ -89,8 +156,11 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
                 lifetime=max(deadline - time.monotonic(), 1.0),
             )
         )
+        watch.attach(sandbox)
         enter_environment(sandbox, environment.ref)
-        emit("phase", {"phase": "agent"})
+        with ctx.sessions.begin() as session:
+            store.transition(session, task_id, from_states=[TaskState.preparing], to_state=TaskState.running)
+        emit("phase", {"phase": "agent", "environment": environment.ref})
         config = ctx.agent
         if max_steps:
             config = replace(config, budget=replace(config.budget, max_steps=max_steps))
@@ -101,26 +171,19 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
                 sandbox=sandbox, output_limit=config.tool_output_limit, command_timeout=config.command_timeout
             ),
             config=config,
-            on_event=emit,
-            should_stop=lambda: _cancel_requested(ctx.sessions, task_id),
+            on_event=_timed(emit, ctx.sessions, task_id),
+            should_stop=lambda: watch.cancelled.is_set() or _cancel_requested(ctx.sessions, task_id),
             trajectory=trajectory,
             environment_note=environment.note,
         )
-        _store_patch(ctx.sessions, task_id, sandbox, base_sha, pristine, result.submission, complete=True)
+        _store_patch(ctx, task_id, sandbox, base_sha, mirror, result.submission, trajectory, complete=True)
         _finish(ctx.sessions, task_id, TaskState.succeeded)
-    except Cancelled as exc:
-        _store_partial(ctx.sessions, task_id, sandbox, base_sha, pristine, str(exc))
-        _finish(ctx.sessions, task_id, TaskState.cancelled, str(exc))
-    except LimitsExceeded as exc:
-        _store_partial(ctx.sessions, task_id, sandbox, base_sha, pristine, str(exc))
-        _finish(ctx.sessions, task_id, TaskState.failed, str(exc))
-    except (TaskFailure, AgentError) as exc:
-        _finish(ctx.sessions, task_id, TaskState.failed, str(exc))
-    except SandboxDiskFullError as exc:
-        _store_partial(ctx.sessions, task_id, None, base_sha, pristine, str(exc))
-        _finish(ctx.sessions, task_id, TaskState.failed, f"sandbox: {exc}")
-    except SandboxError as exc:
-        _finish(ctx.sessions, task_id, TaskState.failed, f"sandbox: {exc}")
+    except (Cancelled, LimitsExceeded, TaskFailure, AgentError, SandboxError) as exc:
+        cancelled = isinstance(exc, Cancelled) or watch.cancelled.is_set() or _cancel_requested(ctx.sessions, task_id)
+        reason = "cancelled by user" if cancelled else _reason(exc)
+        if cancelled or isinstance(exc, LimitsExceeded | SandboxDiskFullError):
+            _store_partial(ctx, task_id, sandbox, base_sha, mirror, trajectory, reason)
+        _finish(ctx.sessions, task_id, TaskState.cancelled if cancelled else TaskState.failed, reason)
     except Exception as exc:
         log.error("task %s crashed:\n%s", task_id, traceback.format_exc())
         _finish(ctx.sessions, task_id, TaskState.failed, f"internal error: {type(exc).__name__}: {exc}")
@@ -128,65 +191,74 @@ def run_task(task_id: str, ctx: WorkerContext) -> None:
         if trajectory.messages:
             _store_trajectory(ctx.sessions, task_id, trajectory)
         if sandbox is not None:
+            watch.sandbox = None
             try:
                 sandbox.close()
             except SandboxError:
                 log.exception("could not remove the sandbox of task %s", task_id)
         shutil.rmtree(workspace, ignore_errors=True)
-        shutil.rmtree(pristine, ignore_errors=True)
+
+
+def _reason(exc: Exception) -> str:
+    return f"sandbox: {exc}" if isinstance(exc, SandboxError) else str(exc)
+
+
+def _cancel_requested(sessions: sessionmaker[Session], task_id: str) -> bool:
+    with sessions() as session:
+        return store.cancel_requested(session, task_id)
+
+
+def _raise_if_cancelled(watch: _Watch) -> None:
+    if watch.cancelled.is_set():
+        raise Cancelled("cancelled by user")
 
 
 def _store_patch(
-    sessions: sessionmaker[Session],
+    ctx: WorkerContext,
     task_id: str,
     sandbox: Sandbox,
     base_sha: str,
-    pristine: Path,
+    mirror: Path,
     submission: Submitted,
+    trajectory: Trajectory,
     *,
     complete: bool,
 ) -> None:
-    patch = extract_patch(sandbox, base_sha, pristine)
+    patch = extract_patch(sandbox, base_sha, mirror)
+    files = changed_files(patch.diff)
+    message = commit_message(
+        title=submission.pr_title, summary=submission.summary, files=files, tests=tests_run(trajectory.messages)
+    )
+    diffstat, mbox = format_patch(mirror, base_sha, patch.diff, message, author=ctx.author[0], email=ctx.author[1])
     body = submission.pr_body.strip() or submission.summary.strip()
-    with sessions.begin() as session:
-        store.store_patch(
-            session,
-            task_id,
-            base_sha=base_sha,
-            diff=patch.diff,
-            title=submission.pr_title,
-            body=body,
-            files_changed=patch.files_changed,
-            complete=complete,
-            excluded=patch.excluded,
-        )
+    with ctx.sessions.begin() as session:
+        stored = store.store_patch(
+            session, task_id, base_sha=base_sha, diff=patch.diff, title=submission.pr_title, body=body,
+            files_changed=patch.files_changed, complete=complete, excluded=patch.excluded,
+        )  # fmt: skip
+        stored.diffstat, stored.commit_message, stored.mbox = diffstat, message, mbox
         store.append_event(
-            session,
-            task_id,
-            "patch",
-            {
-                "files_changed": patch.files_changed,
-                "bytes": len(patch.diff),
-                "complete": complete,
-                "excluded": patch.excluded,
-            },
-        )
+            session, task_id, "patch",
+            {"files_changed": patch.files_changed, "bytes": len(patch.diff), "complete": complete,
+             "excluded": patch.excluded, "empty": not patch.diff},
+        )  # fmt: skip
 
 
 def _store_partial(
-    sessions: sessionmaker[Session],
+    ctx: WorkerContext,
     task_id: str,
     sandbox: Sandbox | None,
     base_sha: str | None,
-    pristine: Path,
+    mirror: Path | None,
+    trajectory: Trajectory,
     reason: str,
 ) -> None:
     """Keep what the agent did before the run was cut short, marked incomplete."""
-    if sandbox is None or base_sha is None:
+    if sandbox is None or base_sha is None or mirror is None:
         return
     try:
         partial = Submitted(summary=reason, pr_title=f"Incomplete: {reason}"[:200], pr_body=reason)
-        _store_patch(sessions, task_id, sandbox, base_sha, pristine, partial, complete=False)
+        _store_patch(ctx, task_id, sandbox, base_sha, mirror, partial, trajectory, complete=False)
     except (TaskFailure, SandboxError):
         log.exception("could not store the partial diff of task %s", task_id)
 
@@ -205,20 +277,31 @@ def _store_trajectory(sessions: sessionmaker[Session], task_id: str, trajectory:
 
 def _finish(sessions: sessionmaker[Session], task_id: str, state: TaskState, reason: str | None = None) -> None:
     with sessions.begin() as session:
-        store.transition(session, task_id, from_states=[TaskState.running], to_state=state, reason=reason)
-
-
-def _cancel_requested(sessions: sessionmaker[Session], task_id: str) -> bool:
-    with sessions() as session:
-        return store.cancel_requested(session, task_id)
+        store.transition(
+            session, task_id, from_states=[TaskState.preparing, TaskState.running], to_state=state, reason=reason
+        )
 
 
 def _event_sink(sessions: sessionmaker[Session], task_id: str) -> Callable[[str, dict[str, Any]], None]:
     def emit(type_: str, data: dict[str, Any]) -> None:
         with sessions.begin() as session:
             store.append_event(session, task_id, type_, data)
+            if type_ == "setup" and data.get("duration"):
+                store.add_sandbox_seconds(session, task_id, float(data["duration"]))
 
     return emit
+
+
+def _timed(emit: Callable[[str, dict[str, Any]], None], sessions: sessionmaker[Session], task_id: str) -> Any:
+    """The agent's event sink, also adding each tool's seconds to the task's sandbox time."""
+
+    def sink(type_: str, data: dict[str, Any]) -> None:
+        emit(type_, data)
+        if type_ == "tool_result" and data.get("duration"):
+            with sessions.begin() as session:
+                store.add_sandbox_seconds(session, task_id, float(data["duration"]))
+
+    return sink
 
 
 class _UsageRecorder:
@@ -233,11 +316,6 @@ class _UsageRecorder:
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> AssistantTurn:
         turn = self.model.complete(messages, tools)
         with self.sessions.begin() as session:
-            store.add_usage(
-                session,
-                self.task_id,
-                prompt=turn.usage.prompt_tokens,
-                cached=turn.usage.cached_tokens,
-                completion=turn.usage.completion_tokens,
-            )
+            store.add_usage(session, self.task_id, prompt=turn.usage.prompt_tokens,
+                            cached=turn.usage.cached_tokens, completion=turn.usage.completion_tokens)  # fmt: skip
         return turn

@@ -1,80 +1,117 @@
-"""Checking out a task's repository on the worker, before any untrusted code runs."""
+"""Checking out a task's repository on the worker, before any untrusted code runs, and the git work on the
+pristine mirror afterwards (does the patch apply, the commit for ``git am``)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
 
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
+from worker.mirrors import MirrorCache, git_env
 
 
 class TaskFailure(Exception):
     """A task step failed for a reason a person can read; the message becomes the task's failure reason."""
 
 
-def _git_env(allow_local: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        GIT_TERMINAL_PROMPT="0",
-        GIT_ALLOW_PROTOCOL="https:ssh" + (":file" if allow_local else ""),
-        GIT_SSH_COMMAND="ssh -o BatchMode=yes",
-        GIT_CONFIG_NOSYSTEM="1",
-    )
-    return env
+@dataclass(kw_only=True)
+class Checkout:
+    mirrors: MirrorCache
+    allow_local: bool
+    credentials: dict[str, str] = field(default_factory=dict)
 
 
-def clone_repository(repo: str, ref: str | None, dest: Path, *, pristine: Path, allow_local: bool) -> str:
-    """Clone ``repo`` at ``ref`` (default branch when None) into ``dest``; return the base commit sha.
-
-    The repository is first fetched into ``pristine`` (bare), which no untrusted code ever touches: the
-    workspace is a full copy of it (no hardlinks), and the patch is checked against it at the end.
-    """
+def clone_repository(repo: str, ref: str | None, dest: Path, *, checkout: Checkout) -> tuple[str, Path]:
+    """Check ``repo`` out at ``ref`` (default branch when None) into ``dest``; return the base commit sha and
+    the repository's mirror (the pristine copy no sandbox sees). The workspace is a full copy of the
+    mirror's objects (no hardlinks, no alternates) with no remote left in it."""
     try:
-        url = validate_repo_url(repo, allow_local=allow_local)
+        url = validate_repo_url(repo, allow_local=checkout.allow_local)
         ref = validate_ref(ref) if ref else None
     except InvalidRepoError as exc:
         raise TaskFailure(f"bad repository: {exc}") from exc
     if url.startswith("/") and not Path(url).exists():
         raise TaskFailure(f"clone failed: {url} does not exist")
-    for folder in (dest, pristine):
-        if folder.exists():
-            shutil.rmtree(folder)
+    if dest.exists():
+        shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    env = _git_env(allow_local)
-    try:
-        bare = git.Repo.clone_from(url, pristine, env=env, bare=True, multi_options=["--no-recurse-submodules"])
-    except git.GitCommandError as exc:
-        raise TaskFailure(f"clone failed: {_stderr_line(exc)}") from exc
-    sha = _resolve(bare, ref)
-    try:
-        clone = git.Repo.clone_from(
-            str(pristine), dest, env=_git_env(True), no_checkout=True, multi_options=["--no-hardlinks"]
-        )
-        clone.git.checkout("-q", "-B", "overnight", sha)
-        clone.git.remote("remove", "origin")
-    except git.GitCommandError as exc:
-        raise TaskFailure(f"checkout of {ref or 'the default branch'} failed: {_stderr_line(exc)}") from exc
-    return sha
+    env = git_env(allow_local=checkout.allow_local, credentials=checkout.credentials, url=url)
+    with checkout.mirrors.locked(url) as path:
+        try:
+            mirror = checkout.mirrors.update(url, path, env)
+        except git.GitCommandError as exc:
+            raise TaskFailure(f"clone failed: {_stderr_line(exc)}") from exc
+        sha = _resolve(mirror, ref)
+        try:
+            clone = git.Repo.clone_from(
+                str(path), dest, env=git_env(allow_local=True), no_checkout=True, multi_options=["--no-hardlinks"]
+            )
+            clone.git.checkout("-q", "-B", "overnight", sha)
+            clone.git.remote("remove", "origin")
+        except git.GitCommandError as exc:
+            raise TaskFailure(f"checkout of {ref or 'the default branch'} failed: {_stderr_line(exc)}") from exc
+    checkout.mirrors.prune(keep=path)
+    return sha, path
 
 
-def check_patch_applies(pristine: Path, base_sha: str, diff: str) -> None:
-    """``git apply --check`` of ``diff`` against a clean index of ``base_sha`` in the pristine copy."""
+def apply_to_workspace(workspace: Path, diff: str) -> None:
+    """Start a follow-up from its parent's patch (before any untrusted code ran in the workspace)."""
+    if not diff:
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".diff") as patch_file:
+        patch_file.write(diff)
+        patch_file.flush()
+        try:
+            git.Repo(workspace).git.apply("--whitespace=nowarn", patch_file.name, env=git_env(allow_local=False))
+        except git.GitCommandError as exc:
+            raise TaskFailure(f"the previous task's patch does not apply: {_stderr_line(exc)}") from exc
+
+
+def check_patch_applies(mirror: Path, base_sha: str, diff: str) -> None:
+    """``git apply --check`` of ``diff`` against a clean index of ``base_sha`` in the pristine mirror."""
     if not diff:
         return
     with tempfile.TemporaryDirectory(prefix="overnight-check-") as tmp:
-        env = {**_git_env(False), "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        env = {**git_env(allow_local=False), "GIT_INDEX_FILE": str(Path(tmp) / "index")}
         patch_file = Path(tmp) / "task.diff"
         patch_file.write_text(diff)
-        bare = git.Repo(pristine)
+        bare = git.Repo(mirror)
         try:
             bare.git.read_tree(base_sha, env=env)
             bare.git.apply("--cached", "--check", str(patch_file), env=env)
         except git.GitCommandError as exc:
             raise TaskFailure(f"the patch does not apply to the base commit: {_stderr_line(exc)}") from exc
+
+
+def format_patch(mirror: Path, base_sha: str, diff: str, message: str, *, author: str, email: str) -> tuple[str, str]:
+    """The diffstat and a ``git format-patch`` mbox of one commit with ``diff`` on ``base_sha``, made in a
+    scratch clone of the pristine mirror."""
+    if not diff:
+        return "", ""
+    with tempfile.TemporaryDirectory(prefix="overnight-mbox-") as tmp:
+        env = {
+            **git_env(allow_local=True),
+            "GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": author, "GIT_COMMITTER_EMAIL": email,
+        }  # fmt: skip
+        scratch = git.Repo.clone_from(str(mirror), Path(tmp) / "repo", env=env, no_checkout=True, shared=True)
+        patch_file = Path(tmp) / "task.diff"
+        patch_file.write_text(diff)
+        message_file = Path(tmp) / "message"
+        message_file.write_text(message)
+        try:
+            scratch.git.checkout("-q", "--detach", base_sha, env=env)
+            stat = scratch.git.apply("--stat", str(patch_file), env=env)
+            scratch.git.apply("--index", str(patch_file), env=env)
+            scratch.git.commit("-q", "--no-verify", "-F", str(message_file), env=env)
+            mbox = scratch.git.format_patch("-1", "--stdout", "--binary", env=env, strip_newline_in_stdout=False)
+        except git.GitCommandError as exc:
+            raise TaskFailure(f"could not make the commit for the patch: {_stderr_line(exc)}") from exc
+        return str(stat), str(mbox)
 
 
 def _resolve(clone: git.Repo, ref: str | None) -> str:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+from datetime import timedelta
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from agent.budget import Budget
 from agent.client import ChatClient, LLMConfig
 from agent.loop import AgentConfig
-from migrations.store import make_engine, make_sessionmaker
+from migrations.models import TaskState
+from migrations.store import make_engine, make_sessionmaker, mark_enqueued, transition
 from overnight.settings import Settings
 from sandbox.environments import EnvironmentCache
 from worker.environment import SetupPolicy
+from worker.mirrors import MirrorCache
 from worker.pipeline import WorkerContext, run_task
+from worker.repo import Checkout
 from worker.sandboxes import sandbox_backend
 
 _context: WorkerContext | None = None
@@ -59,7 +68,17 @@ def build_context(settings: Settings) -> WorkerContext:
         agent_network=settings.sandbox_agent_network,
         model_factory=model_factory,
         workspaces=settings.workspaces_dir,
-        allow_local_repos=settings.allow_local_repos,
+        checkout=Checkout(
+            mirrors=MirrorCache(settings.mirrors_dir, max_bytes=settings.mirror_max_bytes),
+            allow_local=settings.allow_local_repos,
+            credentials={host: token.get_secret_value() for host, token in settings.git_credentials.items()},
+        ),
+        worker_name=f"{socket.gethostname()}:{os.getpid()}",
+        max_active_per_user=settings.max_active_tasks_per_user,
+        max_attempts=settings.task_max_attempts,
+        heartbeat_seconds=settings.worker_heartbeat_seconds,
+        stale_after=timedelta(seconds=settings.worker_stale_seconds),
+        author=(settings.git_author_name, settings.git_author_email),
         agent=AgentConfig(
             budget=Budget(
                 max_steps=settings.agent_max_steps,
@@ -87,5 +106,23 @@ def worker_context() -> WorkerContext:
         return _context
 
 
-def run_task_entry(task_id: str) -> None:
-    run_task(task_id, worker_context())
+BUSY_RETRY_SECONDS = 5.0
+
+
+def run_task_entry(self: Task, task_id: str) -> None:
+    """The Celery task: run it, or put it back for later when its user is at the concurrency limit."""
+    try:
+        outcome = run_task(task_id, worker_context())
+    except SoftTimeLimitExceeded:
+        fail_on_time_limit(task_id)
+        return
+    if outcome == "busy":
+        self.apply_async(args=[task_id], countdown=BUSY_RETRY_SECONDS)
+        with worker_context().sessions.begin() as session:
+            mark_enqueued(session, task_id)
+
+
+def fail_on_time_limit(task_id: str) -> None:
+    with worker_context().sessions.begin() as session:
+        transition(session, task_id, from_states=[TaskState.preparing, TaskState.running],
+                   to_state=TaskState.failed, reason="task time limit exceeded")  # fmt: skip

@@ -1,19 +1,22 @@
-"""Tasks: create, list, show, cancel, events, patch."""
+"""Tasks: create, list, show, cancel, retry, follow-up, events (JSON or SSE), patch, trajectory."""
 
 from __future__ import annotations
 
 import logging
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 
-from api.deps import QueueDep, SessionDep, SettingsDep
+from api.deps import CurrentUser, QueueDep, SessionDep, SettingsDep
 from api.errors import APIError
+from api.events import event_stream
 from api.schemas import (
     ErrorResponse,
     EventList,
     EventPublic,
+    FollowUpCreate,
     PatchPublic,
     TaskCreate,
     TaskList,
@@ -21,87 +24,178 @@ from api.schemas import (
     TrajectoryPublic,
 )
 from migrations import store
-from migrations.models import Task, TaskState
+from migrations.models import Task, TaskState, User
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
+from worker.celery_app import TaskQueue
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-PatchFormat = Literal["diff", "json"]
-ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+PatchFormat = Literal["diff", "mbox", "json"]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or invalid bearer token."},
+    404: {"model": ErrorResponse, "description": "No such task (or not yours)."},
+    422: {"model": ErrorResponse, "description": "Invalid input."},
+}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorResponse, "description": "Not in that state."}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse, "description": "Broker down."}}
 
 
-def _task_or_404(session: SessionDep, task_id: str) -> Task:
-    task = store.get_task(session, task_id)
+def _task_or_404(session: SessionDep, task_id: str, user: User) -> Task:
+    task = store.get_task(session, task_id, user=user)
     if task is None:
         raise APIError(404, "task_not_found", f"no task {task_id!r}")
     return task
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=TaskPublic,
-    responses={**ERRORS, 503: {"model": ErrorResponse}},
-)
-def create_task(body: TaskCreate, session: SessionDep, settings: SettingsDep, queue: QueueDep) -> TaskPublic:
+def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
+    """Hand the committed task to the workers; a broker that cannot take it fails the task, with that reason."""
+    try:
+        queue.enqueue(task.id)
+    except Exception as exc:  # any broker failure: the task must not stay queued with no message
+        log.exception("could not enqueue task %s", task.id)
+        store.transition(session, task.id, from_states=[TaskState.queued], to_state=TaskState.failed,
+                         reason=f"could not enqueue the task: broker unreachable ({type(exc).__name__})")  # fmt: skip
+        session.commit()
+        raise APIError(503, "broker_unavailable", "the task queue is unreachable; the task was not started") from exc
+    store.mark_enqueued(session, task.id)
+    session.commit()
+    return TaskPublic.model_validate(store.get_task(session, task.id))
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskPublic, responses={**ERRORS, **UNAVAILABLE})
+def create_task(
+    body: TaskCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    queue: QueueDep,
+    user: CurrentUser,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=128, description="Repeat a create safely: the same key returns the task made first."),
+    ] = None,
+) -> TaskPublic:
     try:
         repo = validate_repo_url(body.repo, allow_local=settings.allow_local_repos)
         ref = validate_ref(body.ref) if body.ref else None
     except InvalidRepoError as exc:
         field = "ref" if str(exc).startswith("ref") else "repo"
         raise APIError(422, "invalid_repo", str(exc), [{"field": field, "message": str(exc)}]) from exc
-    task = store.create_task(
-        session, repo=repo, ref=ref, instruction=body.instruction, max_steps=body.max_steps, setup=body.setup
-    )
-    session.commit()
+    if idempotency_key and (earlier := store.task_by_idempotency_key(session, user.id, idempotency_key)):
+        response.status_code = status.HTTP_200_OK
+        return TaskPublic.model_validate(earlier)
     try:
-        queue.enqueue(task.id)
-    except Exception as exc:  # any broker failure: the task must not stay queued with no message
-        log.exception("could not enqueue task %s", task.id)
-        store.transition(
-            session,
-            task.id,
-            from_states=[TaskState.queued],
-            to_state=TaskState.failed,
-            reason=f"could not enqueue the task: broker unreachable ({type(exc).__name__})",
-        )
+        task = store.create_task(
+            session, repo=repo, ref=ref, instruction=body.instruction, max_steps=body.max_steps, setup=body.setup,
+            user_id=user.id, idempotency_key=idempotency_key,
+        )  # fmt: skip
         session.commit()
-        raise APIError(503, "broker_unavailable", "the task queue is unreachable; the task was not started") from exc
-    return TaskPublic.model_validate(task)
+    except IntegrityError:  # the same key, created concurrently
+        session.rollback()
+        earlier = store.task_by_idempotency_key(session, user.id, idempotency_key or "")
+        if earlier is None:
+            raise
+        response.status_code = status.HTTP_200_OK
+        return TaskPublic.model_validate(earlier)
+    return _enqueue(session, queue, task)
 
 
-@router.get("", response_model=TaskList)
+@router.get("", response_model=TaskList, responses=ERRORS)
 def list_tasks(
     session: SessionDep,
+    user: CurrentUser,
     state: Annotated[TaskState | None, Query(description="Only tasks in this state.")] = None,
     repo: Annotated[str | None, Query(max_length=2048, description="Only tasks of this repository.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")] = None,
 ) -> TaskList:
-    tasks = store.list_tasks(session, limit=limit, state=state.value if state else None, repo=repo)
-    return TaskList(tasks=[TaskPublic.model_validate(task) for task in tasks])
+    try:
+        tasks, next_cursor = store.list_tasks(
+            session, limit=limit, state=state.value if state else None, repo=repo, user=user, cursor=cursor
+        )
+    except ValueError as exc:
+        raise APIError(422, "invalid_cursor", "cursor is not one this API returned") from exc
+    return TaskList(tasks=[TaskPublic.model_validate(task) for task in tasks], next_cursor=next_cursor)
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=ERRORS)
-def show_task(task_id: str, session: SessionDep) -> TaskPublic:
-    return TaskPublic.model_validate(_task_or_404(session, task_id))
+def show_task(task_id: str, session: SessionDep, user: CurrentUser) -> TaskPublic:
+    return TaskPublic.model_validate(_task_or_404(session, task_id, user))
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, responses=ERRORS)
-def cancel_task(task_id: str, session: SessionDep) -> TaskPublic:
-    _task_or_404(session, task_id)
+def cancel_task(task_id: str, session: SessionDep, user: CurrentUser) -> TaskPublic:
+    """Cancel: a queued task ends at once; a preparing or running one within seconds (its running command is
+    killed), keeping its partial diff."""
+    _task_or_404(session, task_id, user)
     store.request_cancel(session, task_id)
     session.commit()
-    return TaskPublic.model_validate(_task_or_404(session, task_id))
+    return TaskPublic.model_validate(_task_or_404(session, task_id, user))
 
 
-@router.get("/{task_id}/events", response_model=EventList, responses=ERRORS)
+@router.post(
+    "/{task_id}/retry",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TaskPublic,
+    responses={**ERRORS, **CONFLICT, **UNAVAILABLE},
+)
+def retry_task(task_id: str, session: SessionDep, user: CurrentUser, queue: QueueDep) -> TaskPublic:
+    """File a new attempt of an ended task: the same repository, ref, instruction and set-up."""
+    original = _task_or_404(session, task_id, user)
+    if not TaskState(original.state).is_final:
+        raise APIError(409, "task_not_finished", f"task {task_id} is {original.state}; only an ended task is retried")
+    task = store.create_task(
+        session, repo=original.repo, ref=original.ref, instruction=original.instruction,
+        max_steps=original.max_steps, setup=original.setup, user_id=original.user_id,
+        parent_id=original.parent_id, kind=original.kind,
+    )  # fmt: skip
+    store.append_event(session, task.id, "retry", {"retry_of": original.id})
+    session.commit()
+    return _enqueue(session, queue, task)
+
+
+@router.post(
+    "/{task_id}/follow-up",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TaskPublic,
+    responses={**ERRORS, **CONFLICT, **UNAVAILABLE},
+)
+def follow_up(
+    task_id: str, body: FollowUpCreate, session: SessionDep, user: CurrentUser, queue: QueueDep
+) -> TaskPublic:
+    """A new task that starts from this task's patch applied to its base ("now also fix X"). Its own patch
+    is cumulative: it applies to the same base commit."""
+    parent = _task_or_404(session, task_id, user)
+    patch = store.get_patch(session, task_id)
+    if not TaskState(parent.state).is_final or patch is None or parent.base_sha is None:
+        raise APIError(409, "no_patch_to_follow", f"task {task_id} has no stored patch to build on")
+    task = store.create_task(
+        session, repo=parent.repo, ref=parent.base_sha, instruction=body.instruction, max_steps=body.max_steps,
+        setup=parent.setup, user_id=parent.user_id, parent_id=parent.id, kind="follow-up",
+    )  # fmt: skip
+    session.commit()
+    return _enqueue(session, queue, task)
+
+
+@router.get(
+    "/{task_id}/events",
+    response_model=EventList,
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE on request."}},
+)
 def task_events(
     task_id: str,
+    request: Request,
     session: SessionDep,
+    user: CurrentUser,
     after: Annotated[int, Query(ge=0, description="Only events with a larger sequence number.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-) -> EventList:
-    _task_or_404(session, task_id)
+    last_event_id: Annotated[int | None, Header(ge=0, description="SSE resume point (sent by EventSource).")] = None,
+) -> Any:
+    """The task's events in order. With ``Accept: text/event-stream``: Server-Sent Events (id = sequence
+    number, event = type), resumable with ``Last-Event-ID``, ending after the final state."""
+    _task_or_404(session, task_id, user)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return event_stream(request.app.state.sessions, task_id, after=max(after, last_event_id or 0))
     events = store.list_events(session, task_id, after=after, limit=limit)
     return EventList(events=[EventPublic.model_validate(event) for event in events])
 
@@ -110,19 +204,24 @@ def task_events(
     "/{task_id}/patch",
     responses={
         **ERRORS,
-        409: {"model": ErrorResponse},
+        **CONFLICT,
         200: {
-            "content": {"text/x-diff": {}, "application/json": {"schema": PatchPublic.model_json_schema()}},
-            "description": "format=diff: the unified diff (git apply takes it); format=json: the patch and more.",
+            "content": {
+                "text/x-diff": {},
+                "application/mbox": {},
+                "application/json": {"schema": PatchPublic.model_json_schema()},
+            },
+            "description": "diff: `git apply` takes it; mbox: `git am` takes it; json: the patch and its metadata.",
         },
     },
 )
 def task_patch(
     task_id: str,
     session: SessionDep,
-    format: Annotated[PatchFormat, Query(description="diff (default) or json.")] = "diff",
+    user: CurrentUser,
+    format: Annotated[PatchFormat, Query(description="diff (default), mbox or json.")] = "diff",
 ) -> Response:
-    task = _task_or_404(session, task_id)
+    task = _task_or_404(session, task_id, user)
     patch = store.get_patch(session, task_id)
     if patch is None:
         if not TaskState(task.state).is_final:
@@ -130,21 +229,20 @@ def task_patch(
         raise APIError(404, "patch_not_found", f"task {task_id} ended {task.state} without a patch")
     if format == "json":
         return JSONResponse(PatchPublic.model_validate(patch).model_dump(mode="json"))
-    return Response(
-        content=patch.diff,
-        media_type="text/x-diff",
-        headers={
-            "X-Overnight-Base-Sha": patch.base_sha,
-            "X-Overnight-Patch-Complete": "true" if patch.complete else "false",
-            "Content-Disposition": f'inline; filename="overnight-{task_id}.diff"',
-        },
-    )
+    headers = {
+        "X-Overnight-Base-Sha": patch.base_sha,
+        "X-Overnight-Patch-Complete": "true" if patch.complete else "false",
+        "Content-Disposition": f'inline; filename="overnight-{task_id}.{"mbox" if format == "mbox" else "diff"}"',
+    }
+    if format == "mbox":
+        return Response(content=patch.mbox, media_type="application/mbox", headers=headers)
+    return Response(content=patch.diff, media_type="text/x-diff", headers=headers)
 
 
 @router.get("/{task_id}/trajectory", response_model=TrajectoryPublic, responses=ERRORS)
-def task_trajectory(task_id: str, session: SessionDep) -> TrajectoryPublic:
+def task_trajectory(task_id: str, session: SessionDep, user: CurrentUser) -> TrajectoryPublic:
     """The full agent transcript: tools, messages as sent to the model (compaction marked), per-step usage."""
-    _task_or_404(session, task_id)
+    _task_or_404(session, task_id, user)
     trajectory = store.get_trajectory(session, task_id)
     if trajectory is None:
         raise APIError(404, "trajectory_not_found", f"task {task_id} has no trajectory yet")

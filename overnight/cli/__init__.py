@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 image_app = typer.Typer(help="The sandbox base image (server side).", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+token_app = typer.Typer(help="API tokens (server side).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 FINAL_STATES = {"succeeded", "failed", "cancelled"}
@@ -201,6 +203,20 @@ def image_build(
     from overnight.cli.server import build_image
 
     raise typer.Exit(build_image(name=name, force=force, check=check, say=err.print))
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option(help="User name (created on first use).")],
+    admin: Annotated[bool, typer.Option(help="The user sees every task.")] = False,
+) -> None:
+    """Create a bearer token for USER (stored hashed; printed once)."""
+    from overnight.cli.server import create_token
+
+    code, token = create_token(user=user, admin=admin, say=err.print)
+    if token:
+        sys.stdout.write(token + "\n")
+    raise typer.Exit(code)
 
 
 def main() -> None:

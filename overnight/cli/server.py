@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from overnight.broker import redact, resolve_broker_url
-from overnight.settings import Settings
+from overnight.settings import Settings, read_client_config, write_client_config
 
 Say = Callable[[str], None]
 STOP_GRACE_SECONDS = 10
@@ -80,8 +80,11 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
     settings = _settings_for_up(host, port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database_url = settings.resolved_database_url
-    migrate(make_engine(database_url))
+    engine = make_engine(database_url)
+    migrate(engine)
     say(f"database: {redact(database_url)} (migrated)")
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    _ensure_local_admin(settings, engine, base, say)
     broker_url, broker_description = resolve_broker_url(settings)
     say(broker_description)
     backend = _choose_sandbox(settings, say)
@@ -141,6 +144,37 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
         return 0
     finally:
         _terminate(children)
+
+
+LOCAL_ADMIN = "admin"
+
+
+def _ensure_local_admin(settings: Settings, engine: Any, base: str, say: Say) -> None:
+    """On first start, an admin token for this machine's user, written to the client config (0600), so that
+    `overnight submit` works with no extra step."""
+    from migrations import store
+    from migrations.store import make_sessionmaker
+
+    config = read_client_config(settings.config_dir)
+    with make_sessionmaker(engine).begin() as session:
+        if config.get("server") == base and config.get("token") and store.user_for_token(session, config["token"]):
+            return
+        token = store.create_token(session, LOCAL_ADMIN, admin=True, label="overnight up")
+    path = write_client_config(settings.config_dir, server=base, token=token)
+    say(f"created a local admin token; the CLI finds it in {path}")
+
+
+def create_token(*, user: str, admin: bool, say: Say) -> tuple[int, str | None]:
+    from migrations import store
+    from migrations.store import make_engine, make_sessionmaker, migrate
+
+    settings = Settings()
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    with make_sessionmaker(engine).begin() as session:
+        token = store.create_token(session, user, admin=admin, label="overnight token create")
+    say(f"token for {user}{' (admin)' if admin else ''}; it is shown once:")
+    return 0, token
 
 
 def _wait_healthy(base: str, children: list[subprocess.Popen[bytes]], timeout: float = 30) -> bool:

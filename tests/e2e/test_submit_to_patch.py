@@ -69,6 +69,7 @@ def server(
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("OVERNIGHT_")} | {
         "OVERNIGHT_DATA_DIR": str(tmp_path / "data"),
+        "OVERNIGHT_CONFIG_DIR": str(tmp_path / "config"),
         "OVERNIGHT_API_PORT": str(port),
         "OVERNIGHT_QUEUE": f"test-{secrets.token_hex(4)}",
         "OVERNIGHT_LLM_BASE_URL": scripted_model.base_url,
@@ -86,7 +87,8 @@ def server(
             assert up.poll() is None, (tmp_path / "up.log").read_text()
             assert time.monotonic() < deadline, "overnight up did not come up"
             time.sleep(0.2)
-        yield {**env, "OVERNIGHT_SERVER": base, "log": str(tmp_path / "up.log")}
+        token = json.loads((tmp_path / "config" / "config.json").read_text())["token"]
+        yield {**env, "OVERNIGHT_SERVER": base, "log": str(tmp_path / "up.log"), "token": token}
     finally:
         up.terminate()
         up.wait(timeout=30)
@@ -95,7 +97,7 @@ def server(
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     client_env = {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")}
-    client_env["OVERNIGHT_SERVER"] = env["OVERNIGHT_SERVER"]
+    client_env["OVERNIGHT_CONFIG_DIR"] = env["OVERNIGHT_CONFIG_DIR"]  # `overnight up` left the server and token there
     return subprocess.run(["overnight", *args], env=client_env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -124,14 +126,15 @@ def test_submit_wait_returns_a_patch_that_fixes_the_failing_test(
 
     # `overnight diff` and GET /patch serve the same stored patch, as text/x-diff.
     assert _cli(server, "diff", task_id).stdout == diff
-    response = httpx.get(f"{server['OVERNIGHT_SERVER']}/v1/tasks/{task_id}/patch")
+    auth = {"Authorization": f"Bearer {server['token']}"}
+    response = httpx.get(f"{server['OVERNIGHT_SERVER']}/v1/tasks/{task_id}/patch", headers=auth)
     assert response.headers["content-type"].startswith("text/x-diff") and response.text == diff
     task = json.loads(_cli(server, "show", task_id, "--json").stdout)
     assert task["state"] == "succeeded" and task["patch"]["title"] == "Fix add() to add instead of subtract"
     assert task["started_at"] and task["finished_at"] and task["steps"] == 4
 
     # The full trajectory is downloadable: the messages the model saw, with the tools and per-step usage.
-    trajectory = httpx.get(f"{server['OVERNIGHT_SERVER']}/v1/tasks/{task_id}/trajectory").json()
+    trajectory = httpx.get(f"{server['OVERNIGHT_SERVER']}/v1/tasks/{task_id}/trajectory", headers=auth).json()
     assert [m["role"] for m in trajectory["messages"]][:3] == ["system", "user", "assistant"]
     assert trajectory["messages"][:-1] == requests[3]["messages"] and len(trajectory["steps"]) == 4
     assert [t["function"]["name"] for t in trajectory["tools"]][-1] == "finish"

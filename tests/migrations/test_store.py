@@ -23,9 +23,10 @@ def test_new_task_is_queued_with_a_timestamp_and_a_first_event(session: Session)
 
 def test_transitions_are_guarded_and_stamp_times(session: Session) -> None:
     task_id = _task(session)
-    assert store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.running)
+    assert store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing)
     # A second worker picking up the same message loses the race.
-    assert not store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.running)
+    assert not store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing)
+    assert store.transition(session, task_id, from_states=[TaskState.preparing], to_state=TaskState.running)
     assert store.transition(
         session, task_id, from_states=[TaskState.running], to_state=TaskState.failed, reason="ref not found: 'x'"
     )
@@ -35,7 +36,7 @@ def test_transitions_are_guarded_and_stamp_times(session: Session) -> None:
     assert task.state == "failed" and task.failure_reason == "ref not found: 'x'"
     assert task.started_at is not None and task.finished_at is not None and task.finished_at >= task.started_at
     states = [e.data["state"] for e in store.list_events(session, task_id) if e.type == "state"]
-    assert states == ["queued", "running", "failed"]
+    assert states == ["queued", "preparing", "running", "failed"]
 
 
 def test_events_are_ordered_per_task_and_resumable(session: Session) -> None:
@@ -78,8 +79,8 @@ def test_list_filters_by_state_and_repo(session: Session) -> None:
     a = _task(session)
     b = store.create_task(session, repo="https://example.com/other.git", ref=None, instruction="x").id
     store.transition(session, a, from_states=[TaskState.queued], to_state=TaskState.running)
-    assert [t.id for t in store.list_tasks(session, state="running")] == [a]
-    ids = [t.id for t in store.list_tasks(session, repo="https://example.com/other.git")]
+    assert [t.id for t in store.list_tasks(session, state="running")[0]] == [a]
+    ids = [t.id for t in store.list_tasks(session, repo="https://example.com/other.git")[0]]
     assert ids == [b]
 
 

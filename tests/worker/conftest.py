@@ -14,7 +14,9 @@ from sandbox.base import SandboxBackend
 from sandbox.environments import EnvironmentCache
 from tests.conftest import SANDBOX_IMAGE
 from worker.environment import SetupPolicy
+from worker.mirrors import MirrorCache
 from worker.pipeline import WorkerContext
+from worker.repo import Checkout
 
 
 def make_context(
@@ -27,7 +29,8 @@ def make_context(
             LLMConfig(base_url=base_url, model="mistral-medium-3.5", retries=1, backoff_max=0.1, session_id=task_id)
         ),
         workspaces=tmp_path / "workspaces",
-        allow_local_repos=True,
+        checkout=Checkout(mirrors=MirrorCache(tmp_path / "mirrors", max_bytes=2**30), allow_local=True),
+        heartbeat_seconds=0.5,
         agent=AgentConfig(budget=Budget(max_steps=max_steps), command_timeout=30),
         environments=EnvironmentCache(tmp_path / "environments", backend, max_age=3600, max_bytes=10 * 2**30),
         setup=SetupPolicy(image=SANDBOX_IMAGE, network=False, timeout=120, lifetime=900),

@@ -160,7 +160,7 @@ def test_a_repository_may_name_its_own_image(
         run_task(task_id, context)
         task, _, events = outcome(sqlite_engine, task_id)
         assert task.state == "succeeded", task.failure_reason
-        assert {"phase": "sandbox", "environment": "overnight-test/custom:1"} in [d for k, d in events if k == "phase"]
+        assert {"phase": "agent", "environment": "overnight-test/custom:1"} in [d for k, d in events if k == "phase"]
 
         (buggy_repo / ".overnight" / "image").write_text("overnight-test/absent:1\n")
         git(buggy_repo, "commit", "-q", "-am", "absent image")

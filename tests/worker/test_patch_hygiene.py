@@ -11,11 +11,13 @@ from sqlalchemy import Engine
 
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from api.app import create_app
-from api.queue import TaskQueue
+from migrations import store
+from migrations.store import make_sessionmaker
 from overnight.settings import Settings
 from sandbox.base import SandboxBackend
 from tests.conftest import git
 from tests.worker.conftest import make_context, outcome, submit
+from worker.celery_app import TaskQueue
 from worker.pipeline import run_task
 
 JUNK = (
@@ -67,7 +69,10 @@ def test_only_the_intended_change_is_in_the_patch(
     assert (clone / "logo.png").read_bytes() == b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 
     settings = Settings(data_dir=tmp_path, database_url=str(sqlite_engine.url))
+    with make_sessionmaker(sqlite_engine).begin() as session:
+        token = store.create_token(session, "root", admin=True)
     with TestClient(create_app(settings, queue=TaskQueue("memory://", queue="unused"))) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
         response = client.get(f"/v1/tasks/{task_id}/patch", params={"format": "json"})
         assert response.status_code == 200, response.text
         body = response.json()

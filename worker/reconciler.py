@@ -1,0 +1,78 @@
+"""Keeping the database's promises when the broker or a worker lets go: every queued task has a message,
+and no task stays preparing or running once its worker stopped beating."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrations import store
+from migrations.store import make_engine, make_sessionmaker
+from overnight.settings import Settings
+from worker.celery_app import TaskQueue
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(
+    sessions: sessionmaker[Session],
+    queue: TaskQueue,
+    *,
+    stale_after: timedelta,
+    lost_after: timedelta,
+    max_attempts: int,
+) -> dict[str, list[str]]:
+    """One pass: recover tasks of dead workers, then re-send every queued task not sent for a while."""
+    done: dict[str, list[str]] = {"requeued": [], "failed": [], "resent": []}
+    with sessions.begin() as session:
+        for task in store.stale_active_tasks(session, older_than=stale_after):
+            outcome = store.requeue_or_fail(
+                session, task, max_attempts=max_attempts, reason=f"worker {task.worker} stopped beating"
+            )
+            if outcome in done:
+                done[outcome].append(task.id)
+    with sessions.begin() as session:
+        waiting = [task.id for task in store.lost_queued_tasks(session, older_than=lost_after)]
+    # Queued tasks with no message: fewer messages wait than tasks (a broker restarted empty, a failed send).
+    lost = waiting if waiting and _depth(queue) < len(waiting) else []
+    for task_id in lost + done["requeued"]:
+        queue.enqueue(task_id)  # a duplicate message is harmless: the task body checks the database
+        with sessions.begin() as session:
+            store.mark_enqueued(session, task_id)
+        if task_id in lost:
+            done["resent"].append(task_id)
+    return done
+
+
+def _depth(queue: TaskQueue) -> int:
+    try:
+        return queue.depth()
+    except Exception:  # a queue that does not exist yet holds nothing
+        return 0
+
+
+def start_reconciler(settings: Settings, queue: TaskQueue) -> threading.Thread:
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+
+    def loop() -> None:
+        while True:
+            time.sleep(settings.reconcile_seconds)
+            try:
+                done = reconcile(
+                    sessions, queue,
+                    stale_after=timedelta(seconds=settings.worker_stale_seconds),
+                    lost_after=timedelta(seconds=max(settings.reconcile_seconds * 2, 30)),
+                    max_attempts=settings.task_max_attempts,
+                )  # fmt: skip
+                if any(done.values()):
+                    log.warning("reconciled: %s", done)
+            except Exception:  # the reconciler must outlive a broker or database outage
+                log.exception("reconciler pass failed")
+
+    thread = threading.Thread(target=loop, name="overnight-reconciler", daemon=True)
+    thread.start()
+    return thread
