@@ -151,6 +151,8 @@ class Settings(BaseSettings):
     """How often a worker marks its task alive."""
     worker_stale_seconds: float = Field(default=60.0, gt=0)
     """A preparing or running task whose heartbeat is older is taken as lost with its worker."""
+    reap_seconds: float = Field(default=60.0, gt=0)
+    """How often each worker removes sandboxes left by dead workers (also at its start)."""
     reconcile_seconds: float = Field(default=30.0, gt=0)
     """How often each worker re-enqueues queued tasks the broker lost and recovers tasks of dead workers."""
     mirror_max_bytes: int = Field(default=20 * 2**30, gt=0)

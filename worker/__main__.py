@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     broker_url, description = resolve_broker_url(settings)
     logging.getLogger("overnight.worker").info(description)
-    start_reaper()  # sandboxes a crashed worker left behind: now, then every minute
+    start_reaper(settings.reap_seconds)  # sandboxes a crashed worker left behind: now, then periodically
     app = create_celery(broker_url, queue=settings.queue, task_time_limit=settings.task_time_limit)
     start_reconciler(settings, TaskQueue(broker_url, queue=settings.queue))
     register_tasks(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from amqp.exceptions import ChannelError
 from celery import Celery
 
 RUN_TASK = "overnight.run_task"
@@ -53,7 +54,10 @@ class TaskQueue:
     def depth(self) -> int:
         """Messages waiting in the queue (not those a worker holds)."""
         with self._celery.connection_for_write() as connection, connection.channel() as channel:
-            return int(channel.queue_declare(queue=self.queue, passive=True).message_count)
+            try:
+                return int(channel.queue_declare(queue=self.queue, passive=True).message_count)
+            except ChannelError:  # no such queue (yet, or any more): nothing waits
+                return 0
 
     def enqueue(self, task_id: str, *, countdown: float | None = None) -> None:
         """Send ``task_id`` to the workers; raises on a broker that cannot be reached."""
