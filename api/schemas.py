@@ -19,7 +19,7 @@ def _check_instruction(value: str) -> str:
     return value
 
 
-Instruction = Annotated[str, AfterValidator(_check_instruction)]
+Instruction = Annotated[str, Field(pattern=r"\S", max_length=MAX_INSTRUCTION_BYTES), AfterValidator(_check_instruction)]
 
 
 class TaskCreate(BaseModel):

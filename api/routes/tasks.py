@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 PatchFormat = Literal["diff", "mbox", "json"]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "A body that is not JSON."},
     401: {"model": ErrorResponse, "description": "Missing or invalid bearer token."},
     404: {"model": ErrorResponse, "description": "No such task (or not yours)."},
     422: {"model": ErrorResponse, "description": "Invalid input."},
@@ -62,7 +63,16 @@ def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
     return TaskPublic.model_validate(store.get_task(session, task.id))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskPublic, responses={**ERRORS, **UNAVAILABLE})
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TaskPublic,
+    responses={
+        **ERRORS,
+        **UNAVAILABLE,
+        200: {"model": TaskPublic, "description": "Idempotency-Key seen before: the task made then."},
+    },
+)
 def create_task(
     body: TaskCreate,
     session: SessionDep,
@@ -189,13 +199,15 @@ def task_events(
     user: CurrentUser,
     after: Annotated[int, Query(ge=0, description="Only events with a larger sequence number.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-    last_event_id: Annotated[int | None, Header(ge=0, description="SSE resume point (sent by EventSource).")] = None,
+    last_event_id: Annotated[
+        str | None, Header(pattern=r"^[0-9]{1,18}$", description="SSE resume point (sent by EventSource).")
+    ] = None,
 ) -> Any:
     """The task's events in order. With ``Accept: text/event-stream``: Server-Sent Events (id = sequence
     number, event = type), resumable with ``Last-Event-ID``, ending after the final state."""
     _task_or_404(session, task_id, user)
     if "text/event-stream" in request.headers.get("accept", ""):
-        return event_stream(request.app.state.sessions, task_id, after=max(after, last_event_id or 0))
+        return event_stream(request.app.state.sessions, task_id, after=max(after, int(last_event_id or 0)))
     events = store.list_events(session, task_id, after=after, limit=limit)
     return EventList(events=[EventPublic.model_validate(event) for event in events])
 
