@@ -205,3 +205,19 @@ def test_an_expired_sandbox_refuses_work(backend: SandboxBackend, workspace: Pat
             box.run("true")
     finally:
         box.close()
+
+
+def test_interrupt_kills_the_running_command_and_the_sandbox_stays_usable(sandbox: Sandbox) -> None:
+    import threading
+
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(sandbox.run("sleep 100; echo never", timeout=120)))
+    started = time.monotonic()
+    worker.start()
+    time.sleep(0.5)
+    sandbox.interrupt()
+    worker.join(timeout=10)
+    assert results and time.monotonic() - started < 10
+    result = results[0]
+    assert result.exit_code != 0 and "never" not in result.stdout  # type: ignore[attr-defined]
+    assert sandbox.run("echo still here").stdout == "still here\n"
