@@ -19,7 +19,12 @@ def _check_instruction(value: str) -> str:
     return value
 
 
-Instruction = Annotated[str, Field(pattern=r"\S", max_length=MAX_INSTRUCTION_BYTES), AfterValidator(_check_instruction)]
+# The schema says "not blank" (pattern) for clients and fuzzers; the validator says it in words.
+Instruction = Annotated[
+    str,
+    Field(max_length=MAX_INSTRUCTION_BYTES, json_schema_extra={"pattern": r"\S"}),
+    AfterValidator(_check_instruction),
+]
 
 
 class TaskCreate(BaseModel):
