@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -25,6 +27,29 @@ Instruction = Annotated[
     Field(max_length=MAX_INSTRUCTION_BYTES, json_schema_extra={"pattern": r"\S"}),
     AfterValidator(_check_instruction),
 ]
+
+
+MAX_LOCAL_CHANGES_BYTES = 10 * 2**20
+
+
+class LocalChanges(BaseModel):
+    """What the user has that the remote does not: unpushed commits and uncommitted files, as one binary git
+    diff against ``ref`` (a commit the remote has)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["git-diff"] = "git-diff"
+    encoding: Literal["base64"] = "base64"
+    content: str = Field(max_length=MAX_LOCAL_CHANGES_BYTES * 4 // 3 + 4, description="Base64 of the diff.")
+
+    def diff(self) -> str:
+        try:
+            data = base64.b64decode(self.content, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("local_changes.content is not valid base64") from exc
+        if len(data) > MAX_LOCAL_CHANGES_BYTES:
+            raise ValueError(f"local changes are {len(data)} bytes; at most {MAX_LOCAL_CHANGES_BYTES} are accepted")
+        return data.decode("utf-8", errors="replace")
 
 
 class TaskCreate(BaseModel):
@@ -53,6 +78,9 @@ class TaskCreate(BaseModel):
         default=None,
         max_length=255,
         description="A set-up script of the repository (relative path) to run instead of .overnight/setup.sh.",
+    )
+    local_changes: LocalChanges | None = Field(
+        default=None, description="Changes applied on top of `ref` before the agent starts (needs `ref`)."
     )
 
     @field_validator("setup")

@@ -42,4 +42,5 @@ docker info --format 'engine {{.ServerVersion}}, storage {{.Driver}}, cgroup v{{
 echo "== sandbox image"
 command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
 command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
+command -v tmux >/dev/null 2>&1 || apt_install tmux
 overnight image build

@@ -105,6 +105,8 @@ class Task(Base):
     ref: Mapped[str | None] = mapped_column(String(255))
     instruction: Mapped[str] = mapped_column(Text)
     max_steps: Mapped[int | None] = mapped_column(Integer)
+    start_diff: Mapped[str | None] = mapped_column(Text)
+    """Changes uploaded with the task (a user's unpushed commits and dirty files), applied before the agent."""
     setup: Mapped[str | None] = mapped_column(String(255))
     """A set-up script of the repository to run instead of .overnight/setup.sh."""
     state: Mapped[str] = mapped_column(String(16), index=True, default=TaskState.queued.value)

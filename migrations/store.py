@@ -87,8 +87,10 @@ def create_task(
     idempotency_key: str | None = None,
     parent_id: str | None = None,
     kind: str = "task",
+    start_diff: str | None = None,
 ) -> Task:
     task = Task(
+        start_diff=start_diff,
         id=new_task_id(),
         user_id=user_id,
         idempotency_key=idempotency_key,

@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.base import AgentError, AssistantTurn, Cancelled, LimitsExceeded, ModelClient, Submitted
@@ -126,7 +127,7 @@ def _execute(task_id: str, ctx: WorkerContext, watch: _Watch) -> None:
             task.max_steps,
             task.setup,
         )
-        start_diff = parent_patch.diff if parent_patch else None
+        start_diff = parent_patch.diff if parent_patch else task.start_diff
     deadline = time.monotonic() + ctx.setup.lifetime
     workspace = ctx.workspaces / task_id
     sandbox: Sandbox | None = None
@@ -137,8 +138,9 @@ def _execute(task_id: str, ctx: WorkerContext, watch: _Watch) -> None:
     try:
         emit("phase", {"phase": "clone", "repo": repo, "ref": ref})
         base_sha, mirror = clone_repository(repo, ref, workspace, checkout=ctx.checkout)
-        if start_diff is not None:
+        if start_diff:
             apply_to_workspace(workspace, start_diff)
+            emit("phase", {"phase": "start-diff", "files": len(changed_files(start_diff))})
         with ctx.sessions.begin() as session:
             store.get_task(session, task_id).base_sha = base_sha  # type: ignore[union-attr]
         emit("phase", {"phase": "setup", "base_sha": base_sha})
@@ -177,16 +179,19 @@ def _execute(task_id: str, ctx: WorkerContext, watch: _Watch) -> None:
             environment_note=environment.note,
         )
         _store_patch(ctx, task_id, sandbox, base_sha, mirror, result.submission, trajectory, complete=True)
-        _finish(ctx.sessions, task_id, TaskState.succeeded)
+        outcome: tuple[TaskState, str | None] = (TaskState.succeeded, None)
     except (Cancelled, LimitsExceeded, TaskFailure, AgentError, SandboxError) as exc:
         cancelled = isinstance(exc, Cancelled) or watch.cancelled.is_set() or _cancel_requested(ctx.sessions, task_id)
         reason = "cancelled by user" if cancelled else _reason(exc)
         if cancelled or isinstance(exc, LimitsExceeded | SandboxDiskFullError):
             _store_partial(ctx, task_id, sandbox, base_sha, mirror, trajectory, reason)
-        _finish(ctx.sessions, task_id, TaskState.cancelled if cancelled else TaskState.failed, reason)
+        outcome = (TaskState.cancelled if cancelled else TaskState.failed, reason)
+    except SoftTimeLimitExceeded:
+        _store_partial(ctx, task_id, sandbox, base_sha, mirror, trajectory, "task time limit exceeded")
+        outcome = (TaskState.failed, "task time limit exceeded")
     except Exception as exc:
         log.error("task %s crashed:\n%s", task_id, traceback.format_exc())
-        _finish(ctx.sessions, task_id, TaskState.failed, f"internal error: {type(exc).__name__}: {exc}")
+        outcome = (TaskState.failed, f"internal error: {type(exc).__name__}: {exc}")
     finally:
         if trajectory.messages:
             _store_trajectory(ctx.sessions, task_id, trajectory)
@@ -197,6 +202,8 @@ def _execute(task_id: str, ctx: WorkerContext, watch: _Watch) -> None:
             except SandboxError:
                 log.exception("could not remove the sandbox of task %s", task_id)
         shutil.rmtree(workspace, ignore_errors=True)
+    # The final state last: when a task reads as ended, its sandbox is already gone.
+    _finish(ctx.sessions, task_id, *outcome)
 
 
 def _reason(exc: Exception) -> str:

@@ -113,7 +113,7 @@ def run_task_entry(self: Task, task_id: str) -> None:
     """The Celery task: run it, or put it back for later when its user is at the concurrency limit."""
     try:
         outcome = run_task(task_id, worker_context())
-    except SoftTimeLimitExceeded:
+    except SoftTimeLimitExceeded:  # raised outside the pipeline's own handling (while claiming)
         fail_on_time_limit(task_id)
         return
     if outcome == "busy":

@@ -91,13 +91,23 @@ def create_task(
     except InvalidRepoError as exc:
         field = "ref" if str(exc).startswith("ref") else "repo"
         raise APIError(422, "invalid_repo", str(exc), [{"field": field, "message": str(exc)}]) from exc
+    start_diff = None
+    if body.local_changes is not None:
+        if not ref:
+            raise APIError(422, "invalid_local_changes", "local_changes need a ref: the commit they apply to",
+                           [{"field": "ref", "message": "required with local_changes"}])  # fmt: skip
+        try:
+            start_diff = body.local_changes.diff()
+        except ValueError as exc:
+            details = [{"field": "local_changes", "message": str(exc)}]
+            raise APIError(422, "invalid_local_changes", str(exc), details) from exc
     if idempotency_key and (earlier := store.task_by_idempotency_key(session, user.id, idempotency_key)):
         response.status_code = status.HTTP_200_OK
         return TaskPublic.model_validate(earlier)
     try:
         task = store.create_task(
             session, repo=repo, ref=ref, instruction=body.instruction, max_steps=body.max_steps, setup=body.setup,
-            user_id=user.id, idempotency_key=idempotency_key,
+            user_id=user.id, idempotency_key=idempotency_key, start_diff=start_diff,
         )  # fmt: skip
         session.commit()
     except IntegrityError:  # the same key, created concurrently
@@ -157,7 +167,7 @@ def retry_task(task_id: str, session: SessionDep, user: CurrentUser, queue: Queu
     task = store.create_task(
         session, repo=original.repo, ref=original.ref, instruction=original.instruction,
         max_steps=original.max_steps, setup=original.setup, user_id=original.user_id,
-        parent_id=original.parent_id, kind=original.kind,
+        parent_id=original.parent_id, kind=original.kind, start_diff=original.start_diff,
     )  # fmt: skip
     store.append_event(session, task.id, "retry", {"retry_of": original.id})
     session.commit()

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
+from overnight.cli.errors import ClientError
 from overnight.settings import ClientSettings
-
-
-class ClientError(Exception):
-    """A request failed; ``exit_code`` is what the CLI exits with (3: server unreachable or auth)."""
-
-    def __init__(self, message: str, *, exit_code: int = 1, status: int | None = None) -> None:
-        super().__init__(message)
-        self.exit_code, self.status = exit_code, status
 
 
 class APIClient:
@@ -31,11 +28,9 @@ class APIClient:
         except httpx.TransportError as exc:
             raise ClientError(f"cannot reach the Overnight server at {self.server}: {exc}", exit_code=3) from exc
         if response.status_code >= 400:
-            raise ClientError(
-                _error_message(response),
-                exit_code=3 if response.status_code in (401, 403) else 1,
-                status=response.status_code,
-            )
+            # 3: the server is down or refuses the token; 2: it refused the request (no such task, bad input).
+            code = 3 if response.status_code in (401, 403) or response.status_code >= 500 else 2
+            raise ClientError(_error_message(response), exit_code=code, status=response.status_code)
         return response
 
     def create_task(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -48,12 +43,42 @@ class APIClient:
         params = {key: value for key, value in params.items() if value is not None}
         return self.request("GET", "/v1/tasks", params=params).json()["tasks"]  # type: ignore[no-any-return]
 
+    def whoami(self) -> None:
+        """Raises ClientError (exit 3) when the server is down or the token is refused."""
+        self.request("GET", "/v1/tasks", params={"limit": 1})
+
     def events(self, task_id: str, after: int = 0) -> list[dict[str, Any]]:
         response = self.request("GET", f"/v1/tasks/{task_id}/events", params={"after": after})
         return response.json()["events"]  # type: ignore[no-any-return]
 
-    def patch(self, task_id: str) -> str:
-        return self.request("GET", f"/v1/tasks/{task_id}/patch").text
+    def patch(self, task_id: str, fmt: str = "diff") -> str:
+        return self.request("GET", f"/v1/tasks/{task_id}/patch", params={"format": fmt}).text
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.request("POST", path, json=body).json()  # type: ignore[no-any-return]
+
+    def follow_events(self, task_id: str, after: int = 0, retries: int = 30) -> Iterator[dict[str, Any]]:
+        """The task's events as Server-Sent Events, reconnecting (with Last-Event-ID) until the stream ends."""
+        last, failures = after, 0
+        while True:
+            headers = {"Accept": "text/event-stream", "Last-Event-ID": str(last)}
+            try:
+                with connect_sse(self._http, "GET", f"/v1/tasks/{task_id}/events", headers=headers,
+                                 timeout=httpx.Timeout(30, read=None)) as source:  # fmt: skip
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        code = 3 if source.response.status_code in (401, 403) else 2
+                        raise ClientError(_error_message(source.response), exit_code=code)
+                    for sse in source.iter_sse():
+                        event = json.loads(sse.data)
+                        last, failures = event["seq"], 0
+                        yield event
+                return
+            except (httpx.TransportError, SSEError) as exc:
+                failures += 1
+                if failures > retries:
+                    raise ClientError(f"lost the event stream from {self.server}: {exc}", exit_code=3) from exc
+                time.sleep(min(0.5 * failures, 5))
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/tasks/{task_id}/cancel").json()  # type: ignore[no-any-return]

@@ -4,11 +4,6 @@ model; `overnight submit --wait` comes back with a diff that applies and makes t
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +13,8 @@ import pytest
 
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from tests.conftest import SANDBOX_IMAGE, git
+from tests.e2e.conftest import cli as _cli
+from tests.e2e.conftest import overnight_up
 from tests.mistral_validation import assert_valid_mistral_request
 
 FIX_SCRIPT = [
@@ -51,12 +48,6 @@ FIX_SCRIPT = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(params=["redis", "sql-transport"])
 def server(
     request: pytest.FixtureRequest,
@@ -66,39 +57,9 @@ def server(
     docker_client: docker.DockerClient,
 ) -> Iterator[dict[str, str]]:
     """`overnight up` in a subprocess: Redis found by default, or the SQLite-backed kombu transport."""
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OVERNIGHT_")} | {
-        "OVERNIGHT_DATA_DIR": str(tmp_path / "data"),
-        "OVERNIGHT_CONFIG_DIR": str(tmp_path / "config"),
-        "OVERNIGHT_API_PORT": str(port),
-        "OVERNIGHT_QUEUE": f"test-{secrets.token_hex(4)}",
-        "OVERNIGHT_LLM_BASE_URL": scripted_model.base_url,
-        "OVERNIGHT_LLM_RETRIES": "0",
-        "OVERNIGHT_SANDBOX_IMAGE": SANDBOX_IMAGE,
-    }
-    if request.param == "sql-transport":
-        env["OVERNIGHT_BROKER_URL"] = f"sqla+sqlite:///{tmp_path / 'data' / 'broker.sqlite'}"
-    log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen(["overnight", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while "API listening" not in (tmp_path / "up.log").read_text():
-            assert up.poll() is None, (tmp_path / "up.log").read_text()
-            assert time.monotonic() < deadline, "overnight up did not come up"
-            time.sleep(0.2)
-        token = json.loads((tmp_path / "config" / "config.json").read_text())["token"]
-        yield {**env, "OVERNIGHT_SERVER": base, "log": str(tmp_path / "up.log"), "token": token}
-    finally:
-        up.terminate()
-        up.wait(timeout=30)
-        log.close()
-
-
-def _cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    client_env = {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")}
-    client_env["OVERNIGHT_CONFIG_DIR"] = env["OVERNIGHT_CONFIG_DIR"]  # `overnight up` left the server and token there
-    return subprocess.run(["overnight", *args], env=client_env, capture_output=True, text=True, timeout=timeout)
+    broker = f"sqla+sqlite:///{tmp_path / 'data' / 'broker.sqlite'}" if request.param == "sql-transport" else None
+    with overnight_up(tmp_path, scripted_model, broker=broker) as env:
+        yield env
 
 
 def test_submit_wait_returns_a_patch_that_fixes_the_failing_test(

@@ -19,4 +19,4 @@ def test_migrated_schema_matches_the_models(engine: Engine) -> None:
 def test_migrate_is_idempotent(engine: Engine) -> None:
     migrate(engine)
     with engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0005"
+        assert MigrationContext.configure(connection).get_current_revision() == "0006"

@@ -158,3 +158,30 @@ def test_cancel_requested_while_running_stops_at_the_next_step(
     assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
     assert len(scripted_model.state.requests) == 1
     assert patch is not None and not patch.complete and "+    return a + b" in patch.diff
+
+
+def test_the_task_time_limit_fails_the_task_with_that_reason(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    """Celery raises SoftTimeLimitExceeded inside the task when its soft time limit passes (here: mid-model-call)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    class TimesOut:
+        def history_message(self, turn):  # pragma: no cover - never reached
+            raise AssertionError
+
+        def complete(self, messages, tools):
+            raise SoftTimeLimitExceeded()
+
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+    context.model_factory = lambda _task_id: TimesOut()
+    run_task(task_id, context)
+    task, _ = _task(sqlite_engine, task_id)
+    assert task.state == "failed" and task.failure_reason == "task time limit exceeded"
+    assert docker_client.containers.list(all=True, filters={"label": f"dev.overnight.task={task_id}"}) == []
