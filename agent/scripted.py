@@ -69,11 +69,21 @@ class ScriptedModel:
         *,
         model: str = "mistral-medium-3.5",
         dialect: Literal["vllm", "mistral"] = "vllm",
+        default: ScriptedTurn | None = None,
+        spec_decode: bool = True,
     ) -> None:
         self.turns: list[ScriptedTurn] = list(turns or [])
         self.model = model
         self.dialect = dialect
         """vllm streams reasoning in ``delta.reasoning``; mistral (La Plateforme) as thinking content chunks."""
+        self.default = default
+        """The turn answered once the script is used up (None: an error, as a finished script should be)."""
+        self.spec_decode = spec_decode
+        """Report EAGLE's speculative-decoding counters on /metrics, as vLLM does with a draft model."""
+        self.counters: dict[str, float] = dict.fromkeys(
+            ("prompt_tokens", "generation_tokens", "prefix_cache_queries", "prefix_cache_hits",
+             "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens"), 0.0
+        )  # fmt: skip
         self.requests: list[dict[str, Any]] = []
         self.received_at: list[float] = []
         """time.time() of each request's arrival."""
@@ -91,7 +101,31 @@ class ScriptedModel:
             prompt = json.dumps([body.get("tools"), body.get("messages")], separators=(",", ":"))
             usage = self._prompt_usage(prompt)
             self._previous_prompt = prompt
-            return (self.turns.pop(0) if self.turns else None), usage
+            turn = self.turns.pop(0) if self.turns else self.default
+            self._count(usage, turn)
+            return turn, usage
+
+    def _count(self, usage: dict[str, int], turn: ScriptedTurn | None) -> None:
+        """vLLM's counters: prefix-cache queries and hits in tokens; drafts of 3 tokens, 60 % accepted."""
+        generated = len(json.dumps(turn.model_dump())) // CHARS_PER_TOKEN if turn else 0
+        self.counters["prompt_tokens"] += usage["prompt_tokens"]
+        self.counters["generation_tokens"] += generated
+        self.counters["prefix_cache_queries"] += usage["prompt_tokens"]
+        self.counters["prefix_cache_hits"] += usage["cached_tokens"]
+        if self.spec_decode:
+            drafts = generated // 2
+            self.counters["spec_decode_num_drafts"] += drafts
+            self.counters["spec_decode_num_draft_tokens"] += drafts * 3
+            self.counters["spec_decode_num_accepted_tokens"] += int(drafts * 3 * 0.6)
+
+    def metrics_text(self) -> str:
+        lines = []
+        with self._lock:
+            for name, value in self.counters.items():
+                if name.startswith("spec_decode") and not self.spec_decode:
+                    continue
+                lines += [f"# TYPE vllm:{name} counter", f'vllm:{name}_total{{model_name="{self.model}"}} {value}']
+        return "\n".join(lines) + "\n"
 
     def _prompt_usage(self, prompt: str) -> dict[str, int]:
         """Token counts that behave like vLLM's: cached tokens are whole blocks of the shared prefix."""
@@ -109,8 +143,16 @@ def create_app(state: ScriptedModel) -> Starlette:
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": state.model, "object": "model", "owned_by": "vllm"}]})
 
+    async def metrics(request: Request) -> Response:
+        return Response(state.metrics_text(), media_type="text/plain; version=0.0.4")
+
     async def chat_completions(request: Request) -> Response:
         body = await request.json()
+        effort = body.get("reasoning_effort")
+        if effort is not None and effort not in ("none", "high"):  # as vLLM with Medium 3.5's template
+            return _error(400, f"reasoning_effort {effort!r} is not supported: use 'none' or 'high'")
+        if body.get("model") != state.model:
+            return _error(404, f"The model `{body.get('model')}` does not exist.")
         turn, usage = state.next_turn(body)
         if turn is None:
             return _error(400, "the scripted model has no turns left")
@@ -127,6 +169,7 @@ def create_app(state: ScriptedModel) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/models", models, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         ]
     )

@@ -63,6 +63,9 @@ class SandboxLimits(BaseModel):
     """Size of the home-directory tmpfs."""
     startup_timeout: float = Field(default=30, gt=0)
     """Seconds the sandbox's exec server may take to answer after start."""
+    control_root: Path | None = None
+    """Where the exec server's control folders are made (the system temp dir if empty). A worker that talks
+    to a Docker engine outside its own container needs a folder the engine sees at the same path."""
 
 
 class SandboxSpec(BaseModel):

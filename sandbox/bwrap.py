@@ -67,7 +67,9 @@ class BwrapBackend:
             environment = Path(tempfile.mkdtemp(prefix="staging-", dir=self.config.environments))
             (environment / "opt").mkdir()
             spec = spec.model_copy(update={"image": str(environment)})
-        control = Path(tempfile.mkdtemp(prefix="overnight-ctl-"))
+        if self.config.control_root is not None:
+            self.config.control_root.mkdir(parents=True, exist_ok=True)
+        control = Path(tempfile.mkdtemp(prefix="overnight-ctl-", dir=self.config.control_root))
         shutil.copy(EXECSERVER, control / "execserver.py")
         group = CGroup(
             f"{spec.task_id}-{os.urandom(3).hex()}",

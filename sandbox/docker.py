@@ -82,7 +82,9 @@ class DockerBackend:
             hint = "run `overnight image build`" if image == self.config.image else "it is not on this worker"
             raise SandboxUnavailableError(f"sandbox image {image!r} not found: {hint}") from exc
         uid, gid = sandbox_ids(spec.workspace)
-        control = Path(tempfile.mkdtemp(prefix="overnight-ctl-"))
+        if self.config.control_root is not None:
+            self.config.control_root.mkdir(parents=True, exist_ok=True)
+        control = Path(tempfile.mkdtemp(prefix="overnight-ctl-", dir=self.config.control_root))
         shutil.copy(EXECSERVER, control / "execserver.py")
         os.chown(control, uid, gid)
         server = (

@@ -41,6 +41,7 @@ def sandbox_config(settings: Settings, *, docker_available: bool | None = None) 
         "disk_limit": settings.sandbox_disk_limit,
         "tmp_size": settings.sandbox_tmp_size,
         "home_size": settings.sandbox_home_size,
+        "control_root": settings.data_dir / "control",
     }
     if choice == "docker":
         return DockerConfig(image=settings.sandbox_image, **common)  # type: ignore[arg-type]

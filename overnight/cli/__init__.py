@@ -3,6 +3,7 @@ commands (up, token, image) import the server side only when they run, so that t
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Annotated
 
@@ -19,6 +20,8 @@ image_app = typer.Typer(help="The sandbox base image (server side).", no_args_is
 app.add_typer(image_app, name="image")
 token_app = typer.Typer(help="API tokens (server side).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+bench_app = typer.Typer(help="Benchmarks (for the model host).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 register(app)
 
 
@@ -60,6 +63,76 @@ def token_create(
     if token:
         sys.stdout.write(token + "\n")
     raise typer.Exit(code)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema to the newest revision (server side; `overnight up` does it too)."""
+    from migrations.store import make_engine
+    from migrations.store import migrate as upgrade
+    from overnight.broker import redact
+    from overnight.settings import Settings
+
+    url = Settings().resolved_database_url
+    upgrade(make_engine(url))
+    err.print(f"{redact(url)}: migrated")
+
+
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Check that this server is set up the way tasks need (server side); non-zero exit on any failure."""
+    from dataclasses import asdict
+
+    from overnight.cli.doctor import run_checks
+    from overnight.settings import Settings
+
+    checks = run_checks(Settings())
+    if as_json:
+        sys.stdout.write(json.dumps([asdict(check) for check in checks], indent=2) + "\n")
+    for check in checks if not as_json else []:
+        mark = "[green]PASS[/green]" if check.ok else "[red]FAIL[/red]"
+        err.print(f"{mark} {check.name}: {check.detail}")
+        if not check.ok:
+            err.print(f"     fix: {check.fix}")
+    raise typer.Exit(0 if all(check.ok for check in checks) else 1)
+
+
+@bench_app.command("llm")
+def bench_llm(
+    base_url: Annotated[str, typer.Option(help="OpenAI-compatible base URL (…/v1).")],
+    model: Annotated[str, typer.Option(help="Served model name.")] = "mistral-medium-3.5",
+    api_key: Annotated[str | None, typer.Option(envvar="OVERNIGHT_LLM_API_KEY", help="Bearer key.")] = None,
+    compare: Annotated[str | None, typer.Option(help="A second base URL to measure in the same run.")] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,4,16,64",
+    steps: Annotated[int, typer.Option(help="Requests of the trajectory each session replays.")] = 40,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of each request.")] = 1024,
+    output: Annotated[str, typer.Option("--output", "-o", help="JSON file for the results.")] = "bench-llm.json",
+) -> None:
+    """Time to first token, tokens/s, EAGLE acceptance and prefix-cache hit rate on an agent's trajectory."""
+    from rich.table import Table
+
+    from overnight.cli.benchllm import measure
+
+    levels = [int(level) for level in concurrency.split(",") if level.strip()]
+    report = {}
+    for url in [base_url, *([compare] if compare else [])]:
+        report[url] = measure(url, model, api_key=api_key, levels=levels, sessions_steps=steps, max_tokens=max_tokens)
+    table = Table("endpoint", "conc.", "TTFT ms", "tok/s/req", "tok/s total", "accept len", "accept rate",
+                  "prefix hit")  # fmt: skip
+
+    def show(value: float | None, spec: str) -> str:
+        return "—" if value is None else format(value, spec)
+
+    for url, rows in report.items():
+        for row in rows:
+            table.add_row(url, str(row["concurrency"]), show(row["ttft_ms_median"], ".0f"),
+                          show(row["tokens_per_s_per_request"], ".1f"), show(row["tokens_per_s_total"], ".1f"),
+                          show(row["mean_acceptance_length"], ".2f"), show(row["draft_acceptance_rate"], ".0%"),
+                          show(row["prefix_cache_hit_rate"], ".0%"))  # fmt: skip
+    err.print(table)
+    with open(output, "w") as handle:
+        json.dump(report, handle, indent=2)
+    err.print(f"results in {output}")
 
 
 def main() -> None:

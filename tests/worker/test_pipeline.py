@@ -128,7 +128,7 @@ def test_cancel_requested_while_running_stops_at_the_next_step(
 
     class CancelAfterFirstTurn:
         def __init__(self) -> None:
-            self.inner = ChatClient(LLMConfig(base_url=scripted_model.base_url, model="m", retries=0))
+            self.inner = ChatClient(LLMConfig(base_url=scripted_model.base_url, model="mistral-medium-3.5", retries=0))
 
         def history_message(self, turn):
             return self.inner.history_message(turn)

@@ -1,0 +1,244 @@
+"""`overnight doctor`: is this server set up the way tasks need? Each check prints a pass/fail line with a fix.
+
+Server-side (it reads the server's settings): database, broker, sandbox, image, and the model endpoint —
+reachable, serving the configured model, accepting `reasoning_effort`, calling a tool for a probe request,
+reporting cached tokens — and, when vLLM's /metrics answers, speculative decoding and prefix caching.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from overnight.settings import Settings
+
+PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "ping",
+        "description": "Answer the health check.",
+        "parameters": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]},
+    },
+}
+PROBE_MESSAGES = [
+    {"role": "system", "content": "You are a health check. " * 40},
+    {"role": "user", "content": "Call the ping tool with ok=true."},
+]
+
+
+@dataclass(kw_only=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _check(name: str, fix: str, run: Callable[[], str]) -> Check:
+    try:
+        return Check(name=name, ok=True, detail=run())
+    except Exception as exc:  # every failure is a finding, reported with its fix
+        return Check(name=name, ok=False, detail=f"{type(exc).__name__}: {exc}"[:300], fix=fix)
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks = [
+        _check(
+            "database reachable and migrated",
+            "check OVERNIGHT_DATABASE_URL; `overnight up` migrates",
+            lambda: _database(settings),
+        ),
+        _check("broker reachable", "start Redis or set OVERNIGHT_BROKER_URL", lambda: _broker(settings)),
+        _check("sandbox image present", "run `overnight image build`", lambda: _image(settings)),
+        _check(
+            "sandbox backend runs a command",
+            "start the Docker engine, or install bubblewrap",
+            lambda: _sandbox(settings),
+        ),
+    ]
+    checks += _model_checks(settings)
+    return checks
+
+
+def _database(settings: Settings) -> str:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from migrations.store import alembic_config, make_engine
+
+    engine = make_engine(settings.resolved_database_url)
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    if current != head:
+        raise RuntimeError(f"schema at revision {current}, the code needs {head}")
+    return f"revision {current}"
+
+
+def _broker(settings: Settings) -> str:
+    from overnight.broker import redact, resolve_broker_url
+    from worker.celery_app import TaskQueue
+
+    url, _ = resolve_broker_url(settings)
+    TaskQueue(url, queue=settings.queue).ping()
+    return redact(url)
+
+
+def _image(settings: Settings) -> str:
+    from sandbox.image import image_present, rootfs_complete
+    from worker.sandboxes import sandbox_config
+
+    config = sandbox_config(settings)
+    if config.__class__.__name__ == "DockerConfig":
+        import docker
+
+        if not image_present(docker.from_env(), settings.sandbox_image):
+            raise RuntimeError(f"image {settings.sandbox_image} is missing")
+        return f"Docker image {settings.sandbox_image}"
+    rootfs = settings.sandbox_rootfs_for(settings.sandbox_image)
+    if not rootfs_complete(rootfs):
+        raise RuntimeError(f"no root filesystem at {rootfs}")
+    return f"root filesystem {rootfs}"
+
+
+def _sandbox(settings: Settings) -> str:
+    from sandbox.base import SandboxSpec
+    from worker.sandboxes import sandbox_backend
+
+    backend = sandbox_backend(settings)
+    with tempfile.TemporaryDirectory(prefix="overnight-doctor-") as workspace:
+        started = time.monotonic()
+        box = backend.start(SandboxSpec(task_id="doctor", workspace=Path(workspace)))
+        try:
+            result = box.run("echo sandbox-ok", timeout=30)
+        finally:
+            box.close()
+    if result.stdout.strip() != "sandbox-ok":
+        raise RuntimeError(f"the command printed {result.stdout!r} (exit {result.exit_code})")
+    return f"{backend.name}, ready and ran a command in {time.monotonic() - started:.2f} s"
+
+
+def _model_checks(settings: Settings) -> list[Check]:
+    headers = {}
+    if settings.llm_api_key is not None:
+        headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
+    http = httpx.Client(base_url=settings.llm_base_url, headers=headers, timeout=httpx.Timeout(120, connect=5))
+    base = settings.llm_base_url
+    checks = [_check("model endpoint reachable", f"start the model server at {base} or set OVERNIGHT_LLM_BASE_URL",
+                     lambda: _models(http))]  # fmt: skip
+    if not checks[0].ok:
+        return checks
+    body = {"model": settings.llm_model, "messages": PROBE_MESSAGES, "max_tokens": 64, "temperature": 0}
+    effort = {**body, "reasoning_effort": settings.llm_reasoning_effort}
+    probe = {**effort, "tools": [PROBE_TOOL], "tool_choice": "auto"}
+    responses: list[dict[str, Any]] = []
+    checks += [
+        _check(
+            "serves the configured model",
+            f"serve it as {settings.llm_model} (--served-model-name) or set OVERNIGHT_LLM_MODEL",
+            lambda: _serves(http, settings.llm_model),
+        ),
+        _check(
+            "accepts reasoning_effort",
+            "use a Mistral reasoning parser and a vLLM that knows the setting "
+            "(--reasoning-parser mistral; vLLM >= 0.18)",
+            lambda: _post(http, effort, responses),
+        ),
+        _check(
+            "returns a tool call for a probe request",
+            "serve with --enable-auto-tool-choice --tool-call-parser mistral",
+            lambda: _tool_call(http, probe, responses),
+        ),
+        _check(
+            "reports cached tokens",
+            "serve with --enable-prompt-tokens-details (and prefix caching on)",
+            lambda: _cached(http, probe, responses),
+        ),
+    ]
+    metrics_url = base.removesuffix("/v1") + "/metrics"
+    try:
+        metrics = httpx.get(metrics_url, headers=headers, timeout=5)
+        text = metrics.text if metrics.status_code == 200 else None
+    except httpx.HTTPError:
+        text = None
+    if text is None:
+        checks.append(Check(name="model server metrics", ok=True, detail=f"{metrics_url} not reachable; skipped"))
+        return checks
+    counters = parse_metrics(text)
+    checks += [
+        _check(
+            "speculative decoding active (EAGLE)",
+            'serve with --speculative-config \'{"method":"eagle",...}\' (see infra/vllm/serve.sh)',
+            lambda: _positive(counters, "vllm:spec_decode_num_drafts_total"),
+        ),
+        _check(
+            "prefix caching active",
+            "do not pass --no-enable-prefix-caching",
+            lambda: _positive(counters, "vllm:prefix_cache_queries_total"),
+        ),
+    ]
+    return checks
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format, summed over labels: {metric name: value}."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name = name_part.split("{", 1)[0]
+        try:
+            values[name] = values.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return values
+
+
+def _models(http: httpx.Client) -> str:
+    response = http.get("/models")
+    response.raise_for_status()
+    return ", ".join(model["id"] for model in response.json().get("data", [])) or "(no models listed)"
+
+
+def _serves(http: httpx.Client, model: str) -> str:
+    served = [entry["id"] for entry in http.get("/models").json().get("data", [])]
+    if model not in served:
+        raise RuntimeError(f"{model!r} is not among the served models {served}")
+    return model
+
+
+def _post(http: httpx.Client, body: dict[str, Any], responses: list[dict[str, Any]]) -> str:
+    response = http.post("/chat/completions", json=body)
+    if response.status_code >= 400:
+        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+    responses.append(response.json())
+    return f"HTTP {response.status_code}"
+
+
+def _tool_call(http: httpx.Client, body: dict[str, Any], responses: list[dict[str, Any]]) -> str:
+    _post(http, body, responses)
+    calls = responses[-1]["choices"][0]["message"].get("tool_calls") or []
+    if not calls:
+        raise RuntimeError("the answer has no tool_calls (was the tool call left in the content?)")
+    return f"{calls[0]['function']['name']}({calls[0]['function']['arguments']}), id {calls[0]['id']}"
+
+
+def _cached(http: httpx.Client, body: dict[str, Any], responses: list[dict[str, Any]]) -> str:
+    _post(http, body, responses)  # the same prompt again: its prefix must now come from the cache
+    details = responses[-1].get("usage", {}).get("prompt_tokens_details") or {}
+    if not details.get("cached_tokens"):
+        raise RuntimeError(f"usage.prompt_tokens_details is {details or 'missing'}")
+    return f"{details['cached_tokens']} of {responses[-1]['usage']['prompt_tokens']} prompt tokens cached"
+
+
+def _positive(counters: dict[str, float], name: str) -> str:
+    if counters.get(name, 0) <= 0:
+        raise RuntimeError(f"{name} is {'absent' if name not in counters else 0}")
+    return f"{name} = {counters[name]:g}"
