@@ -44,6 +44,24 @@ def get_user(
     return user
 
 
+def reject_unknown_query(request: Request) -> None:
+    """A query parameter the operation does not take is an error, not silently ignored (``?stat=failed``)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known: set[str] = set()
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        known |= {param.alias for param in current.query_params}
+        pending.extend(current.dependencies)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        details = [{"field": f"query.{name}", "message": "unknown query parameter"} for name in unknown]
+        raise APIError(422, "validation_error", f"unknown query parameter(s): {', '.join(unknown)}", details)
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 QueueDep = Annotated[TaskQueue, Depends(get_queue)]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import CurrentUser, QueueDep, SessionDep, SettingsDep
+from api.deps import CurrentUser, QueueDep, SessionDep, SettingsDep, reject_unknown_query
 from api.errors import APIError
 from api.events import event_stream
 from api.schemas import (
@@ -29,7 +29,7 @@ from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
 from worker.celery_app import TaskQueue
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(reject_unknown_query)])
 PatchFormat = Literal["diff", "mbox", "json"]
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "A body that is not JSON."},

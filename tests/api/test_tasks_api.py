@@ -280,3 +280,10 @@ def test_unreachable_broker_fails_the_task_with_a_reason(settings: Settings, tok
         assert task["state"] == "failed" and "broker unreachable" in task["failure_reason"]
         ready = test_client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["broker"].startswith("error")
+
+
+def test_an_unknown_query_parameter_is_refused_not_ignored(client: TestClient) -> None:
+    response = client.get("/v1/tasks", params={"stat": "failed", "limit": 5})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == "unknown query parameter(s): stat"
+    assert client.get("/v1/tasks", params={"state": "failed", "limit": 5}).status_code == 200
