@@ -6,15 +6,18 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from api.errors import install_error_handlers
-from api.routes import health, tasks
+from api.routes import github, health, tasks
 from api.routes.health import TaskCollector
 from migrations.store import make_engine, make_sessionmaker
 from overnight.broker import resolve_broker_url
+from overnight.github.client import GitHubClient, client_from_settings
 from overnight.settings import Settings
 from worker.celery_app import TaskQueue
 
 
-def create_app(settings: Settings | None = None, *, queue: TaskQueue | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, queue: TaskQueue | None = None, github_client: GitHubClient | None = None
+) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(
         title="Overnight",
@@ -29,7 +32,10 @@ def create_app(settings: Settings | None = None, *, queue: TaskQueue | None = No
         broker_url, _ = resolve_broker_url(settings)
         queue = TaskQueue(broker_url, queue=settings.queue)
     app.state.queue = queue
+    # The webhook may look an installation up while GitHub waits (10 s): one short try, no retries.
+    app.state.github = github_client or client_from_settings(settings, attempts=1, timeout=4.0)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    app.include_router(github.router)
     return app

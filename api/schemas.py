@@ -117,6 +117,21 @@ class PatchSummary(BaseModel):
     complete: bool
 
 
+class GitHubPublic(BaseModel):
+    """Where a task triggered from GitHub came from, and where its result went."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    repo: str = Field(description="OWNER/NAME.")
+    number: int = Field(description="The issue or pull request that asked.")
+    source: str = Field(description="label, issue-comment, pr-comment or review-comment.")
+    branch: str
+    pr_number: int | None
+    pr_url: str | None
+    publish_state: str = Field(description="pending, published, failed (the reason in publish_error) or skipped.")
+    publish_error: str | None
+
+
 class TaskPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -141,6 +156,7 @@ class TaskPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     patch: PatchSummary | None = None
+    github: GitHubPublic | None = None
 
 
 class TaskList(BaseModel):

@@ -6,7 +6,18 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -127,6 +138,7 @@ class Task(Base):
     )
     patch: Mapped[Patch | None] = relationship(back_populates="task", cascade="all, delete-orphan")
     trajectory: Mapped[Trajectory | None] = relationship(cascade="all, delete-orphan")
+    github: Mapped[GitHubLink | None] = relationship(cascade="all, delete-orphan")
 
 
 class TaskEvent(Base):
@@ -173,3 +185,52 @@ class Trajectory(Base):
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class GitHubDelivery(Base):
+    """A webhook delivery seen (its GUID is the key: a redelivery finds it and starts nothing)."""
+
+    __tablename__ = "github_deliveries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(255))
+    task_id: Mapped[str | None] = mapped_column(String(32))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GitHubInstallation(Base):
+    """An installation of the GitHub App: only its repositories may start tasks."""
+
+    __tablename__ = "github_installations"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    account: Mapped[str] = mapped_column(String(255), default="")
+    suspended: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class GitHubLink(Base):
+    """Where a task came from on GitHub and where its result went."""
+
+    __tablename__ = "github_links"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    repo: Mapped[str] = mapped_column(String(255), index=True)
+    """OWNER/NAME."""
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    number: Mapped[int] = mapped_column(Integer)
+    """The issue, or the pull request commented on."""
+    source: Mapped[str] = mapped_column(String(32))
+    """label, issue-comment, pr-comment or review-comment."""
+    sender: Mapped[str] = mapped_column(String(100))
+    trigger_comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    progress_comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    branch: Mapped[str] = mapped_column(String(255), index=True)
+    base_branch: Mapped[str] = mapped_column(String(255))
+    pr_number: Mapped[int | None] = mapped_column(Integer)
+    pr_url: Mapped[str | None] = mapped_column(String(512))
+    publish_state: Mapped[str] = mapped_column(String(16), default="pending")
+    """pending, published, failed or skipped."""
+    publish_error: Mapped[str | None] = mapped_column(Text)

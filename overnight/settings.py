@@ -164,10 +164,60 @@ class Settings(BaseSettings):
     git_author_email: str = "overnight@localhost"
     """Its e-mail address."""
 
-    @field_validator("llm_base_url")
+    github_webhook_secret: SecretStr | None = None
+    """Secret of the GitHub webhook (X-Hub-Signature-256); with none set, every delivery is refused."""
+    github_app_id: str | None = None
+    """GitHub App id (App mode: the JWT's issuer; installation tokens per repository)."""
+    github_private_key: SecretStr | None = None
+    """The App's private key: PEM text, or the path of a PEM file."""
+    github_token: SecretStr | None = None
+    """Personal access token (single-user mode, instead of an App): reads, pushes and opens pull requests."""
+    github_api_url: str = "https://api.github.com"
+    """REST API root (GitHub Enterprise Server: https://HOST/api/v3)."""
+    github_git_url: str | None = None
+    """Where repositories are cloned from and pushed to, as BASE/OWNER/REPO.git; empty: derived from the API
+    root (https://github.com, or https://HOST for Enterprise Server)."""
+    github_trigger_label: str = Field(default="overnight", min_length=1, max_length=50)
+    """Labelling an issue with this starts a task."""
+    github_command: str = Field(default="/overnight", min_length=1, max_length=50)
+    """A comment starting with this starts a task (the rest of the line: extra instructions)."""
+    github_allowed_associations: list[str] = Field(default_factory=lambda: ["OWNER", "MEMBER", "COLLABORATOR"])
+    """author_association values whose comments may start tasks (JSON list)."""
+    github_repositories: list[str] = Field(default_factory=list)
+    """Personal-token mode: the only repositories (OWNER/REPO) that may trigger; empty: any whose webhook
+    carries the secret."""
+    github_reply_unauthorised: bool = True
+    """Answer a command from someone without write access with a short comment (off: ignore it silently)."""
+    github_draft: bool = True
+    """Open pull requests as drafts (falls back to ready when the repository does not support drafts)."""
+    public_url: str | None = None
+    """Address of this API as users reach it, for links in GitHub comments (empty: no link)."""
+
+    @field_validator("llm_base_url", "github_api_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("github_allowed_associations")
+    @classmethod
+    def _known_associations(cls, value: list[str]) -> list[str]:
+        known = {"COLLABORATOR", "CONTRIBUTOR", "FIRST_TIMER", "FIRST_TIME_CONTRIBUTOR", "MANNEQUIN", "MEMBER",
+                 "NONE", "OWNER"}  # fmt: skip
+        upper = [item.upper() for item in value]
+        unknown = sorted(set(upper) - known)
+        if unknown:
+            raise ValueError(f"unknown author_association {unknown}; known: {sorted(known)}")
+        return upper
+
+    @property
+    def github_git_base(self) -> str:
+        """BASE of BASE/OWNER/REPO.git."""
+        if self.github_git_url:
+            return self.github_git_url.rstrip("/")
+        api = self.github_api_url
+        if api == "https://api.github.com":
+            return "https://github.com"
+        return api.removesuffix("/api/v3")
 
     @property
     def resolved_database_url(self) -> str:

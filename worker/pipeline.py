@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +35,18 @@ from worker.repo import Checkout, TaskFailure, apply_to_workspace, clone_reposit
 
 log = logging.getLogger(__name__)
 Outcome = Literal["ran", "busy", "skipped"]
+
+
+class TaskHooks(Protocol):
+    """Where a task came from gets told (GitHub: a progress comment, then the branch and pull request)."""
+
+    def git_credentials(self, task_id: str, url: str) -> dict[str, str]:
+        """Extra {host: token} for cloning this task's repository."""
+
+    def started(self, task_id: str) -> None: ...
+
+    def finished(self, task_id: str, state: TaskState, reason: str | None, mirror: Path | None) -> None:
+        """Called after the sandbox is gone and before the final state is written; must not raise."""
 
 
 @dataclass(kw_only=True)
@@ -55,6 +67,7 @@ class WorkerContext:
     heartbeat_seconds: float = 5.0
     stale_after: timedelta = timedelta(seconds=60)
     author: tuple[str, str] = ("Overnight", "overnight@localhost")
+    hooks: TaskHooks | None = None
 
 
 class _Watch:
@@ -136,8 +149,11 @@ def _execute(task_id: str, ctx: WorkerContext, watch: _Watch) -> None:
     emit = _event_sink(ctx.sessions, task_id)
     trajectory = Trajectory()
     try:
+        if ctx.hooks is not None:
+            ctx.hooks.started(task_id)
         emit("phase", {"phase": "clone", "repo": repo, "ref": ref})
-        base_sha, mirror = clone_repository(repo, ref, workspace, checkout=ctx.checkout)
+        credentials = ctx.hooks.git_credentials(task_id, repo) if ctx.hooks is not None else None
+        base_sha, mirror = clone_repository(repo, ref, workspace, checkout=ctx.checkout, credentials=credentials)
         if start_diff:
             apply_to_workspace(workspace, start_diff)
             emit("phase", {"phase": "start-diff", "files": len(changed_files(start_diff))})
@@ -202,7 +218,9 @@ def _execute(task_id: str, ctx: WorkerContext, watch: _Watch) -> None:
             except SandboxError:
                 log.exception("could not remove the sandbox of task %s", task_id)
         shutil.rmtree(workspace, ignore_errors=True)
-    # The final state last: when a task reads as ended, its sandbox is already gone.
+    if ctx.hooks is not None:
+        ctx.hooks.finished(task_id, outcome[0], outcome[1], mirror)
+    # The final state last: when a task reads as ended, its sandbox is already gone (and its result published).
     _finish(ctx.sessions, task_id, *outcome)
 
 

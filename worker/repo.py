@@ -25,9 +25,12 @@ class Checkout:
     credentials: dict[str, str] = field(default_factory=dict)
 
 
-def clone_repository(repo: str, ref: str | None, dest: Path, *, checkout: Checkout) -> tuple[str, Path]:
+def clone_repository(
+    repo: str, ref: str | None, dest: Path, *, checkout: Checkout, credentials: dict[str, str] | None = None
+) -> tuple[str, Path]:
     """Check ``repo`` out at ``ref`` (default branch when None) into ``dest``; return the base commit sha and
-    the repository's mirror (the pristine copy no sandbox sees). The workspace is a full copy of the
+    the repository's mirror (the pristine copy no sandbox sees). ``credentials`` adds {host: token} for
+    this task (a GitHub installation's). The workspace is a full copy of the
     mirror's objects (no hardlinks, no alternates) with no remote left in it."""
     try:
         url = validate_repo_url(repo, allow_local=checkout.allow_local)
@@ -39,7 +42,9 @@ def clone_repository(repo: str, ref: str | None, dest: Path, *, checkout: Checko
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    env = git_env(allow_local=checkout.allow_local, credentials=checkout.credentials, url=url)
+    env = git_env(
+        allow_local=checkout.allow_local, credentials={**checkout.credentials, **(credentials or {})}, url=url
+    )
     with checkout.mirrors.locked(url) as path:
         try:
             mirror = checkout.mirrors.update(url, path, env)

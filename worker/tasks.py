@@ -15,9 +15,11 @@ from agent.client import ChatClient, LLMConfig
 from agent.loop import AgentConfig
 from migrations.models import TaskState
 from migrations.store import make_engine, make_sessionmaker, mark_enqueued, transition
+from overnight.github.client import client_from_settings
 from overnight.settings import Settings
 from sandbox.environments import EnvironmentCache
 from worker.environment import SetupPolicy
+from worker.github import GitHubHooks
 from worker.mirrors import MirrorCache
 from worker.pipeline import WorkerContext, run_task
 from worker.repo import Checkout
@@ -48,8 +50,18 @@ def build_context(settings: Settings) -> WorkerContext:
         )
 
     backend = sandbox_backend(settings)
+    sessions = make_sessionmaker(engine)
+    github = client_from_settings(settings)
+    hooks = None
+    if github is not None:
+        hooks = GitHubHooks(
+            github, sessions, allow_local=settings.allow_local_repos, label=settings.github_trigger_label,
+            author=(settings.git_author_name, settings.git_author_email), draft=settings.github_draft,
+            public_url=settings.public_url,
+        )  # fmt: skip
     return WorkerContext(
-        sessions=make_sessionmaker(engine),
+        sessions=sessions,
+        hooks=hooks,
         backend=backend,
         environments=EnvironmentCache(
             settings.environments_dir,

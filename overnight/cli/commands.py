@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from overnight.cli.checkout import CheckoutError, inspect, local_changes_diff
 from overnight.cli.errors import ClientError
@@ -223,7 +224,13 @@ def show(task_id: str, as_json: JsonOption = False) -> None:
     for key in ("id", "state", "attempt", "repo", "ref", "base_sha", "steps", "created_at", "finished_at",
                 "failure_reason"):  # fmt: skip
         if task.get(key) not in (None, ""):
-            console.print(f"[bold]{key}[/bold]: {task[key]}", markup=True)
+            console.print(f"[bold]{key}[/bold]: {escape(str(task[key]))}", markup=True)
+    github = task.get("github")
+    if github:
+        pull = github["pr_url"] or f"branch {github['branch']}"
+        state = github["publish_state"] + (f" ({github['publish_error']})" if github.get("publish_error") else "")
+        line = f"{github['repo']}#{github['number']} → {pull}, {state}"
+        console.print(f"[bold]github[/bold]: {escape(line)}", markup=True)
     console.print(f"[bold]instruction[/bold]: {task['instruction']}")
 
 

@@ -33,6 +33,12 @@ def describe(event: dict[str, Any]) -> str | None:
         return f"  {mark} [dim]{escape(_short(lines[0] if lines else '(no output)', 140))}[/dim]"
     if kind == "patch":
         return f"[bold]patch[/bold]: {data['files_changed']} file(s), {data['bytes']} bytes"
+    if kind == "publish":
+        if data.get("state") == "published":
+            return f"[green]published[/green]: {escape(str(data.get('pull_request') or data.get('branch')))}"
+        if data.get("state") == "failed":
+            return f"[red]publishing failed[/red]: {escape(str(data.get('reason')))}"
+        return None
     if kind in ("compaction", "format_error", "finish"):
         return f"[magenta]{kind}[/magenta]"
     return None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from migrations.models import Base
-from migrations.store import migrate
+from migrations.store import alembic_config, migrate
 
 
 def test_migrated_schema_matches_the_models(engine: Engine) -> None:
@@ -19,4 +20,5 @@ def test_migrated_schema_matches_the_models(engine: Engine) -> None:
 def test_migrate_is_idempotent(engine: Engine) -> None:
     migrate(engine)
     with engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0006"
+        current = MigrationContext.configure(connection).get_current_revision()
+    assert current == ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == "0007"

@@ -1,0 +1,240 @@
+"""POST /v1/github/webhook: a labelled issue or a command in a comment becomes a task.
+
+The signature is checked over the raw body before anything is parsed; the answer comes well inside GitHub's
+ten seconds (the work is enqueued, never done here). 202: a task was queued; 200: a ping, an installation
+change or a redelivery (nothing new started); 204: a delivery that asks for nothing, or from someone who may
+not ask (logged with the reason).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from fastapi import APIRouter, BackgroundTasks, Header, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import APIError
+from api.schemas import MAX_INSTRUCTION_BYTES, ErrorResponse
+from migrations import github_store, store
+from migrations.models import TaskState
+from overnight.github.client import GitHubClient
+from overnight.github.errors import GitHubError
+from overnight.github.webhooks import (
+    MAX_BODY_BYTES,
+    Delivery,
+    PayloadError,
+    Rules,
+    branch_name,
+    instruction_for,
+    may_trigger,
+    parse,
+    request_of,
+    signature_valid,
+)
+from overnight.github.webhooks import (
+    Request as TriggerRequest,
+)
+from overnight.repourl import InvalidRepoError, validate_repo_url
+from overnight.settings import Settings
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/github", tags=["github"])
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_EVENT = re.compile(r"^[a-z_]{1,64}$")
+UNAUTHORISED_REPLY = (
+    "Thanks for the request, @{login}. Only people with write access to this repository can start "
+    "Overnight tasks, so nothing was started."
+)
+
+
+@router.post(
+    "/webhook",
+    status_code=202,
+    responses={
+        200: {"description": "Ping, installation change or redelivery: nothing new started."},
+        204: {"description": "Not a trigger, or from someone who may not trigger (logged)."},
+        400: {"model": ErrorResponse, "description": "Missing headers or a payload GitHub would not send."},
+        401: {"model": ErrorResponse, "description": "Missing or wrong signature, or no secret configured."},
+        413: {"model": ErrorResponse, "description": "Over GitHub's 25 MB."},
+    },
+)
+async def receive_webhook(
+    request: Request,
+    background: BackgroundTasks,
+    x_hub_signature_256: str | None = Header(default=None),
+    x_github_event: str | None = Header(default=None),
+    x_github_delivery: str | None = Header(default=None),
+) -> Response:
+    settings: Settings = request.app.state.settings
+    if settings.github_webhook_secret is None:
+        log.error("refused a GitHub delivery: OVERNIGHT_GITHUB_WEBHOOK_SECRET is not set, so none can be verified")
+        raise APIError(401, "webhook_secret_unset", "this server has no GitHub webhook secret configured")
+    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        raise APIError(413, "payload_too_large", "a delivery is at most 25 MB")
+    body = await request.body()
+    secret = settings.github_webhook_secret.get_secret_value().encode()
+    if not signature_valid(secret, body, x_hub_signature_256):
+        log.warning("refused GitHub delivery %s: missing or wrong X-Hub-Signature-256", x_github_delivery)
+        raise APIError(401, "bad_signature", "missing or wrong X-Hub-Signature-256")
+    if not x_github_event or not _EVENT.match(x_github_event):
+        raise APIError(400, "bad_delivery", "missing or malformed X-GitHub-Event")
+    if not x_github_delivery or not _DELIVERY_ID.match(x_github_delivery):
+        raise APIError(400, "bad_delivery", "missing or malformed X-GitHub-Delivery")
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise APIError(400, "bad_payload", f"the body is not JSON: {exc}") from exc
+    status, content, reply = await run_in_threadpool(
+        _handle, request.app.state, settings, x_github_event, x_github_delivery, payload
+    )
+    if reply is not None:  # after the answer: GitHub's ten seconds are not spent on it
+        background.add_task(_reply, request.app.state.github, *reply)
+    if status == 204:
+        return Response(status_code=204, background=background)
+    return JSONResponse(content, status_code=status, background=background)
+
+
+Reply = tuple[int | None, str, int, str]
+
+
+def _handle(
+    state: Any, settings: Settings, event: str, delivery_id: str, payload: Any
+) -> tuple[int, dict[str, Any], Reply | None]:
+    action = payload.get("action") if isinstance(payload, dict) else None
+    action = action if isinstance(action, str) else None
+    with state.sessions() as session:
+        if github_store.delivery_seen(session, delivery_id):
+            log.info("GitHub delivery %s seen before; nothing new started", delivery_id)
+            return 200, {"status": "duplicate", "delivery": delivery_id}, None
+
+        def done(status: int, outcome: str, task_id: str | None = None) -> tuple[int, dict[str, Any]]:
+            try:
+                github_store.record_delivery(session, delivery_id, event=event, action=action, outcome=outcome,
+                                             task_id=task_id)  # fmt: skip
+                session.commit()
+            except IntegrityError:  # the same delivery, handled concurrently
+                session.rollback()
+                return 200, {"status": "duplicate", "delivery": delivery_id}
+            log.info("GitHub delivery %s (%s.%s): %s", delivery_id, event, action, outcome)
+            content = {"status": outcome.split(":")[0], "delivery": delivery_id, "detail": outcome}
+            return status, {**content, "task_id": task_id} if task_id else content
+
+        if event == "ping":
+            return (*done(200, "pong"), None)
+        try:
+            delivery = parse(event, payload)
+        except PayloadError as exc:
+            raise APIError(400, "bad_payload", str(exc)) from exc
+        if event in ("installation", "installation_repositories"):
+            _record_installation(session, delivery)
+            return (*done(200, f"recorded: installation {action}"), None)
+        rules = Rules(label=settings.github_trigger_label, command=settings.github_command,
+                      associations=frozenset(settings.github_allowed_associations))  # fmt: skip
+        asked = request_of(event, delivery, rules)
+        if isinstance(asked, str):
+            return (*done(204, f"ignored: {asked}"), None)
+        why_not = _repository_refused(session, state.github, settings, delivery, asked)
+        if why_not:
+            return (*done(204, f"ignored: {why_not}"), None)
+        installation = delivery.installation.id if delivery.installation else None
+        if not may_trigger(asked, rules):
+            reply = None
+            if settings.github_reply_unauthorised and state.github is not None:
+                reply = (installation, asked.repo, asked.number, UNAUTHORISED_REPLY.format(login=asked.sender))
+            return (*done(204, f"refused: @{asked.sender} ({asked.association}) may not trigger"), reply)
+        parent = None
+        if asked.on_pull_request:
+            parent = github_store.link_of_pull_request(session, asked.repo, asked.number)
+            if parent is None:
+                return (*done(204, "ignored: a pull request Overnight did not open"), None)
+        task_id = _create_task(session, settings, asked, installation, parent)
+        status, content = done(202, "queued", task_id)
+        if status == 202:
+            _enqueue(session, state.queue, task_id)
+        return status, content, None
+
+
+def _record_installation(session: Any, delivery: Delivery) -> None:
+    installation = delivery.installation
+    if installation is None:
+        raise APIError(400, "bad_payload", "an installation event without installation")
+    if delivery.action == "deleted":
+        github_store.delete_installation(session, installation.id)
+    else:
+        account = installation.account.login if installation.account else ""
+        github_store.save_installation(session, installation.id, account=account,
+                                       suspended=delivery.action == "suspend")  # fmt: skip
+
+
+def _repository_refused(
+    session: Any, client: GitHubClient | None, settings: Settings, delivery: Delivery, asked: TriggerRequest
+) -> str | None:
+    """Why this repository may not start tasks (None: it may)."""
+    if client is None:
+        return "GitHub is not configured (no App id and key, and no token): cannot publish results"
+    if not client.credentials.app_mode:
+        allowed = {name.lower() for name in settings.github_repositories}
+        if allowed and asked.repo.lower() not in allowed:
+            return f"{asked.repo} is not in OVERNIGHT_GITHUB_REPOSITORIES"
+        return None
+    if delivery.installation is None:
+        return "the delivery names no App installation"
+    installation_id = delivery.installation.id
+    if github_store.installation_known(session, installation_id):
+        return None
+    try:  # installed before this server listened: ask GitHub once, then remember
+        found = client.installation(installation_id)
+    except GitHubError as exc:
+        log.warning("could not look up installation %s: %s", installation_id, exc)
+        return f"installation {installation_id} could not be checked"
+    if found is None or found.get("suspended_at"):
+        return f"installation {installation_id} is not an installation of this App"
+    account = (found.get("account") or {}).get("login", "")
+    github_store.save_installation(session, installation_id, account=str(account))
+    return None
+
+
+def _create_task(session: Any, settings: Settings, asked: TriggerRequest, installation: int | None, parent: Any) -> str:
+    try:
+        repo_url = validate_repo_url(f"{settings.github_git_base}/{asked.repo}.git",
+                                     allow_local=settings.allow_local_repos)  # fmt: skip
+    except InvalidRepoError as exc:
+        raise APIError(400, "bad_payload", f"repository {asked.repo!r}: {exc}") from exc
+    instruction = instruction_for(asked).encode()[:MAX_INSTRUCTION_BYTES].decode(errors="ignore")
+    user = github_store.github_user(session, asked.sender)
+    task = store.create_task(
+        session, repo=repo_url, ref=parent.branch if parent else asked.default_branch, instruction=instruction,
+        user_id=user.id, parent_id=parent.task_id if parent else None,
+    )  # fmt: skip
+    github_store.create_link(
+        session, task_id=task.id, repo=asked.repo, installation_id=installation, number=asked.number,
+        source=asked.source, sender=asked.sender, trigger_comment_id=asked.comment_id,
+        branch=parent.branch if parent else branch_name(task.id, asked.title),
+        base_branch=parent.base_branch if parent else asked.default_branch,
+        pr_number=parent.pr_number if parent else None, pr_url=parent.pr_url if parent else None,
+    )  # fmt: skip
+    return task.id
+
+
+def _enqueue(session: Any, queue: Any, task_id: str) -> None:
+    try:
+        queue.enqueue(task_id)
+    except Exception as exc:  # the task must not stay queued with no message
+        log.exception("could not enqueue task %s", task_id)
+        store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.failed,
+                         reason=f"could not enqueue the task: broker unreachable ({type(exc).__name__})")  # fmt: skip
+    else:
+        store.mark_enqueued(session, task_id)
+    session.commit()
+
+
+def _reply(client: GitHubClient, installation: int | None, repo: str, number: int, body: str) -> None:
+    try:
+        client.comment(installation, repo, number, body)
+    except GitHubError as exc:
+        log.warning("could not answer on %s#%s: %s", repo, number, exc)

@@ -1,0 +1,209 @@
+"""The worker's side of GitHub: a reaction and a progress comment when a task starts, then — once the patch
+is stored — its commit pushed to ``overnight/<task-id>-<slug>``, a draft pull request, and the progress
+comment updated in place with the link (or the reason). Publishing never changes how the task ended: a task
+whose push or pull request fails still succeeds with its patch stored, and says so.
+
+Tokens stay on the worker: git gets them as an HTTP header through the environment, never in a URL, a
+remote, an event or a log line, and no sandbox exists while they are in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import git
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrations import github_store, store
+from migrations.models import GitHubLink, TaskState
+from overnight.github.client import GitHubClient
+from overnight.github.errors import GitHubError
+from worker.mirrors import git_env
+from worker.repo import TaskFailure
+
+log = logging.getLogger(__name__)
+MARK = "<!-- overnight -->"
+
+
+class PublishError(Exception):
+    """Pushing the branch failed; the message is readable and holds no secret."""
+
+
+class GitHubHooks:
+    def __init__(
+        self,
+        client: GitHubClient,
+        sessions: sessionmaker[Session],
+        *,
+        allow_local: bool,
+        author: tuple[str, str],
+        label: str = "overnight",
+        draft: bool = True,
+        public_url: str | None = None,
+    ) -> None:
+        self.client, self.sessions, self.label = client, sessions, label
+        self.allow_local, self.author, self.draft = allow_local, author, draft
+        self.public_url = public_url.rstrip("/") if public_url else None
+
+    def _link(self, task_id: str) -> GitHubLink | None:
+        with self.sessions() as session:
+            return github_store.get_link(session, task_id)
+
+    def git_credentials(self, task_id: str, url: str) -> dict[str, str]:
+        """{host: token} for cloning a GitHub task's repository over HTTPS (nothing for other tasks)."""
+        link = self._link(task_id)
+        host = urlsplit(url).hostname if url.startswith("https://") else None
+        if link is None or host is None:
+            return {}
+        try:
+            return {host: self.client.credentials.token(link.installation_id)}
+        except GitHubError as exc:
+            raise TaskFailure(f"clone failed: no GitHub token: {exc}") from exc
+
+    def started(self, task_id: str) -> None:
+        """👀 on what asked, the trigger label off (so labelling again asks again), a progress comment."""
+        link = self._link(task_id)
+        if link is None:
+            return
+        inst, repo = link.installation_id, link.repo
+        try:
+            target = f"issues/{link.number}" if link.trigger_comment_id is None else (
+                f"{'pulls' if link.source == 'review-comment' else 'issues'}/comments/{link.trigger_comment_id}"
+            )  # fmt: skip
+            self.client.react(inst, repo, target, "eyes")
+            comment_id = self.client.comment(inst, repo, link.number, self._body(task_id, "is working on this"))
+            with self.sessions.begin() as session:
+                github_store.get_link(session, task_id).progress_comment_id = comment_id  # type: ignore[union-attr]
+            if link.source == "label":
+                self.client.remove_label(inst, repo, link.number, self.label)
+        except GitHubError as exc:  # the task runs anyway; its result is published at the end
+            log.warning("task %s: could not acknowledge on %s#%s: %s", task_id, repo, link.number, exc)
+            self._event(task_id, {"state": "acknowledge-failed", "reason": str(exc)})
+
+    def finished(self, task_id: str, state: TaskState, reason: str | None, mirror: Path | None) -> None:
+        """Publish a succeeded task's patch and report any ending on the issue; never raises."""
+        link = self._link(task_id)
+        if link is None:
+            return
+        try:
+            self._finish(task_id, link, state, reason, mirror)
+        except Exception as exc:  # publishing must not change how the task ended
+            log.exception("task %s: publishing failed", task_id)
+            self._failed(task_id, link, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _finish(
+        self, task_id: str, link: GitHubLink, state: TaskState, reason: str | None, mirror: Path | None
+    ) -> None:
+        with self.sessions() as session:
+            patch = store.get_patch(session, task_id)
+        if state is not TaskState.succeeded:
+            self._report(task_id, link, f"could not finish this: {state.value}, {reason or 'no reason given'}.")
+            self._set(task_id, "skipped", None)
+            return
+        if patch is None or not patch.diff:
+            self._report(task_id, link, "found that no changes are needed.")
+            self._set(task_id, "skipped", None)
+            return
+        try:
+            if mirror is None:
+                raise PublishError("no copy of the repository to push from")
+            self._push(link, mirror, patch.base_sha, patch.mbox, new_branch=link.pr_number is None)
+            if link.pr_number is None:
+                body = f"{patch.body.strip()}\n\nFixes #{link.number}\n\n{self._task_line(task_id)}"
+                pull = self.client.create_pull(link.installation_id, link.repo, title=patch.title, head=link.branch,
+                                               base=link.base_branch, body=body, draft=self.draft)  # fmt: skip
+                with self.sessions.begin() as session:
+                    row = github_store.get_link(session, task_id)
+                    assert row is not None
+                    row.pr_number, row.pr_url = pull.number, pull.html_url
+                link.pr_number, link.pr_url = pull.number, pull.html_url
+                message = f"opened {'a draft' if pull.draft else 'a'} pull request: {pull.html_url}"
+            else:
+                message = f"pushed a new commit to `{link.branch}` ({link.pr_url or f'#{link.pr_number}'})."
+        except (PublishError, GitHubError) as exc:
+            self._failed(task_id, link, str(exc))
+            return
+        self._set(task_id, "published", None)
+        self._event(task_id, {"state": "published", "branch": link.branch, "pull_request": link.pr_url})
+        self._report(task_id, link, message)
+
+    def _push(self, link: GitHubLink, mirror: Path, base_sha: str, mbox: str, *, new_branch: bool) -> None:
+        """The stored commit (``git am`` of the mbox on the base) pushed to the task's branch."""
+        url = self._remote(mirror)
+        token = self.client.credentials.token(link.installation_id)
+        name, email = self.author
+        with tempfile.TemporaryDirectory(prefix="overnight-push-") as tmp:
+            local = {**git_env(allow_local=True), "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+            try:
+                scratch = git.Repo.clone_from(str(mirror), Path(tmp) / "repo", env=local, no_checkout=True,
+                                              shared=True)  # fmt: skip
+                (Path(tmp) / "commit.mbox").write_text(mbox)
+                scratch.git.checkout("-q", "--detach", base_sha, env=local)
+                scratch.git.am("-q", "--keep-cr", str(Path(tmp) / "commit.mbox"), env=local)
+            except git.GitCommandError as exc:
+                raise PublishError(f"could not rebuild the commit: {_git_error(exc, token)}") from exc
+            remote = git_env(allow_local=self.allow_local, credentials={urlsplit(url).hostname or "": token}, url=url)
+            args = ["--force"] if new_branch else []  # the branch is this task's own; follow-ups only fast-forward
+            try:
+                scratch.git.push(*args, "--", url, f"HEAD:refs/heads/{link.branch}", env=remote)
+            except git.GitCommandError as exc:
+                raise PublishError(f"push to {link.branch} rejected: {_git_error(exc, token)}") from exc
+
+    def _remote(self, mirror: Path) -> str:
+        url = git.Repo(mirror).git.config("--get", "remote.origin.url")
+        return str(url).strip()
+
+    def _failed(self, task_id: str, link: GitHubLink, reason: str) -> None:
+        log.warning("task %s: publishing failed: %s", task_id, reason)
+        self._set(task_id, "failed", reason)
+        self._event(task_id, {"state": "failed", "reason": reason})
+        self._report(task_id, link, f"finished, but could not publish the result: {reason}. "
+                                    "The patch is stored with the task.")  # fmt: skip
+
+    def _report(self, task_id: str, link: GitHubLink, what: str) -> None:
+        body = self._body(task_id, what)
+        with self.sessions() as session:
+            comment_id = github_store.get_link(session, task_id).progress_comment_id  # type: ignore[union-attr]
+        try:
+            if comment_id is not None:
+                self.client.update_comment(link.installation_id, link.repo, comment_id, body)
+            else:
+                self.client.comment(link.installation_id, link.repo, link.number, body)
+        except GitHubError as exc:
+            log.warning("task %s: could not report on %s#%s: %s", task_id, link.repo, link.number, exc)
+
+    def _body(self, task_id: str, what: str) -> str:
+        return f"{MARK}\nOvernight {what}\n\n{self._task_line(task_id)}"
+
+    def _task_line(self, task_id: str) -> str:
+        if self.public_url:
+            return f"Task [`{task_id}`]({self.public_url}/v1/tasks/{task_id})"
+        return f"Task `{task_id}` (`overnight show {task_id}`)"
+
+    def _set(self, task_id: str, state: str, error: str | None) -> None:
+        with self.sessions.begin() as session:
+            row = github_store.get_link(session, task_id)
+            if row is not None:
+                row.publish_state, row.publish_error = state, error
+
+    def _event(self, task_id: str, data: dict[str, object]) -> None:
+        with self.sessions.begin() as session:
+            store.append_event(session, task_id, "publish", data)
+
+
+def _git_error(exc: git.GitCommandError, secret: str) -> str:
+    """The telling lines of git's stderr (the "[remote rejected]" line and what the remote said, else the
+    error), with no secret in them."""
+    lines = [line.strip().strip("'").removeprefix("stderr: ").strip("'").strip() for line in
+             str(exc.stderr or "").splitlines()]  # fmt: skip
+    lines = [line for line in lines if line]
+    rejected = [line.lstrip("! ").strip() for line in lines if re.search(r"\[(remote )?rejected\]", line)]
+    remote = [line for line in lines if line.startswith("remote:")][:3]
+    errors = [line for line in lines if line.lower().startswith(("fatal:", "error:"))]
+    chosen = rejected[:1] + remote if rejected else (errors[:1] or lines[-1:] or ["git failed"])
+    text = "; ".join(chosen)
+    return text.replace(secret, "***") if secret else text
