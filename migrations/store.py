@@ -191,7 +191,7 @@ def transition(
 
 
 def request_cancel(session: Session, task_id: str) -> Task | None:
-    """Cancel a queued task at once; ask a running one to stop at its next step."""
+    """Cancel a queued task at once; ask a preparing or running one to stop (its worker watches the flag)."""
     if transition(
         session,
         task_id,
@@ -202,7 +202,7 @@ def request_cancel(session: Session, task_id: str) -> Task | None:
         return get_task(session, task_id)
     session.execute(
         update(Task)
-        .where(Task.id == task_id, Task.state == TaskState.running.value)
+        .where(Task.id == task_id, Task.state.in_([s.value for s in ACTIVE_STATES]))
         .values(cancel_requested=True, updated_at=utcnow())
     )
     return get_task(session, task_id)

@@ -49,12 +49,16 @@ def test_events_are_ordered_per_task_and_resumable(session: Session) -> None:
     assert [e.data["n"] for e in store.list_events(session, first, after=3)] == [2, 3, 4]
 
 
-def test_cancel_ends_a_queued_task_and_flags_a_running_one(session: Session) -> None:
-    queued, running = _task(session), _task(session)
+def test_cancel_ends_a_queued_task_and_flags_a_preparing_or_running_one(session: Session) -> None:
+    queued, preparing, running, ended = _task(session), _task(session), _task(session), _task(session)
+    store.transition(session, preparing, from_states=[TaskState.queued], to_state=TaskState.preparing)
     store.transition(session, running, from_states=[TaskState.queued], to_state=TaskState.running)
+    store.transition(session, ended, from_states=[TaskState.queued], to_state=TaskState.failed, reason="x")
     assert store.request_cancel(session, queued).state == "cancelled"  # type: ignore[union-attr]
-    task = store.request_cancel(session, running)
-    assert task is not None and task.state == "running" and store.cancel_requested(session, running)
+    for active in (preparing, running):
+        task = store.request_cancel(session, active)
+        assert task is not None and task.state != "cancelled" and store.cancel_requested(session, active)
+    assert store.request_cancel(session, ended).state == "failed" and not store.cancel_requested(session, ended)  # type: ignore[union-attr]
 
 
 def test_patch_is_stored_and_replaced(session: Session) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
 
 import docker
@@ -14,6 +16,7 @@ from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from migrations import store
 from migrations.store import make_sessionmaker
 from sandbox.docker import DockerBackend
+from tests.conftest import git
 from tests.worker.conftest import make_context, outcome, submit
 from worker.pipeline import run_task
 
@@ -158,6 +161,42 @@ def test_cancel_requested_while_running_stops_at_the_next_step(
     assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
     assert len(scripted_model.state.requests) == 1
     assert patch is not None and not patch.complete and "+    return a + b" in patch.diff
+
+
+def test_cancel_during_set_up_kills_it_and_ends_cancelled_without_calling_the_model(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+) -> None:
+    (buggy_repo / ".overnight").mkdir()
+    (buggy_repo / ".overnight" / "setup.sh").write_text("echo setting up; sleep 120\n")
+    git(buggy_repo, "add", ".")
+    git(buggy_repo, "commit", "-qm", "a slow set-up")
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    sessions = make_sessionmaker(sqlite_engine)
+
+    def cancel_once_set_up_runs() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            _, _, events = outcome(sqlite_engine, task_id)
+            if any(kind == "phase" and data.get("phase") == "setup" for kind, data in events):
+                time.sleep(1)  # the set-up command is running now
+                with sessions.begin() as session:
+                    store.request_cancel(session, task_id)
+                return
+            time.sleep(0.1)
+
+    canceller = threading.Thread(target=cancel_once_set_up_runs)
+    canceller.start()
+    started = time.monotonic()
+    run_task(task_id, _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path))
+    canceller.join()
+    task, _ = _task(sqlite_engine, task_id)
+    assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
+    assert time.monotonic() - started < 60  # not the set-up's 120 s
+    assert scripted_model.state.requests == []
 
 
 def test_the_task_time_limit_fails_the_task_with_that_reason(
