@@ -7,6 +7,7 @@ vLLM accepts; the tests run every body through mistral-common's validator.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Literal
 
 import httpx
@@ -152,11 +153,15 @@ class ChatClient:
                     f"model endpoint rejected the request (HTTP {response.status_code}): {_error_text(response)}"
                 )
             accumulator = _TurnAccumulator()
+            # httpx's read timeout bounds each read; a server that keeps trickling must not outlast the request's.
+            deadline = time.monotonic() + self.config.timeout
             try:
                 for sse in source.iter_sse():
                     if sse.data.strip() == "[DONE]":
                         break
                     accumulator.add(json.loads(sse.data))
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout(f"the response took longer than {self.config.timeout:g} s")
             except (SSEError, json.JSONDecodeError) as exc:
                 raise ModelResponseError(f"malformed stream from the model endpoint: {exc}") from exc
             return accumulator.turn()

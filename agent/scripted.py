@@ -54,6 +54,8 @@ class ScriptedTurn(BaseModel):
     """Answer with this HTTP status and an error body instead of a completion."""
     delay: float = 0.0
     """Seconds to wait before answering."""
+    chunk_delay: float = 0.0
+    """Seconds between streamed reasoning and content chunks (a server that trickles)."""
 
 
 def tool_call_id() -> str:
@@ -85,6 +87,8 @@ class ScriptedModel:
              "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens"), 0.0
         )  # fmt: skip
         self.requests: list[dict[str, Any]] = []
+        self.affinity: list[str | None] = []
+        """The x-session-affinity header of each request (what a replica router hashes on)."""
         self.received_at: list[float] = []
         """time.time() of each request's arrival."""
         self._previous_prompt = ""
@@ -94,8 +98,11 @@ class ScriptedModel:
         with self._lock:
             self.turns.extend(turns)
 
-    def next_turn(self, body: dict[str, Any]) -> tuple[ScriptedTurn | None, dict[str, int]]:
+    def next_turn(
+        self, body: dict[str, Any], affinity: str | None = None
+    ) -> tuple[ScriptedTurn | None, dict[str, int]]:
         with self._lock:
+            self.affinity.append(affinity)
             self.received_at.append(time.time())
             self.requests.append(body)
             prompt = json.dumps([body.get("tools"), body.get("messages")], separators=(",", ":"))
@@ -153,7 +160,7 @@ def create_app(state: ScriptedModel) -> Starlette:
             return _error(400, f"reasoning_effort {effort!r} is not supported: use 'none' or 'high'")
         if body.get("model") != state.model:
             return _error(404, f"The model `{body.get('model')}` does not exist.")
-        turn, usage = state.next_turn(body)
+        turn, usage = state.next_turn(body, request.headers.get("x-session-affinity"))
         if turn is None:
             return _error(400, "the scripted model has no turns left")
         if turn.delay:
@@ -243,6 +250,8 @@ async def _stream(
 
     yield chunk({"role": "assistant", "content": ""})
     for piece in _pieces(turn.reasoning or "", 16):
+        if turn.chunk_delay:
+            await asyncio.sleep(turn.chunk_delay)
         if dialect == "mistral":
             yield chunk({"content": [{"type": "thinking", "thinking": [{"type": "text", "text": piece}]}]})
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 
 import pytest
 
@@ -102,6 +103,20 @@ def test_unreachable_endpoint_raises_unavailable() -> None:
     client = ChatClient(LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", model="m", retries=1, backoff_max=0.1))
     with pytest.raises(ModelUnavailableError, match=r"model endpoint unreachable at .* ConnectError"):
         client.complete([{"role": "user", "content": "u"}], TOOLS)
+
+
+def test_a_stream_that_trickles_past_the_request_timeout_is_cut_off_and_retried(
+    scripted_model: ScriptedModelServer,
+) -> None:
+    # Each chunk arrives well inside httpx's read timeout; the whole response would take 4 s against a 1 s limit.
+    slow = ScriptedTurn(reasoning="x" * 16 * 20, content="late", chunk_delay=0.2)
+    scripted_model.state.extend([slow, ScriptedTurn(content="ok")])
+    client = ChatClient(LLMConfig(base_url=scripted_model.base_url, model="mistral-medium-3.5", timeout=1.0,
+                                  retries=1, backoff_max=0.1))  # fmt: skip
+    started = time.monotonic()
+    turn = client.complete([{"role": "user", "content": "u"}], TOOLS)
+    assert turn.content == "ok" and len(scripted_model.state.requests) == 2
+    assert time.monotonic() - started < 3
 
 
 def test_4xx_is_not_retried_and_says_what_the_server_said(scripted_model: ScriptedModelServer) -> None:
