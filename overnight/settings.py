@@ -193,6 +193,16 @@ class Settings(BaseSettings):
     public_url: str | None = None
     """Address of this API as users reach it, for links in GitHub comments (empty: no link)."""
 
+    @field_validator(
+        "database_url", "broker_url", "llm_api_key", "agent_max_cost", "sandbox_rootfs", "sandbox_ca_bundle",
+        "sandbox_proxy", "sandbox_no_proxy", "github_webhook_secret", "github_app_id", "github_private_key",
+        "github_token", "github_git_url", "public_url", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``NAME=`` (an .env line left blank) means unset, not the empty string or the path "."."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("llm_base_url", "github_api_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

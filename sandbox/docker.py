@@ -169,11 +169,15 @@ class DockerBackend:
 
 
 ENVIRONMENT_REPOSITORY = "overnight-env"
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "ALL_PROXY", "all_proxy")
 
 
 def _snapshot(client: docker.DockerClient, sandbox: DockerSandbox, key: str) -> tuple[str, int]:
     try:
-        image = sandbox.container.commit(repository=ENVIRONMENT_REPOSITORY, tag=key)
+        # Docker keeps the container's variables in the image; a set-up's proxy (maybe with credentials in it)
+        # must not reach the agent's sandboxes started from the snapshot, so they are committed blank.
+        blank = [f"{name}=" for name in PROXY_ENV]
+        image = sandbox.container.commit(repository=ENVIRONMENT_REPOSITORY, tag=key, conf={"Env": blank})
         base = client.images.get(sandbox.container.attrs["Image"])
     except docker.errors.DockerException as exc:
         raise SandboxError(f"could not snapshot the set-up container: {exc}") from exc

@@ -50,3 +50,25 @@ def test_lru_eviction_by_total_size_and_expiry_by_age(backend: SandboxBackend, t
     assert aged.lookup("aaa") is None and aged.lookup("ccc") is None
     assert aged.entries() == []
     del first
+
+
+def test_a_set_up_s_proxy_does_not_reach_sandboxes_started_from_its_snapshot(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    cache = EnvironmentCache(tmp_path / "cache", backend, max_age=3600, max_bytes=2**30)
+    proxy = {
+        "HTTPS_PROXY": "http://user:s3cret@proxy.internal:3128",
+        "https_proxy": "http://user:s3cret@proxy.internal:3128",
+    }
+    setup = backend.start(SandboxSpec(task_id="env-proxy", workspace=tmp_path, purpose="setup", env=proxy))
+    try:
+        assert "s3cret" in setup.run("echo $HTTPS_PROXY").stdout
+        ref = cache.store(setup, "proxykey")
+    finally:
+        setup.close()
+    agent = backend.start(SandboxSpec(task_id="env-proxy-agent", workspace=tmp_path, image=ref))
+    try:
+        result = agent.run("env")
+        assert result.exit_code == 0 and "s3cret" not in result.stdout
+    finally:
+        agent.close()
