@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -38,6 +41,12 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         message = "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in details) or "invalid request"
         return JSONResponse(_body("validation_error", message, details), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the server log (uvicorn logs it); the client gets the one error shape.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(_body("internal_error", "internal error; the server log has the details"), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from api.app import create_app
 from migrations import store
@@ -287,3 +288,16 @@ def test_an_unknown_query_parameter_is_refused_not_ignored(client: TestClient) -
     assert response.status_code == 422
     assert response.json()["error"]["message"] == "unknown query parameter(s): stat"
     assert client.get("/v1/tasks", params={"state": "failed", "limit": 5}).status_code == 200
+
+
+def test_an_unexpected_failure_answers_500_in_the_one_error_shape(settings: Settings, tokens: dict[str, str]) -> None:
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        with app.state.sessions.begin() as session:  # the schema gone under the running API
+            session.execute(text("DROP TABLE task_events"))
+        client.headers["Authorization"] = f"Bearer {tokens['alice']}"
+        response = client.post("/v1/tasks", json={"repo": REPO, "instruction": "Fix it"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {"code": "internal_error", "message": "internal error; the server log has the details"}
+    }

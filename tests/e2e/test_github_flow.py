@@ -4,6 +4,7 @@ on the fake GitHub — and every way publishing can fail leaving a succeeded tas
 
 from __future__ import annotations
 
+import logging
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -83,8 +84,9 @@ def _file_on_branch(remote: Path, branch: str, path: str) -> str:
 
 
 def test_a_labelled_issue_ends_as_a_draft_pull_request_and_a_review_comment_adds_a_commit(
-    world: World, scripted_model: ScriptedModelServer
+    world: World, scripted_model: ScriptedModelServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     scripted_model.state.extend(FIX_SCRIPT)
     response = deliver(world.api, "issues", labeled())
     assert response.status_code == 202, response.text
@@ -118,6 +120,8 @@ def test_a_labelled_issue_ends_as_a_draft_pull_request_and_a_review_comment_adds
     assert tokens
     seen = repr(events) + patch.diff + patch.mbox + task.instruction + (task.failure_reason or "")
     seen += "".join(path.read_text(errors="replace") for path in world.remote.rglob("config"))
+    assert "HTTP Request: POST" in caplog.text  # the REST calls were logged, and below, without their tokens
+    seen += caplog.text  # every log line of the API, the worker and the HTTP clients, at DEBUG
     assert not any(token in seen for token in tokens)
 
     # A review comment on that pull request: a follow-up task on the branch, one more commit, no new PR.
