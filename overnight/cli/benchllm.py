@@ -10,6 +10,7 @@ off, say) can be measured in one run.
 from __future__ import annotations
 
 import json
+import secrets
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -82,7 +83,9 @@ def _metrics(base_url: str, headers: dict[str, str]) -> dict[str, float]:
 
 
 def _session(base_url: str, headers: dict[str, str], bodies: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """One agent session: the trajectory's requests one after the other, as a task sends them."""
+    """One agent session: the trajectory's requests one after the other, as a task sends them (with a session
+    key of its own, as the agent sends its task id, so a router keeps the session on one replica)."""
+    headers = {**headers, "x-session-affinity": f"bench-{secrets.token_hex(6)}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=httpx.Timeout(600, connect=10)) as http:
         return [_one(http, body) for body in bodies]
 

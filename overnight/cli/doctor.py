@@ -7,6 +7,7 @@ reporting cached tokens — and, when vLLM's /metrics answers, speculative decod
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 import time
 from collections.abc import Callable
@@ -125,7 +126,8 @@ def _sandbox(settings: Settings) -> str:
 
 
 def _model_checks(settings: Settings) -> list[Check]:
-    headers = {}
+    # One affinity key for every probe: behind the router, the repeated probe must reach the same replica's cache.
+    headers = {"x-session-affinity": f"overnight-doctor-{secrets.token_hex(4)}"}
     if settings.llm_api_key is not None:
         headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
     http = httpx.Client(base_url=settings.llm_base_url, headers=headers, timeout=httpx.Timeout(120, connect=5))

@@ -54,6 +54,8 @@ def test_doctor_passes_on_a_server_set_up_as_tasks_need(
     assert "prompt tokens cached" in checks["reports cached tokens"]["detail"]
     requests = eagle.state.requests
     assert {body.get("reasoning_effort") for body in requests} == {"high"}
+    # One session key for all probes, so the repeated one meets the same replica's prefix cache.
+    assert len(set(eagle.state.affinity)) == 1 and eagle.state.affinity[0]
 
 
 def test_doctor_names_what_is_wrong_and_how_to_fix_it(
@@ -104,3 +106,6 @@ def test_bench_llm_reports_latency_throughput_acceptance_and_cache_for_two_endpo
     assert "TTFT" in result.stderr and f"results in {output}" in result.stderr
     first = eagle.state.requests[0]
     assert first["stream"] and first["reasoning_effort"] == "high" and first["tools"]
+    # Every session keeps one affinity key (6 requests each): 1 + 4 sessions, 5 keys.
+    keys = eagle.state.affinity
+    assert None not in keys and len(set(keys)) == 5 and all(keys.count(key) == 6 for key in set(keys))
