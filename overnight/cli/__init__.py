@@ -107,16 +107,36 @@ def bench_llm(
     steps: Annotated[int, typer.Option(help="Requests of the trajectory each session replays.")] = 40,
     max_tokens: Annotated[int, typer.Option(help="max_tokens of each request.")] = 1024,
     output: Annotated[str, typer.Option("--output", "-o", help="JSON file for the results.")] = "bench-llm.json",
+    trajectory: Annotated[
+        str | None,
+        typer.Option(
+            help="A task's stored trajectory (JSON of GET /v1/tasks/ID/trajectory) to replay instead of "
+            "the built-in example session."
+        ),
+    ] = None,
 ) -> None:
     """Time to first token, tokens/s, EAGLE acceptance and prefix-cache hit rate on an agent's trajectory."""
+    import json
+    from pathlib import Path
+
     from rich.table import Table
 
     from overnight.cli.benchllm import measure
 
     levels = [int(level) for level in concurrency.split(",") if level.strip()]
+    recorded = None
+    if trajectory is not None:
+        try:
+            recorded = json.loads(Path(trajectory).read_text())
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"cannot read the trajectory {trajectory}: {exc}") from exc
     report = {}
     for url in [base_url, *([compare] if compare else [])]:
-        report[url] = measure(url, model, api_key=api_key, levels=levels, sessions_steps=steps, max_tokens=max_tokens)
+        try:
+            report[url] = measure(url, model, api_key=api_key, levels=levels, sessions_steps=steps,
+                                  max_tokens=max_tokens, trajectory=recorded)  # fmt: skip
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
     table = Table("endpoint", "conc.", "TTFT ms", "tok/s/req", "tok/s total", "accept len", "accept rate",
                   "prefix hit")  # fmt: skip
 

@@ -1,10 +1,11 @@
 """`overnight bench llm`: the model server under an agent's load, for a GPU host.
 
-Replays the example agent trajectory (its requests grow turn by turn, so the prefix-cache pattern is an
-agent's) as N concurrent sessions, at each concurrency level: time to first token, output tokens per second
-per request and in total, and — from vLLM's /metrics, before and after — the mean acceptance length and
-draft acceptance rate of speculative decoding and the prefix-cache hit rate. Two endpoints (EAGLE on and
-off, say) can be measured in one run.
+Replays an agent trajectory — a real task's, stored by Overnight (``--trajectory``), or the built-in example
+session — as N concurrent sessions. Each request grows the last, so the prefix-cache pattern is an agent's;
+sessions share the system prompt and tools and diverge from the task on, as tasks do. At each concurrency
+level: time to first token, output tokens per second per request and in total, and — from vLLM's /metrics,
+before and after — the mean acceptance length and draft acceptance rate of speculative decoding and the
+prefix-cache hit rate. Two endpoints (EAGLE on and off, say) can be measured in one run.
 """
 
 from __future__ import annotations
@@ -53,6 +54,39 @@ def trajectory_requests(model: str, max_tokens: int) -> list[dict[str, Any]]:
     return bodies
 
 
+def requests_from_trajectory(data: dict[str, Any], model: str, max_tokens: int) -> list[dict[str, Any]]:
+    """The request bodies of a stored task trajectory (``GET /v1/tasks/ID/trajectory`` or ``overnight show``'s
+    JSON): for each assistant turn, the messages before it — what the agent sent for that turn."""
+    messages, tools = data.get("messages"), data.get("tools")
+    if not isinstance(messages, list) or not isinstance(tools, list):
+        raise ValueError("not a trajectory: it needs 'messages' and 'tools' lists")
+    bodies = []
+    for index, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "assistant" and index > 0:
+            bodies.append({
+                "model": model, "messages": messages[:index], "tools": tools, "tool_choice": "auto",
+                "reasoning_effort": "high", "temperature": 0.7, "top_p": 0.95, "max_tokens": max_tokens,
+                "stream": True, "stream_options": {"include_usage": True},
+            })  # fmt: skip
+    if not bodies:
+        raise ValueError("the trajectory has no assistant turns to replay")
+    return bodies
+
+
+def own_session(bodies: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The bodies with the first user message made this session's own: sessions share the system prompt and
+    tools (as tasks do) and diverge from the task on, so the cache sees tasks, not one prompt N times."""
+    result = []
+    for body in bodies:
+        messages = [dict(m) for m in body["messages"]]
+        for message in messages:
+            if message.get("role") == "user" and isinstance(message.get("content"), str):
+                message["content"] = f"(session {key})\n" + message["content"]
+                break
+        result.append({**body, "messages": messages})
+    return result
+
+
 def _one(http: httpx.Client, body: dict[str, Any]) -> dict[str, float]:
     started = time.perf_counter()
     first: float | None = None
@@ -85,15 +119,19 @@ def _metrics(base_url: str, headers: dict[str, str]) -> dict[str, float]:
 def _session(base_url: str, headers: dict[str, str], bodies: list[dict[str, Any]]) -> list[dict[str, float]]:
     """One agent session: the trajectory's requests one after the other, as a task sends them (with a session
     key of its own, as the agent sends its task id, so a router keeps the session on one replica)."""
-    headers = {**headers, "x-session-affinity": f"bench-{secrets.token_hex(6)}"}
+    key = f"bench-{secrets.token_hex(6)}"
+    headers = {**headers, "x-session-affinity": key}
     with httpx.Client(base_url=base_url, headers=headers, timeout=httpx.Timeout(600, connect=10)) as http:
-        return [_one(http, body) for body in bodies]
+        return [_one(http, body) for body in own_session(bodies, key)]
 
 
 def measure(base_url: str, model: str, *, api_key: str | None, levels: list[int], sessions_steps: int,
-            max_tokens: int) -> list[dict[str, Any]]:  # fmt: skip
+            max_tokens: int, trajectory: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    bodies = trajectory_requests(model, max_tokens)[:sessions_steps]
+    if trajectory is not None:
+        bodies = requests_from_trajectory(trajectory, model, max_tokens)[:sessions_steps]
+    else:
+        bodies = trajectory_requests(model, max_tokens)[:sessions_steps]
     results = []
     for concurrency in levels:
         before = _metrics(base_url, headers)

@@ -284,3 +284,35 @@ def test_trajectory_is_json_serialisable(scripted_model: ScriptedModelServer, ct
         json.dumps({"tools": trajectory.tools, "messages": trajectory.messages, "steps": trajectory.steps})
     )
     assert data["messages"][0]["role"] == "system" and data["steps"][0]["usage"]["prompt_tokens"] > 0
+
+
+def test_a_stored_trajectory_replays_as_exactly_the_requests_the_agent_sent(
+    scripted_model: ScriptedModelServer, ctx: ToolContext
+) -> None:
+    from overnight.cli.benchllm import measure, requests_from_trajectory
+
+    trajectory = Trajectory()
+    turns = [
+        ScriptedTurn(
+            reasoning="Look.", tool_calls=[ScriptedCall(name="read_file", arguments={"file_path": "calc.py"})]
+        ),
+        ScriptedTurn(tool_calls=[ScriptedCall(name="bash", arguments={"command": "python3 -c 'print(1)'"})]),
+        ScriptedTurn(tool_calls=[FINISH]),
+    ]
+    run(scripted_model, ctx, turns, trajectory=trajectory)
+    stored = json.loads(json.dumps({"tools": trajectory.tools, "messages": trajectory.messages}))
+    sent = [request["messages"] for request in scripted_model.state.requests]
+    bodies = requests_from_trajectory(stored, "mistral-medium-3.5", 1024)
+    assert [body["messages"] for body in bodies] == sent and len(sent) == 3
+    assert bodies[0]["tools"] == scripted_model.state.requests[0]["tools"]
+    # Replayed by `overnight bench llm --trajectory`: two sessions, each its own affinity key and task prefix.
+    scripted_model.state.default = ScriptedTurn(content="ok")
+    [row] = measure(scripted_model.base_url, "mistral-medium-3.5", api_key=None, levels=[2], sessions_steps=3,
+                    max_tokens=64, trajectory=stored)  # fmt: skip
+    assert row["requests"] == 6
+    replayed = scripted_model.state.requests[3:]
+    firsts = {r["messages"][1]["content"].split("\n", 1)[0] for r in replayed}
+    assert len(firsts) == 2 and all(first.startswith("(session bench-") for first in firsts)
+    assert all(r["messages"][0] == sent[0][0] for r in replayed)  # the shared system prompt, unchanged
+    with pytest.raises(ValueError, match="needs 'messages' and 'tools'"):
+        requests_from_trajectory({"steps": []}, "m", 1)
