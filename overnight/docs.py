@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings
 
-from overnight.settings import ClientSettings, Settings
+from overnight.client_settings import ClientSettings
+from overnight.settings import Settings
 
 BEGIN = "<!-- settings-table:begin -->"
 END = "<!-- settings-table:end -->"

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 
 from overnight.broker import redact, resolve_broker_url
-from overnight.settings import Settings, read_client_config, write_client_config
+from overnight.client_settings import read_client_config, write_client_config
+from overnight.settings import Settings
 
 Say = Callable[[str], None]
 STOP_GRACE_SECONDS = 10
