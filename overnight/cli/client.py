@@ -24,6 +24,9 @@ def _tls_for(server: str) -> ssl.SSLContext | bool:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
 
 
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
 class APIClient:
     def __init__(self, settings: ClientSettings, *, timeout: float = 30.0) -> None:
         headers = {"user-agent": "overnight-cli"}
@@ -84,7 +87,19 @@ class APIClient:
                         event = json.loads(sse.data)
                         last, failures = event["seq"], 0
                         yield event
-                return
+                # The server ends the stream after a task's final event — or when it restarts: ask which.
+                try:
+                    ended = self.get_task(task_id)["state"] in FINAL_STATES
+                except ClientError as exc:
+                    if exc.exit_code != 3:
+                        raise
+                    ended = False  # the server is restarting: keep trying
+                if ended:
+                    return
+                failures += 1
+                if failures > retries:
+                    raise ClientError(f"the event stream from {self.server} keeps ending early", exit_code=3)
+                time.sleep(min(0.5 * failures, 5))
             except (httpx.TransportError, SSEError) as exc:
                 failures += 1
                 if failures > retries:

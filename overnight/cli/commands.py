@@ -150,14 +150,13 @@ def _follow(client: APIClient, task_id: str, *, quiet: bool) -> dict[str, Any]:
         for event in client.follow_events(task_id):
             status.update(event)
         return client.get_task(task_id)
-    live = Live(status.line(), console=err, transient=True, auto_refresh=True, refresh_per_second=4)
+    live = Live(status, console=err, transient=True, auto_refresh=True, refresh_per_second=4)
     with live:
         for event in client.follow_events(task_id):
             status.update(event)
             line = describe(event)
             if line:
                 live.console.print(line)
-            live.update(status.line())
     return client.get_task(task_id)
 
 

@@ -69,6 +69,11 @@ class Status:
             if self.started is None and data["state"] == "preparing":
                 self.started = datetime.fromisoformat(event["created_at"])
 
+    def __rich__(self) -> str:
+        """Rendered afresh at every refresh of a ``Live`` display, so the elapsed time keeps moving between
+        events."""
+        return self.line()
+
     def line(self) -> str:
         elapsed = (datetime.now(UTC) - self.started).total_seconds() if self.started else 0
         return f"[bold]{self.state}[/bold] · step {self.step} · {elapsed:.0f} s · {self.tokens:,} tokens"
