@@ -16,16 +16,18 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-image_app = typer.Typer(help="The sandbox base image (server side).", no_args_is_help=True)
-app.add_typer(image_app, name="image")
-token_app = typer.Typer(help="API tokens (server side).", no_args_is_help=True)
-app.add_typer(token_app, name="token")
-bench_app = typer.Typer(help="Benchmarks (for the model host).", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
+SERVER = "Server (run on the Overnight host)"
 register(app)
+image_app = typer.Typer(help="The sandbox base image.", no_args_is_help=True)
+app.add_typer(image_app, name="image", rich_help_panel=SERVER)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token", rich_help_panel=SERVER)
+bench_app = typer.Typer(help="Benchmarks (for the model host).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench", rich_help_panel=SERVER)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-@app.command()
+@app.command(rich_help_panel=SERVER)
 def up(
     host: Annotated[str | None, typer.Option(help="Address the API listens on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port the API listens on.")] = None,
@@ -55,18 +57,20 @@ def image_build(
 def token_create(
     user: Annotated[str, typer.Option(help="User name (created on first use).")],
     admin: Annotated[bool, typer.Option(help="The user sees every task.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create a bearer token for USER (stored hashed; printed once)."""
     from overnight.cli.server import create_token
 
     code, token = create_token(user=user, admin=admin, say=err.print)
     if token:
-        sys.stdout.write(token + "\n")
+        text = json.dumps({"user": user, "admin": admin, "token": token}) if as_json else token
+        sys.stdout.write(text + "\n")
     raise typer.Exit(code)
 
 
-@app.command()
-def migrate() -> None:
+@app.command(rich_help_panel=SERVER)
+def migrate(as_json: JsonFlag = False) -> None:
     """Bring the database schema to the newest revision (server side; `overnight up` does it too)."""
     from migrations.store import make_engine
     from migrations.store import migrate as upgrade
@@ -75,11 +79,14 @@ def migrate() -> None:
 
     url = Settings().resolved_database_url
     upgrade(make_engine(url))
-    err.print(f"{redact(url)}: migrated")
+    if as_json:
+        sys.stdout.write(json.dumps({"database": redact(url), "migrated": True}) + "\n")
+    else:
+        err.print(f"{redact(url)}: migrated")
 
 
-@app.command()
-def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+@app.command(rich_help_panel=SERVER)
+def doctor(as_json: JsonFlag = False) -> None:
     """Check that this server is set up the way tasks need (server side); non-zero exit on any failure."""
     from dataclasses import asdict
 

@@ -54,14 +54,16 @@ def _task_exit(task: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (login, logout, submit, list_, show, logs, diff, apply, cancel, retry, follow_up):
+    for command in (submit, list_, show, logs, diff, apply, cancel, retry, follow_up, login, logout):
         name = {"list_": "list", "follow_up": "follow-up"}.get(command.__name__, command.__name__)
-        app.command(name)(command)
+        panel = "Account" if command in (login, logout) else "Tasks"
+        app.command(name, rich_help_panel=panel)(command)
 
 
 def login(
     server: Annotated[str, typer.Option(help="Base URL of the Overnight API.")],
     token: Annotated[str, typer.Option(prompt=True, hide_input=True, help="Your API token (prompted if absent).")],
+    as_json: JsonOption = False,
 ) -> None:
     """Store the server and token in the client config (mode 0600) after checking them."""
     from overnight.cli.client import APIClient
@@ -74,20 +76,26 @@ def login(
     except ClientError as exc:
         raise fail(str(exc), exc.exit_code) from exc
     path = write_client_config(config_dir_from_env(), server=server.rstrip("/"), token=token)
+    if as_json:
+        _print_json({"server": server.rstrip("/"), "config": str(path)})
+        return
     err.print(f"logged in to {server}; saved in {path}")
 
 
-def logout() -> None:
+def logout(as_json: JsonOption = False) -> None:
     """Forget the stored token."""
     from overnight.client_settings import config_dir_from_env, read_client_config
 
     directory = config_dir_from_env()
     config = read_client_config(directory)
-    if not config:
+    if config:
+        (directory / "config.json").unlink()
+    if as_json:
+        _print_json({"logged_out": bool(config), "server": config.get("server")})
+    elif not config:
         err.print("not logged in")
-        return
-    (directory / "config.json").unlink()
-    err.print(f"logged out of {config.get('server')}")
+    else:
+        err.print(f"logged out of {config.get('server')}")
 
 
 def submit(

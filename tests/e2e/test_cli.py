@@ -122,11 +122,27 @@ def test_login_checks_the_token_and_stores_it_private(server: dict[str, str], tm
     env = {"OVERNIGHT_CONFIG_DIR": str(config)}
     bad = cli(server, "login", "--server", server["OVERNIGHT_SERVER"], "--token", "ovn_nope", extra=env)
     assert bad.returncode == 3 and not (config / "config.json").exists()
-    good = cli(server, "login", "--server", server["OVERNIGHT_SERVER"], "--token", server["token"], extra=env)
+    good = cli(server, "login", "--server", server["OVERNIGHT_SERVER"], "--token", server["token"], "--json",
+               extra=env)  # fmt: skip
     assert good.returncode == 0 and (config / "config.json").stat().st_mode & 0o777 == 0o600
+    assert json.loads(good.stdout) == {"server": server["OVERNIGHT_SERVER"], "config": str(config / "config.json")}
     assert cli(server, "list", "--json", extra=env).returncode == 0
-    assert cli(server, "logout", extra=env).returncode == 0 and not (config / "config.json").exists()
+    out = cli(server, "logout", "--json", extra=env)
+    assert out.returncode == 0 and json.loads(out.stdout)["logged_out"] and not (config / "config.json").exists()
     assert cli(server, "list", extra=env).returncode == 3  # no token any more
+
+
+def test_server_commands_speak_json_too(server: dict[str, str]) -> None:
+    server_env = {key: value for key, value in server.items() if key.startswith("OVERNIGHT_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")}, **server_env}
+    made = subprocess.run(["overnight", "token", "create", "--user", "bob", "--json"], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = json.loads(made.stdout)
+    assert token["user"] == "bob" and token["token"].startswith("ovn_") and not token["admin"]
+    assert cli(server, "list", "--json", extra={"OVERNIGHT_TOKEN": token["token"]}).stdout.strip() == "[]"
+    migrated = subprocess.run(["overnight", "migrate", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert migrated.returncode == 0 and json.loads(migrated.stdout)["migrated"] is True
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is installed by .ci/run")
