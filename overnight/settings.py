@@ -19,6 +19,8 @@ from pydantic_settings import (
 from overnight.client_settings import default_config_dir
 
 APP_NAME = "overnight"
+GitHubTrigger = Literal["label", "issue-comment", "pr-comment", "review-comment"]
+GITHUB_TRIGGERS: tuple[GitHubTrigger, ...] = ("label", "issue-comment", "pr-comment", "review-comment")
 
 
 def default_data_dir() -> Path:
@@ -175,6 +177,9 @@ class Settings(BaseSettings):
     """Labelling an issue with this starts a task."""
     github_command: str = Field(default="/overnight", min_length=1, max_length=50)
     """A comment starting with this starts a task (the rest of the line: extra instructions)."""
+    github_triggers: list[GitHubTrigger] = Field(default_factory=lambda: list(GITHUB_TRIGGERS))
+    """Which deliveries may start tasks (JSON list): label (issues labeled), issue-comment (the command on an
+    issue), pr-comment and review-comment (the command on a pull request Overnight opened: a follow-up)."""
     github_allowed_associations: list[str] = Field(default_factory=lambda: ["OWNER", "MEMBER", "COLLABORATOR"])
     """author_association values whose comments may start tasks (JSON list)."""
     github_repositories: list[str] = Field(default_factory=list)

@@ -138,6 +138,8 @@ def _handle(
         asked = request_of(event, delivery, rules)
         if isinstance(asked, str):
             return (*done(204, f"ignored: {asked}"), None)
+        if asked.source not in settings.github_triggers:
+            return (*done(204, f"ignored: the {asked.source} trigger is off (OVERNIGHT_GITHUB_TRIGGERS)"), None)
         why_not = _repository_refused(session, state.github, settings, delivery, asked)
         if why_not:
             return (*done(204, f"ignored: {why_not}"), None)

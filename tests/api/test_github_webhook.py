@@ -224,3 +224,11 @@ def test_comments_on_overnight_s_pull_request_become_follow_ups_on_its_branch(
             assert row.branch == branch and row.pr_number == 2 and row.source == source
         assert "use a constant here" in store.get_task(session, follow_up).instruction  # type: ignore[union-attr]
         assert "also update the changelog" in store.get_task(session, second).instruction  # type: ignore[union-attr]
+
+
+def test_a_trigger_switched_off_starts_nothing(settings: Settings) -> None:
+    only_comments = Settings(**{**settings.model_dump(), "github_triggers": ["issue-comment"]})
+    with TestClient(create_app(only_comments)) as client:
+        assert deliver(client, "issues", labeled()).status_code == 204
+        assert deliver(client, "issue_comment", command("/overnight go")).status_code == 202
+    assert len(tasks(settings)) == 1
