@@ -15,12 +15,12 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 from sandbox.base import Sandbox, SandboxError, SandboxLimits, SandboxSpec, SandboxUnavailableError
 from sandbox.cgroups import CGroup, _bytes
 from sandbox.image import SANDBOX_HOME, SANDBOX_UID
+from sandbox.reaper import disown, owned_tempdir, remove_owned
 from sandbox.runtime import CA_PATH, CONTROL_DIR, EXECSERVER, HOME_SEED, WORKDIR, SocketRuntime, sandbox_environment
 
 ENV_OPT = "/opt/overnight"
@@ -64,12 +64,12 @@ class BwrapBackend:
         environment: Path | None = None
         if spec.purpose == "setup":
             self.config.environments.mkdir(parents=True, exist_ok=True)
-            environment = Path(tempfile.mkdtemp(prefix="staging-", dir=self.config.environments))
+            environment = owned_tempdir("staging-", self.config.environments)
             (environment / "opt").mkdir()
             spec = spec.model_copy(update={"image": str(environment)})
         if self.config.control_root is not None:
             self.config.control_root.mkdir(parents=True, exist_ok=True)
-        control = Path(tempfile.mkdtemp(prefix="overnight-ctl-", dir=self.config.control_root))
+        control = owned_tempdir("overnight-ctl-", self.config.control_root)
         shutil.copy(EXECSERVER, control / "execserver.py")
         group = CGroup(
             f"{spec.task_id}-{os.urandom(3).hex()}",
@@ -93,9 +93,9 @@ class BwrapBackend:
             )
         except OSError as exc:
             group.remove()
-            shutil.rmtree(control, ignore_errors=True)
+            remove_owned(control)
             if environment is not None:
-                shutil.rmtree(environment, ignore_errors=True)
+                remove_owned(environment)
             raise SandboxUnavailableError(f"could not start bubblewrap: {exc}") from exc
 
         def stop() -> None:
@@ -105,9 +105,9 @@ class BwrapBackend:
             if process.stderr is not None:
                 process.stderr.close()
             group.remove()
-            shutil.rmtree(control, ignore_errors=True)
+            remove_owned(control)
             if sandbox.environment is not None:  # a set-up that was never snapshotted
-                shutil.rmtree(sandbox.environment, ignore_errors=True)
+                remove_owned(sandbox.environment)
 
         sandbox = BwrapSandbox(control / "exec.sock", default_timeout=self.config.command_timeout, on_close=stop)
         sandbox.process = process
@@ -129,6 +129,7 @@ class BwrapBackend:
         final = self.config.environments / key
         shutil.rmtree(final, ignore_errors=True)
         sandbox.environment.rename(final)
+        disown(sandbox.environment)
         sandbox.environment = None
         size = sum(path.lstat().st_blocks * 512 for path in final.rglob("*"))
         return str(final), size

@@ -12,10 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -25,7 +23,7 @@ from docker.types import Mount
 
 from sandbox.base import Sandbox, SandboxError, SandboxLimits, SandboxSpec, SandboxUnavailableError
 from sandbox.image import SANDBOX_HOME
-from sandbox.reaper import process_identity
+from sandbox.reaper import owned_tempdir, process_identity, remove_owned
 from sandbox.runtime import (
     CA_PATH,
     CONTROL_DIR,
@@ -84,7 +82,7 @@ class DockerBackend:
         uid, gid = sandbox_ids(spec.workspace)
         if self.config.control_root is not None:
             self.config.control_root.mkdir(parents=True, exist_ok=True)
-        control = Path(tempfile.mkdtemp(prefix="overnight-ctl-", dir=self.config.control_root))
+        control = owned_tempdir("overnight-ctl-", self.config.control_root)
         shutil.copy(EXECSERVER, control / "execserver.py")
         os.chown(control, uid, gid)
         server = (
@@ -130,7 +128,7 @@ class DockerBackend:
                 **options,
             )
         except docker.errors.DockerException as exc:
-            shutil.rmtree(control, ignore_errors=True)
+            remove_owned(control)
             raise SandboxUnavailableError(f"could not start the sandbox container: {exc}") from exc
 
         def stop() -> None:
@@ -141,7 +139,7 @@ class DockerBackend:
             except docker.errors.DockerException as exc:
                 raise SandboxError(f"could not remove container {container.name}: {exc}") from exc
             finally:
-                shutil.rmtree(control, ignore_errors=True)
+                remove_owned(control)
 
         sandbox = DockerSandbox(control / "exec.sock", default_timeout=self.config.command_timeout, on_close=stop)
         sandbox.container = container

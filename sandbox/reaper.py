@@ -1,7 +1,9 @@
 """Removing sandboxes nobody will stop: their worker died (crash, kill -9) or they outlived their lifetime.
 
 Docker containers carry labels saying which worker process started them and when they expire; bubblewrap
-sandboxes die with their worker (``--die-with-parent``) and leave only empty cgroups behind.
+sandboxes die with their worker (``--die-with-parent``) and leave only empty cgroups behind. The folders a
+sandbox uses on the host (its exec server's control folder, a bubblewrap set-up's staging environment) have
+a sidecar ``NAME.owner`` naming the worker process; once that process is gone, they go too.
 """
 
 from __future__ import annotations
@@ -9,8 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
+from collections.abc import Iterable
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -50,9 +56,45 @@ def orphaned(labels: dict[str, str], *, now: float | None = None) -> str | None:
     return None
 
 
-def reap(client: docker.DockerClient | None = None) -> list[str]:
-    """Remove orphaned sandbox containers and empty sandbox cgroups; return the containers' names."""
+OWNER_SUFFIX = ".owner"
+
+
+def owned_tempdir(prefix: str, parent: Path | None) -> Path:
+    """A new folder like ``mkdtemp``, with a sidecar file naming this process as its owner."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.with_name(path.name + OWNER_SUFFIX).write_text(process_identity())
+    return path
+
+
+def disown(path: Path) -> None:
+    """The folder stays (a snapshot kept it); only its owner sidecar goes."""
+    path.with_name(path.name + OWNER_SUFFIX).unlink(missing_ok=True)
+
+
+def remove_owned(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    disown(path)
+
+
+def reap_folders(roots: Iterable[Path]) -> list[Path]:
+    """Remove the folders under ``roots`` whose owner process is gone; return them."""
     removed = []
+    for root in roots:
+        for owner in root.glob(f"*{OWNER_SUFFIX}") if root.is_dir() else ():
+            with contextlib.suppress(OSError):
+                if _alive(owner.read_text().strip()):
+                    continue
+                folder = owner.with_name(owner.name.removesuffix(OWNER_SUFFIX))
+                remove_owned(folder)
+                log.warning("removed %s: its worker process is gone", folder)
+                removed.append(folder)
+    return removed
+
+
+def reap(client: docker.DockerClient | None = None, folders: Iterable[Path] = ()) -> list[str]:
+    """Remove orphaned sandbox containers, empty sandbox cgroups and the host folders of dead workers'
+    sandboxes (under ``folders``); return what went."""
+    removed: list[str] = [str(path) for path in reap_folders(folders)]
     if client is not None:
         for container in client.containers.list(all=True, filters={"label": f"{LABEL}.task"}):
             reason = orphaned(container.labels)

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     broker_url, description = resolve_broker_url(settings)
     logging.getLogger("overnight.worker").info(description)
-    start_reaper(settings.reap_seconds)  # sandboxes a crashed worker left behind: now, then periodically
+    # Sandboxes a crashed worker left behind, and their folders on this host: now, then periodically.
+    start_reaper(settings.reap_seconds, (settings.data_dir / "control", settings.environments_dir))
     app = create_celery(broker_url, queue=settings.queue, task_time_limit=settings.task_time_limit)
     start_reconciler(settings, TaskQueue(broker_url, queue=settings.queue))
     register_tasks(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -59,15 +60,16 @@ def sandbox_backend(settings: Settings, *, docker_available: bool | None = None)
 REAP_INTERVAL_SECONDS = 60.0
 
 
-def start_reaper(interval: float = REAP_INTERVAL_SECONDS) -> threading.Thread:
-    """Reap orphaned sandboxes now, then every ``interval`` seconds in a daemon thread."""
+def start_reaper(interval: float = REAP_INTERVAL_SECONDS, folders: tuple[Path, ...] = ()) -> threading.Thread:
+    """Reap orphaned sandboxes (and, under ``folders``, their host folders) now, then every ``interval``
+    seconds in a daemon thread."""
 
     def loop() -> None:
         while True:
             client = None
             try:
                 client = docker.from_env(timeout=10) if docker_answers() else None
-                removed = reap(client)
+                removed = reap(client, folders)
                 if removed:
                     log.warning("reaped %d orphaned sandbox(es): %s", len(removed), ", ".join(removed))
             except Exception:  # the reaper must outlive any one failure

@@ -88,36 +88,42 @@ WORKER = textwrap.dedent(
     kind, workspace, rootfs = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     if kind == "docker":
         from sandbox.docker import DockerConfig
-        backend = DockerConfig(image=sys.argv[4], **TEST_LIMITS).build()
+        backend = DockerConfig(image=sys.argv[4], control_root=workspace.parent / "control", **TEST_LIMITS).build()
     else:
         from sandbox.bwrap import BwrapConfig
-        backend = BwrapConfig(rootfs=rootfs, environments=workspace.parent / "envs", **TEST_LIMITS).build()
-    box = backend.start(SandboxSpec(task_id="orphan-" + kind, workspace=workspace))
+        backend = BwrapConfig(rootfs=rootfs, environments=workspace.parent / "envs",
+                              control_root=workspace.parent / "control", **TEST_LIMITS).build()
+    box = backend.start(SandboxSpec(task_id="orphan-" + kind, workspace=workspace, purpose=sys.argv[5]))
     print(json.dumps({"socket": str(box.socket_path)}), flush=True)
     box.run("sleep 1000", timeout=1000)
     """
 )
 
 
+@pytest.mark.parametrize("purpose", ["agent", "setup"])
 @pytest.mark.parametrize("kind", ["docker", "bwrap"])
 def test_a_killed_worker_leaves_nothing_after_the_reaper(
-    kind: str, tmp_path: Path, docker_client: docker.DockerClient, sandbox_rootfs: Path
+    kind: str, purpose: str, tmp_path: Path, docker_client: docker.DockerClient, sandbox_rootfs: Path
 ) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
+    folders = (tmp_path / "control", tmp_path / "envs")
     worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER, kind, str(workspace), str(sandbox_rootfs), SANDBOX_IMAGE],
+        [sys.executable, "-c", WORKER, kind, str(workspace), str(sandbox_rootfs), SANDBOX_IMAGE, purpose],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
     )  # fmt: skip
     assert worker.stdout is not None
     control = Path(json.loads(worker.stdout.readline())["socket"]).parent
+    assert control.parent == folders[0] and control.is_dir()
+    staging = list(folders[1].glob("staging-*")) if folders[1].exists() else []
+    assert len(staging) == (2 if kind == "bwrap" and purpose == "setup" else 0)  # the folder and its .owner
     time.sleep(1)  # mid-command
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     deadline = time.monotonic() + 10
     label = f"dev.overnight.task=orphan-{kind}"
     while time.monotonic() < deadline:  # the reaper runs at worker start and periodically
-        reap(docker_client)
+        reap(docker_client, folders)
         containers = docker_client.containers.list(all=True, filters={"label": label})
         survivors = subprocess.run(["pgrep", "-f", str(control)], capture_output=True, text=True).stdout.split()
         groups = [d for d in (CGROUP_ROOT / "pids" / PARENT).iterdir() if d.name.startswith("orphan-")]
@@ -125,6 +131,7 @@ def test_a_killed_worker_leaves_nothing_after_the_reaper(
             break
         time.sleep(0.2)
     assert containers == [] and survivors == [] and groups == []
+    assert [p.name for folder in folders if folder.exists() for p in folder.iterdir()] == []  # nothing on disk
 
 
 def test_orphan_rules() -> None:
