@@ -3,7 +3,8 @@ the files at its root.
 
 - ``pyproject.toml`` / ``setup.py`` / ``setup.cfg``: a venv outside the workspace (``/opt/overnight/venv``,
   with the image's system packages visible, pytest among them), the project installed editable with its
-  test extras when it declares some;
+  test extras when it declares some (``test``, ``tests``, ``testing``; else ``dev``), then the requirements
+  of its PEP 735 dependency group of the same names (``[dependency-groups]``, includes resolved);
 - ``requirements*.txt``: installed into that venv;
 - ``package.json``: ``npm ci`` with a ``package-lock.json``, ``yarn install --frozen-lockfile`` /
   ``pnpm install --frozen-lockfile`` with theirs (when the tool is in the image), else ``npm install``.
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import configparser
 import re
+import shlex
 import tomllib
 from collections.abc import Callable
 
 VENV = "/opt/overnight/venv"
 TEST_EXTRAS = ("test", "tests", "testing")
+FALLBACK_EXTRAS = ("dev",)
+"""Taken only when no test extra or group is declared: a ``dev`` set usually holds the test runner."""
 Reader = Callable[[str], bytes | None]
 
 
@@ -42,7 +46,39 @@ def _test_extras(read: Reader) -> list[str]:
                 declared |= set(parser.options("options.extras_require"))
         except configparser.Error:
             pass
-    return [name for name in TEST_EXTRAS if name in declared]
+    return _chosen(declared)
+
+
+def _chosen(declared: set[str]) -> list[str]:
+    tests = [name for name in TEST_EXTRAS if name in declared]
+    return tests or [name for name in FALLBACK_EXTRAS if name in declared]
+
+
+def _group_requirements(read: Reader) -> list[str]:
+    """The requirement strings of the PEP 735 dependency groups that hold test requirements."""
+    pyproject = read("pyproject.toml")
+    if pyproject is None:
+        return []
+    try:
+        groups = tomllib.loads(pyproject.decode("utf-8", errors="replace")).get("dependency-groups") or {}
+    except tomllib.TOMLDecodeError:
+        return []
+    if not isinstance(groups, dict):
+        return []
+    requirements: list[str] = []
+
+    def collect(name: str, seen: frozenset[str]) -> None:
+        if name in seen:  # a cycle: PEP 735 calls it an error; take what was gathered
+            return
+        for entry in groups.get(name) or []:
+            if isinstance(entry, str) and entry not in requirements:
+                requirements.append(entry)
+            elif isinstance(entry, dict) and isinstance(entry.get("include-group"), str):
+                collect(entry["include-group"], seen | {name})
+
+    for name in _chosen(set(groups)):
+        collect(name, frozenset())
+    return requirements
 
 
 def auto_setup_script(read: Reader, requirements: list[str]) -> str | None:
@@ -61,6 +97,8 @@ def auto_setup_script(read: Reader, requirements: list[str]) -> str | None:
             extras = _test_extras(read)
             target = f".[{','.join(extras)}]" if extras else "."
             steps.append(f"pip install --progress-bar off -e '{target}'")
+            if grouped := _group_requirements(read):
+                steps.append("pip install --progress-bar off " + " ".join(shlex.quote(r) for r in grouped))
     if read("package.json") is not None:
         if read("package-lock.json") is not None or read("npm-shrinkwrap.json") is not None:
             steps.append("npm ci --no-audit --no-fund")

@@ -23,7 +23,8 @@ from worker.repo import TaskFailure, check_patch_applies
 BUILTIN_EXCLUDES = (
     "__pycache__/", "*.py[cod]", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".hypothesis/",
     "*.egg-info/", ".eggs/", ".tox/", ".nox/", ".venv/", "venv/", ".coverage", ".coverage.*", "coverage.xml",
-    "htmlcov/", ".nyc_output/", "coverage/", "node_modules/", "build/", "dist/", ".cache/",
+    "htmlcov/", ".nyc_output/", "coverage/", "node_modules/", "build/", "dist/", ".cache/", "target/",
+    "*.o", "*.obj", "*.so", "*.dylib", "*.dll", "*.class",
 )  # fmt: skip
 MAX_REPORTED = 200
 DIFF = "/tmp/overnight-task.diff"

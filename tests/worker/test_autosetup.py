@@ -70,3 +70,20 @@ def test_node_projects_install_by_their_lockfile(lockfile: str | None, command: 
 def test_odd_requirement_file_names_are_refused() -> None:
     with pytest.raises(ValueError, match="unexpected requirements file name"):
         script_for({}, ["requirements; rm -rf ~.txt"])
+
+
+def test_dev_extras_when_no_test_extras_and_dependency_groups_with_includes() -> None:
+    pyproject = (
+        '[project]\nname = "x"\n[project.optional-dependencies]\ndev = ["ruff"]\ndocs = ["sphinx"]\n'
+        "[dependency-groups]\n"
+        'test = ["pytest>=8", {include-group = "typing"}, "hypothesis; python_version >= \'3.10\'"]\n'
+        'typing = ["mypy", {include-group = "test"}]\nlint = ["ruff"]\n'
+    )
+    script = script_for({"pyproject.toml": pyproject})
+    assert script is not None
+    lines = script.splitlines()
+    assert lines[-2] == "pip install --progress-bar off -e '.[dev]'"
+    assert lines[-1] == ("pip install --progress-bar off 'pytest>=8' mypy "
+                         "'hypothesis; python_version >= '\"'\"'3.10'\"'\"''")  # fmt: skip
+    only_dev_group = '[project]\nname = "x"\n[dependency-groups]\ndev = ["pytest"]\n'
+    assert script_for({"pyproject.toml": only_dev_group}).splitlines()[-1] == "pip install --progress-bar off pytest"  # type: ignore[union-attr]

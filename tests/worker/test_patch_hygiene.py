@@ -24,6 +24,7 @@ JUNK = (
     "mkdir -p build node_modules/left-pad pkg.egg-info .pytest_cache __pycache__ htmlcov"
     " && touch build/out.o node_modules/left-pad/index.js pkg.egg-info/PKG-INFO .pytest_cache/v __pycache__/m.pyc"
     " .coverage htmlcov/index.html"
+    " && mkdir -p target/debug && touch target/debug/app ext.so Main.class util.o"
     " && python3 -m unittest -q test_calc 2>&1 | tail -1"
 )
 LOGO = "printf '\\x89PNG\\r\\n\\x1a\\n\\x00\\x00\\x00\\rIHDR' > logo.png"
@@ -60,6 +61,7 @@ def test_only_the_intended_change_is_in_the_patch(
     assert "GIT binary patch" in patch.diff
     assert sorted(patch.excluded) == sorted([
         ".coverage", ".pytest_cache/", "__pycache__/", "build/", "htmlcov/", "node_modules/", "pkg.egg-info/",
+        "target/", "ext.so", "Main.class", "util.o",
     ])  # fmt: skip
 
     clone = tmp_path / "fresh"
