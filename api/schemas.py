@@ -7,7 +7,7 @@ import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, field_validator
 
 MAX_INSTRUCTION_BYTES = 32 * 1024
 
@@ -133,7 +133,25 @@ class GitHubPublic(BaseModel):
 
 
 class TaskPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f2a9c1e7b4d5a60", "kind": "task", "parent_id": None, "user_id": 1,
+                    "repo": "https://github.com/acme/widgets.git", "ref": "main",
+                    "instruction": "Fix the flaky test in tests/test_api.py", "state": "succeeded", "attempt": 1,
+                    "failure_reason": None, "base_sha": "9fceb02d0ae598e95dc970b74767f19372d61af8",
+                    "max_steps": None, "setup": None, "steps": 14, "prompt_tokens": 412803,
+                    "cached_tokens": 371220, "completion_tokens": 9214, "created_at": "2026-11-30T01:00:00Z",
+                    "started_at": "2026-11-30T01:00:01Z", "finished_at": "2026-11-30T01:06:42Z",
+                    "patch": {"title": "Make test_api's retry test deterministic", "files_changed": 1,
+                              "complete": True},
+                    "github": None,
+                }
+            ]
+        },
+    )  # fmt: skip
 
     id: str
     kind: str = Field(description="task, or follow-up (starts from parent_id's patch).")
@@ -165,7 +183,17 @@ class TaskList(BaseModel):
 
 
 class EventPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {"seq": 7, "type": "tool_call", "created_at": "2026-11-30T01:02:03Z",
+                 "data": {"step": 3, "name": "bash", "arguments": "{\"command\": \"pytest -x tests/test_api.py\"}"}},
+                {"seq": 31, "type": "state", "created_at": "2026-11-30T01:06:42Z",
+                 "data": {"state": "failed", "reason": "step budget exhausted (100 steps)"}},
+            ]
+        },
+    )  # fmt: skip
 
     seq: int
     type: str
@@ -184,6 +212,16 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"error": {"code": "task_not_found", "message": "no task '3f2a9c1e7b4d5a60'"}},
+                {"error": {"code": "invalid_repo", "message": "file:// URLs are not allowed; give an absolute path",
+                           "details": [{"field": "repo", "message": "file:// URLs are not allowed"}]}},
+            ]
+        }
+    )  # fmt: skip
+
     error: ErrorBody
 
 
@@ -195,7 +233,20 @@ class TrajectoryPublic(BaseModel):
 
 
 class PatchPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {"task_id": "3f2a9c1e7b4d5a60", "base_sha": "9fceb02d0ae598e95dc970b74767f19372d61af8",
+                 "title": "Fix add() to add", "body": "`calc.add` returned `a - b`; it returns `a + b` now.",
+                 "diff": "diff --git a/calc.py b/calc.py\n--- a/calc.py\n+++ b/calc.py\n@@ -1,2 +1,2 @@\n"
+                         " def add(a, b):\n-    return a - b\n+    return a + b\n",
+                 "files_changed": 1, "diffstat": " calc.py | 2 +-\n 1 file changed, 1 insertion(+), 1 deletion(-)",
+                 "commit_message": "Fix add() to add\n\n...", "complete": True, "excluded": ["__pycache__/"],
+                 "created_at": "2026-11-30T01:06:40Z", "no_changes": False},
+            ]
+        },
+    )  # fmt: skip
 
     task_id: str
     base_sha: str
@@ -210,3 +261,8 @@ class PatchPublic(BaseModel):
     complete: bool = Field(description="False when the run ended early (budget, cancel): the diff so far.")
     excluded: list[str] = Field(description="Paths the built-in exclude list kept out (caches, dependencies, builds).")
     created_at: datetime
+
+    @computed_field(description="True when the task found no changes needed: a valid outcome, the diff is empty.")  # type: ignore[prop-decorator]
+    @property
+    def no_changes(self) -> bool:
+        return not self.diff

@@ -231,7 +231,7 @@ def task_events(
             "content": {
                 "text/x-diff": {},
                 "application/mbox": {},
-                "application/json": {"schema": PatchPublic.model_json_schema()},
+                "application/json": {"schema": PatchPublic.model_json_schema(mode="serialization")},
             },
             "description": "diff: `git apply` takes it; mbox: `git am` takes it; json: the patch and its metadata.",
         },

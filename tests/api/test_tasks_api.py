@@ -301,3 +301,25 @@ def test_an_unexpected_failure_answers_500_in_the_one_error_shape(settings: Sett
     assert response.json() == {
         "error": {"code": "internal_error", "message": "internal error; the server log has the details"}
     }
+
+
+def test_an_empty_patch_says_no_changes_were_needed(client: TestClient, settings: Settings) -> None:
+    empty, changed = create(client)["id"], create(client)["id"]
+    for task_id, diff in ((empty, ""), (changed, "diff --git a/x b/x\n")):
+        with make_sessionmaker(make_engine(settings.resolved_database_url)).begin() as session:
+            store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.running)
+            store.store_patch(session, task_id, base_sha="a" * 40, diff=diff, title="t", body="b",
+                              files_changed=1 if diff else 0)  # fmt: skip
+            store.transition(session, task_id, from_states=[TaskState.running], to_state=TaskState.succeeded)
+    assert client.get(f"/v1/tasks/{empty}/patch", params={"format": "json"}).json()["no_changes"] is True
+    assert client.get(f"/v1/tasks/{changed}/patch", params={"format": "json"}).json()["no_changes"] is False
+    assert client.get(f"/v1/tasks/{empty}/patch").text == ""
+
+
+def test_the_schema_has_response_examples(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    for name in ("TaskCreate", "TaskPublic", "EventPublic", "ErrorResponse"):
+        assert schemas[name].get("examples"), name
+    patch = document["paths"]["/v1/tasks/{task_id}/patch"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert patch["schema"]["examples"] and "no_changes" in patch["schema"]["properties"]

@@ -1,28 +1,32 @@
-"""Reliability with real worker processes, a real Redis server of the test's own (so it can be restarted)
-and the scripted model: a worker killed with -9 mid-task, Redis restarted empty with tasks queued, a cancel
-during a long command, and the per-user concurrency limit."""
+"""Reliability with real worker processes, a real Redis server of the test's own (so it can be restarted),
+the scripted model, and each database (a SQLite file; a PostgreSQL database of the test's own): a worker
+killed with -9 mid-task, Redis restarted empty with tasks queued, a cancel during a long command, and the
+per-user concurrency limit (claims serialised on the user's row)."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+from sqlalchemy import create_engine, text
 
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from migrations import store
 from migrations.models import TaskState
 from migrations.store import make_engine, make_sessionmaker, migrate
-from tests.conftest import SANDBOX_IMAGE
+from tests.conftest import POSTGRES_URL, SANDBOX_IMAGE
 from worker.celery_app import TaskQueue
 
 ROOT = Path(__file__).parents[2]
@@ -121,13 +125,41 @@ class Cluster:
         return "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(self.tmp.glob("worker-*.log")))
 
 
-@pytest.fixture
+@contextmanager
+def _database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of the test's own: a SQLite file, or a fresh PostgreSQL database."""
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'overnight.db'}"
+        migrate(make_engine(url))
+        yield url
+        return
+    name = f"reliability_{secrets.token_hex(4)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+        yield url
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
 def cluster(
-    tmp_path: Path, scripted_model: ScriptedModelServer, docker_client: docker.DockerClient
-) -> Iterator[Cluster]:
+    request: pytest.FixtureRequest, tmp_path: Path, scripted_model: ScriptedModelServer,
+    docker_client: docker.DockerClient,
+) -> Iterator[Cluster]:  # fmt: skip
+    with _database(request.param, tmp_path) as database:
+        yield from _cluster(database, tmp_path, scripted_model)
+
+
+def _cluster(database: str, tmp_path: Path, scripted_model: ScriptedModelServer) -> Iterator[Cluster]:
     port = _free_port()
-    database = f"sqlite:///{tmp_path / 'overnight.db'}"
-    migrate(make_engine(database))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")} | {
         "OVERNIGHT_DATA_DIR": str(tmp_path / "data"),
         "OVERNIGHT_DATABASE_URL": database,
