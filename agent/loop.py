@@ -7,6 +7,7 @@ context limit, the only place where history is rewritten (recorded as an event).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from agent.tools import Toolbox, ToolContext, ToolError
 from agent.tools.base import read_instructions
 from sandbox.base import SandboxError
 from sandbox.output import truncate_middle
+
+log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, dict[str, Any]], None]
 MAX_TURNS_WITHOUT_TOOLS = 3
@@ -168,6 +171,11 @@ def _run_tool(toolbox: Toolbox, call: ToolCall, ctx: ToolContext, on_event: Even
         output, error = f"<tool_error>{call.name}: {exc}</tool_error>", True
     except SandboxError as exc:
         output, error = f"<tool_error>{call.name}: sandbox error: {exc}</tool_error>", True
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError) as exc:
+        # A bug in a tool costs that call, not the task; the log keeps the traceback. (Not a bare Exception:
+        # the run's own endings and the worker's time limit must pass through.)
+        log.exception("tool %s failed unexpectedly", call.name)
+        output, error = f"<tool_error>{call.name}: internal error ({type(exc).__name__}: {exc})</tool_error>", True
     output = truncate_middle(output, ctx.output_limit)
     on_event(
         "tool_result",

@@ -316,3 +316,26 @@ def test_a_stored_trajectory_replays_as_exactly_the_requests_the_agent_sent(
     assert all(r["messages"][0] == sent[0][0] for r in replayed)  # the shared system prompt, unchanged
     with pytest.raises(ValueError, match="needs 'messages' and 'tools'"):
         requests_from_trajectory({"steps": []}, "m", 1)
+
+
+def test_a_tool_that_breaks_costs_its_call_not_the_task(scripted_model: ScriptedModelServer, ctx: ToolContext) -> None:
+    from agent.tools import TOOLS, Toolbox
+    from agent.tools.base import Tool, ToolArgs
+
+    def broken(args: ToolArgs, context: ToolContext) -> str:
+        return {"a": 1}["missing"]  # type: ignore[return-value]  # a bug, as a real tool might have
+
+    flaky = Tool(name="flaky", description="A tool with a bug.", args=ToolArgs, run=broken)
+    scripted_model.state.extend([
+        ScriptedTurn(tool_calls=[ScriptedCall(name="flaky", arguments={})]),
+        ScriptedTurn(tool_calls=[FINISH]),
+    ])  # fmt: skip
+    events = Events()
+    client = ChatClient(LLMConfig(base_url=scripted_model.base_url, model="mistral-medium-3.5", retries=0))
+    result = run_agent(instruction="Make add() add.", model=client, ctx=ctx, config=AgentConfig(), on_event=events,
+                       toolbox=Toolbox((*TOOLS, flaky)))  # fmt: skip
+    assert result.submission.pr_title == "Fix add"
+    [failed] = [data for data in events.of("tool_result") if data["name"] == "flaky"]
+    assert failed["error"] and "internal error (KeyError: 'missing')" in failed["output"]
+    second = scripted_model.state.requests[1]["messages"][-1]
+    assert second["role"] == "tool" and "internal error (KeyError" in second["content"]
