@@ -21,6 +21,7 @@ from sandbox.base import SandboxBackend
 from sandbox.bwrap import BwrapBackend, BwrapConfig
 from sandbox.docker import DockerBackend, DockerConfig
 from sandbox.image import DEFAULT_IMAGE, image_present, rootfs_complete, rootfs_path
+from tests.mistral_validation import assert_valid_mistral_request
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -82,9 +83,18 @@ def session(engine: Engine) -> Iterator[Session]:
 
 
 @pytest.fixture
-def scripted_model() -> Iterator[ScriptedModelServer]:
+def scripted_model(request: pytest.FixtureRequest) -> Iterator[ScriptedModelServer]:
+    """The scripted vLLM server. Every request it received is checked afterwards with mistral-common's
+    validator in serving mode (as vLLM's Mistral tokenizer would), unless the test is marked
+    ``not_mistral_validated`` (with the reason)."""
     with ScriptedModelServer(ScriptedModel()) as server:
         yield server
+    if request.node.get_closest_marker("not_mistral_validated") is None:
+        for number, body in enumerate(server.state.requests, 1):
+            try:
+                assert_valid_mistral_request(body)
+            except Exception as exc:
+                pytest.fail(f"request {number} to the scripted model is not valid for Mistral's tokenizer: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -184,7 +184,7 @@ def _execute(task_id: str, ctx: WorkerContext, watch: _Watch) -> None:
             config = replace(config, budget=replace(config.budget, max_steps=max_steps))
         result = run_agent(
             instruction=instruction,
-            model=_UsageRecorder(ctx.model_factory(task_id), ctx.sessions, task_id),
+            model=_UsageRecorder(ctx.model_factory(task_id), ctx.sessions, task_id, watch.cancelled),
             ctx=ToolContext(
                 sandbox=sandbox, output_limit=config.tool_output_limit, command_timeout=config.command_timeout
             ),
@@ -330,16 +330,37 @@ def _timed(emit: Callable[[str, dict[str, Any]], None], sessions: sessionmaker[S
 
 
 class _UsageRecorder:
-    """Adds each model call's token usage to the task row."""
+    """Adds each model call's token usage to the task row, and lets a cancel end the task while a model call is
+    still streaming: the call runs in a thread of its own, and the task stops waiting for it when the user
+    cancels (the abandoned request ends at its own timeout; its answer is dropped)."""
 
-    def __init__(self, model: ModelClient, sessions: sessionmaker[Session], task_id: str) -> None:
-        self.model, self.sessions, self.task_id = model, sessions, task_id
+    def __init__(
+        self, model: ModelClient, sessions: sessionmaker[Session], task_id: str, cancelled: threading.Event
+    ) -> None:
+        self.model, self.sessions, self.task_id, self.cancelled = model, sessions, task_id, cancelled
 
     def history_message(self, turn: AssistantTurn) -> dict[str, Any]:
         return self.model.history_message(turn)
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> AssistantTurn:
-        turn = self.model.complete(messages, tools)
+        result: dict[str, Any] = {}
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                result["turn"] = self.model.complete(messages, tools)
+            except BaseException as exc:  # handed to the task's thread, which decides
+                result["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name=f"model-{self.task_id}", daemon=True).start()
+        while not done.wait(0.2):
+            if self.cancelled.is_set():
+                raise Cancelled("cancelled by user")
+        if "error" in result:
+            raise result["error"]
+        turn: AssistantTurn = result["turn"]
         with self.sessions.begin() as session:
             store.add_usage(session, self.task_id, prompt=turn.usage.prompt_tokens,
                             cached=turn.usage.cached_tokens, completion=turn.usage.completion_tokens)  # fmt: skip

@@ -199,6 +199,35 @@ def test_cancel_during_set_up_kills_it_and_ends_cancelled_without_calling_the_mo
     assert scripted_model.state.requests == []
 
 
+def test_cancel_while_the_model_is_still_answering_ends_the_task_in_seconds(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+) -> None:
+    scripted_model.state.extend([ScriptedTurn(content="a long think", delay=60)])
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    sessions = make_sessionmaker(sqlite_engine)
+
+    def cancel_once_the_model_was_asked() -> None:
+        deadline = time.monotonic() + 60
+        while not scripted_model.state.requests and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        with sessions.begin() as session:
+            store.request_cancel(session, task_id)
+
+    canceller = threading.Thread(target=cancel_once_the_model_was_asked)
+    canceller.start()
+    run_task(task_id, _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path))
+    canceller.join()
+    task, patch = _task(sqlite_engine, task_id)
+    assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
+    assert (task.finished_at - task.started_at).total_seconds() < 30  # not the model's 60 s
+    assert patch is not None and not patch.complete  # the (empty) partial diff is kept, as for any cancel
+
+
 def test_the_task_time_limit_fails_the_task_with_that_reason(
     sqlite_engine: Engine,
     docker_backend: DockerBackend,
