@@ -20,15 +20,15 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
-def resolve_broker_url(settings: Settings) -> tuple[str, str]:
+def resolve_broker_url(settings: Settings, *, local_redis: str = DEFAULT_REDIS_URL) -> tuple[str, str]:
     """The broker URL and a sentence saying which broker it is and why."""
     if settings.broker_url:
         return settings.broker_url, f"broker: {redact(settings.broker_url)} (OVERNIGHT_BROKER_URL)"
-    if redis_answers(DEFAULT_REDIS_URL):
-        return DEFAULT_REDIS_URL, f"broker: Redis at {DEFAULT_REDIS_URL}"
+    if redis_answers(local_redis):
+        return local_redis, f"broker: Redis at {local_redis}"
     url = settings.sql_broker_url()
     return url, (
-        f"broker: no Redis answered at {DEFAULT_REDIS_URL}; using Celery's SQLAlchemy transport on "
+        f"broker: no Redis answered at {local_redis}; using Celery's SQLAlchemy transport on "
         f"{url.removeprefix('sqla+sqlite:///')} (a real broker with no server to run)"
     )
 

@@ -1,0 +1,29 @@
+"""What `overnight up` chooses for set-up sandboxes' trust store, and says so."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from overnight.cli.server import HOST_CA_BUNDLE, _choose_ca_bundle
+from overnight.settings import Settings
+
+
+@pytest.mark.skipif(not HOST_CA_BUNDLE.is_file(), reason="needs the host's CA bundle (Debian: ca-certificates)")
+def test_the_host_bundle_is_trusted_only_when_it_differs_from_the_image_s(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    image_bundle = rootfs / HOST_CA_BUNDLE.relative_to("/")
+    image_bundle.parent.mkdir(parents=True)
+    said: list[str] = []
+    settings = Settings(data_dir=tmp_path, sandbox_rootfs=rootfs)
+    assert _choose_ca_bundle(settings, said.append) is None  # no image bundle to compare with
+    shutil.copy(HOST_CA_BUNDLE, image_bundle)
+    assert _choose_ca_bundle(settings, said.append) is None and said == []  # the same trust store
+    image_bundle.write_text("-----BEGIN CERTIFICATE-----\nnot the host's\n-----END CERTIFICATE-----\n")
+    assert _choose_ca_bundle(settings, said.append) == HOST_CA_BUNDLE  # a TLS proxy's CA only the host has
+    assert said == [f"set-up sandboxes trust this host's CA bundle {HOST_CA_BUNDLE}: it differs from the image's"]
+    configured = tmp_path / "proxy-ca.pem"
+    chosen = _choose_ca_bundle(Settings(data_dir=tmp_path, sandbox_ca_bundle=configured), said.append)
+    assert chosen == configured and said[-1].endswith("(OVERNIGHT_SANDBOX_CA_BUNDLE)")
