@@ -117,6 +117,25 @@ def import_image(client: docker.DockerClient, rootfs: Path, name: str, *, log: L
         raise SandboxUnavailableError(f"tar of the root filesystem failed with exit code {tar.returncode}")
 
 
+def build_from_dockerfile(
+    client: docker.DockerClient, name: str, dockerfile: Path, context: Path, *, log: Log = print
+) -> None:
+    """``docker build`` of ``dockerfile`` (a path inside ``context``) as ``name``, for hosts that can pull the
+    base image from a registry (where debootstrap cannot run: an unprivileged container, say)."""
+    try:
+        relative = dockerfile.resolve().relative_to(context.resolve())
+    except ValueError as exc:
+        raise SandboxUnavailableError(f"{dockerfile} is not inside the build context {context}") from exc
+    log(f"building {name} from {dockerfile} (context {context})")
+    try:
+        client.images.build(path=str(context), dockerfile=str(relative), tag=name, rm=True, forcerm=True)
+    except docker.errors.BuildError as exc:
+        last = [str(entry.get("stream") or entry.get("error") or "").strip() for entry in exc.build_log][-3:]
+        raise SandboxUnavailableError(f"docker build failed: {exc.msg} | {' | '.join(x for x in last if x)}") from exc
+    except docker.errors.APIError as exc:
+        raise SandboxUnavailableError(f"docker build failed: {exc.explanation or exc}") from exc
+
+
 def export_rootfs(client: docker.DockerClient, name: str, rootfs: Path, *, log: Log = print) -> None:
     """Unpack image ``name`` into ``rootfs`` (for the bubblewrap backend on a host that has the image)."""
     log(f"exporting {name} to {rootfs}")

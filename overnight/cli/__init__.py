@@ -46,11 +46,22 @@ def image_build(
     check: Annotated[
         bool, typer.Option(help="Run a smoke command per toolchain in a sandbox; print versions.")
     ] = False,
+    dockerfile: Annotated[
+        str | None,
+        typer.Option(
+            help="Build with `docker build` from this Dockerfile instead (hosts that can pull; e.g. "
+            "infra/sandbox/Dockerfile), in the context of --context."
+        ),
+    ] = None,
+    context: Annotated[str, typer.Option(help="Build context of --dockerfile.")] = ".",
 ) -> None:
     """Build the sandbox base image offline (debootstrap + apt + docker import); no-op when present."""
+    from pathlib import Path
+
     from overnight.cli.server import build_image
 
-    raise typer.Exit(build_image(name=name, force=force, check=check, say=err.print))
+    source = (Path(dockerfile), Path(context)) if dockerfile else None
+    raise typer.Exit(build_image(name=name, force=force, check=check, say=err.print, dockerfile=source))
 
 
 @token_app.command("create")

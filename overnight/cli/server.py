@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,12 +206,14 @@ def _terminate(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait()
 
 
-def build_image(*, name: str | None, force: bool, check: bool, say: Say) -> int:
+def build_image(
+    *, name: str | None, force: bool, check: bool, say: Say, dockerfile: tuple[Path, Path] | None = None
+) -> int:
     import docker
     import docker.errors
 
     from sandbox.base import SandboxUnavailableError
-    from sandbox.image import SMOKE_COMMANDS, ensure_image
+    from sandbox.image import SMOKE_COMMANDS, build_from_dockerfile, ensure_image, image_present
 
     settings = Settings()
     image = name or settings.sandbox_image
@@ -224,7 +227,14 @@ def build_image(*, name: str | None, force: bool, check: bool, say: Say) -> int:
         client = None
     started = time.monotonic()
     try:
-        done = ensure_image(image, rootfs, client=client, force=force, log=say)
+        if dockerfile is not None:
+            if client is None:
+                say("[red]--dockerfile needs a Docker engine[/red]")
+                return 1
+            if force or not image_present(client, image):
+                build_from_dockerfile(client, image, dockerfile[0], dockerfile[1], log=say)
+                shutil.rmtree(rootfs, ignore_errors=True)  # exported afresh from the new image below
+        done = ensure_image(image, rootfs, client=client, force=force and dockerfile is None, log=say)
     except SandboxUnavailableError as exc:
         say(f"[red]image build failed: {exc}[/red]")
         return 1
