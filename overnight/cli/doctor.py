@@ -150,7 +150,7 @@ def _model_checks(settings: Settings) -> list[Check]:
             "accepts reasoning_effort",
             "use a Mistral reasoning parser and a vLLM that knows the setting "
             "(--reasoning-parser mistral; vLLM >= 0.18)",
-            lambda: _post(http, effort, responses),
+            lambda: _reasons(http, effort, responses),
         ),
         _check(
             "returns a tool call for a probe request",
@@ -222,6 +222,19 @@ def _post(http: httpx.Client, body: dict[str, Any], responses: list[dict[str, An
         raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
     responses.append(response.json())
     return f"HTTP {response.status_code}"
+
+
+def _reasons(http: httpx.Client, body: dict[str, Any], responses: list[dict[str, Any]]) -> str:
+    """Accepted, and — for "high" — acted on: the answer carries the model's reasoning in its own field."""
+    status = _post(http, body, responses)
+    if body.get("reasoning_effort") != "high":
+        return status
+    message = responses[-1]["choices"][0]["message"]
+    reasoning = message.get("reasoning") or message.get("reasoning_content")
+    if not reasoning:
+        raise RuntimeError("no reasoning in the answer to reasoning_effort=high: the server ignores the setting or "
+                           "has no reasoning parser (the thinking may be left in the content)")  # fmt: skip
+    return f"{status}, {len(reasoning)} characters of reasoning"
 
 
 def _tool_call(http: httpx.Client, body: dict[str, Any], responses: list[dict[str, Any]]) -> str:

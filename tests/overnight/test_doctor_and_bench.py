@@ -16,7 +16,7 @@ from agent.scripted import ScriptedCall, ScriptedModel, ScriptedModelServer, Scr
 from migrations.store import make_engine, migrate
 from tests.conftest import REDIS_URL, SANDBOX_IMAGE
 
-PING = ScriptedTurn(tool_calls=[ScriptedCall(name="ping", arguments={"ok": True})])
+PING = ScriptedTurn(reasoning="A probe; call ping.", tool_calls=[ScriptedCall(name="ping", arguments={"ok": True})])
 
 
 @pytest.fixture
@@ -81,6 +81,16 @@ def test_doctor_names_what_is_wrong_and_how_to_fix_it(
     code, checks = doctor(tmp_path, "http://127.0.0.1:9/v1")
     assert code == 1 and not checks["model endpoint reachable"]["ok"]
     assert "start the model server" in checks["model endpoint reachable"]["fix"]
+
+
+def test_doctor_fails_a_server_that_ignores_reasoning_effort(tmp_path: Path, docker_client: docker.DockerClient):
+    no_reasoning = ScriptedTurn(tool_calls=[ScriptedCall(name="ping", arguments={"ok": True})])
+    with ScriptedModelServer(ScriptedModel(default=no_reasoning)) as server:
+        code, checks = doctor(tmp_path, server.base_url)
+    assert code == 1
+    assert {name for name, check in checks.items() if not check["ok"]} == {"accepts reasoning_effort"}
+    assert "no reasoning in the answer" in checks["accepts reasoning_effort"]["detail"]
+    assert "--reasoning-parser mistral" in checks["accepts reasoning_effort"]["fix"]
 
 
 def test_bench_llm_reports_latency_throughput_acceptance_and_cache_for_two_endpoints(
