@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     github_triggers: list[GitHubTrigger] = Field(default_factory=lambda: list(GITHUB_TRIGGERS))
     """Which deliveries may start tasks (JSON list): label (issues labeled), issue-comment (the command on an
     issue), pr-comment and review-comment (the command on a pull request Overnight opened: a follow-up)."""
+    github_pr_comments_need_command: bool = True
+    """Comments on a pull request Overnight opened start a follow-up only when they begin with the command
+    (off: every comment there from someone allowed does, as review feedback)."""
     github_allowed_associations: list[str] = Field(default_factory=lambda: ["OWNER", "MEMBER", "COLLABORATOR"])
     """author_association values whose comments may start tasks (JSON list)."""
     github_repositories: list[str] = Field(default_factory=list)

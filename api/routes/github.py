@@ -134,7 +134,8 @@ def _handle(
             _record_installation(session, delivery)
             return (*done(200, f"recorded: installation {action}"), None)
         rules = Rules(label=settings.github_trigger_label, command=settings.github_command,
-                      associations=frozenset(settings.github_allowed_associations))  # fmt: skip
+                      associations=frozenset(settings.github_allowed_associations),
+                      pr_comments_need_command=settings.github_pr_comments_need_command)  # fmt: skip
         asked = request_of(event, delivery, rules)
         if isinstance(asked, str):
             return (*done(204, f"ignored: {asked}"), None)

@@ -123,6 +123,8 @@ class Rules:
     label: str
     command: str
     associations: frozenset[str]
+    pr_comments_need_command: bool = True
+    """False: any comment on a pull request Overnight opened asks for a follow-up (the command is optional)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,8 +200,12 @@ def request_of(event: str, delivery: Delivery, rules: Rules) -> Request | str:
         if comment.performed_via_github_app is not None:
             return "a comment made by a GitHub App"
         extra = command_line(comment.body, rules.command)
-        if extra is None:
+        on_pull_request = event == "pull_request_review_comment" or bool(delivery.issue and delivery.issue.pull_request)
+        if extra is None and (
+            rules.pr_comments_need_command or not on_pull_request or not (comment.body or "").strip()
+        ):
             return f"the comment does not start with {rules.command}"
+        extra = extra or ""
         if event == "issue_comment":
             assert delivery.issue is not None
             issue = delivery.issue

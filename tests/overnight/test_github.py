@@ -213,3 +213,16 @@ def test_draft_unsupported_falls_back_to_a_ready_pull_request(fake: FakeGitHubSe
     pull = _client(fake).create_pull(7, "octo/calc", title="t", head="overnight/x", base="main", body="b", draft=True)
     assert pull.number == 1 and not pull.draft
     assert [call.body["draft"] for call in fake.fake.calls_to("POST", "/pulls")] == [True, False]
+
+
+def test_pr_comments_may_go_without_the_command_when_configured() -> None:
+    review = fixture("pull_request_review_comment.created.json")
+    delivery = parse("pull_request_review_comment", review)
+    assert request_of("pull_request_review_comment", delivery, RULES) == "the comment does not start with /overnight"
+    relaxed = Rules(label="overnight", command="/overnight", associations=RULES.associations,
+                    pr_comments_need_command=False)  # fmt: skip
+    asked = request_of("pull_request_review_comment", delivery, relaxed)
+    assert not isinstance(asked, str) and asked.source == "review-comment"
+    assert review["comment"]["body"] in instruction_for(asked)
+    on_issue = parse("issue_comment", fixture("issue_comment.created.json"))  # a plain issue: still needs it
+    assert request_of("issue_comment", on_issue, relaxed) == "the comment does not start with /overnight"
