@@ -21,7 +21,16 @@ from sandbox.base import Sandbox, SandboxError, SandboxLimits, SandboxSpec, Sand
 from sandbox.cgroups import CGroup, _bytes
 from sandbox.image import SANDBOX_HOME, SANDBOX_UID
 from sandbox.reaper import disown, owned_tempdir, remove_owned
-from sandbox.runtime import CA_PATH, CONTROL_DIR, EXECSERVER, HOME_SEED, WORKDIR, SocketRuntime, sandbox_environment
+from sandbox.runtime import (
+    CA_PATH,
+    CONTROL_DIR,
+    EXECSERVER,
+    HOME_SEED,
+    WORKDIR,
+    SocketRuntime,
+    disk_paths_option,
+    sandbox_environment,
+)
 
 ENV_OPT = "/opt/overnight"
 
@@ -158,7 +167,8 @@ class BwrapBackend:
             argv += ["--bind" if spec.purpose == "setup" else "--ro-bind", str(environment / "opt"), ENV_OPT]
         server = (
             f"python3 {CONTROL_DIR}/execserver.py --socket {CONTROL_DIR}/exec.sock --workdir {WORKDIR}"
-            f" --disk-limit {config.disk_limit} --lifetime {spec.lifetime or 0:g}"
+            f" --disk-limit {config.disk_limit}{disk_paths_option(spec.purpose, SANDBOX_HOME)}"
+            f" --lifetime {spec.lifetime or 0:g}"
         )
         seed = f'[ -d {HOME_SEED} ] && cp -a {HOME_SEED}/. "$HOME"/ 2>/dev/null; '
         for name, value in sandbox_environment(spec).items():

@@ -31,6 +31,7 @@ from sandbox.runtime import (
     HOME_SEED,
     WORKDIR,
     SocketRuntime,
+    disk_paths_option,
     sandbox_environment,
     sandbox_ids,
 )
@@ -87,7 +88,8 @@ class DockerBackend:
         os.chown(control, uid, gid)
         server = (
             f"python3 {CONTROL_DIR}/execserver.py --socket {CONTROL_DIR}/exec.sock --workdir {WORKDIR}"
-            f" --disk-limit {self.config.disk_limit} --lifetime {spec.lifetime or 0:g}"
+            f" --disk-limit {self.config.disk_limit}{disk_paths_option(spec.purpose, SANDBOX_HOME)}"
+            f" --lifetime {spec.lifetime or 0:g}"
         )
         setup = spec.purpose == "setup"
         seed = "" if setup else f'[ -d {HOME_SEED} ] && cp -a {HOME_SEED}/. "$HOME"/ 2>/dev/null; '

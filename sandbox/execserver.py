@@ -125,16 +125,22 @@ class Server:
         self.running_lock = threading.Lock()
         self.workdir = args.workdir
         self.disk_limit = args.disk_limit
+        self.disk_paths = args.disk_path or [args.workdir]
+        """What counts toward the limit: the workspace; for a set-up, also what it may fill outside it."""
         self.deadline = time.time() + args.lifetime if args.lifetime else None
         self.disk_exceeded = False
         os.makedirs(STATE_DIR, mode=0o700, exist_ok=True)
+
+    def disk_used(self):
+        return sum(disk_usage(path) for path in self.disk_paths)
 
     def handle(self, request):
         kind = request.get("type")
         if self.deadline is not None and time.time() > self.deadline and kind != "ping":
             return {"error": "expired", "message": "the sandbox outlived its time limit"}
         if self.disk_exceeded and kind in ("run", "write_file"):
-            return {"error": "disk", "message": f"the workspace exceeded its disk limit ({self.disk_limit} bytes)"}
+            paths = ", ".join(self.disk_paths)
+            return {"error": "disk", "message": f"{paths} exceeded the disk limit ({self.disk_limit} bytes)"}
         handler = getattr(self, f"do_{kind}", None)
         if handler is None:
             return {"error": "bad_request", "message": f"unknown request type {kind!r}"}
@@ -221,7 +227,7 @@ class Server:
                 break
             if self.disk_limit and now >= next_disk_check:
                 next_disk_check = now + 1.0
-                if disk_usage(self.workdir) > self.disk_limit:
+                if self.disk_used() > self.disk_limit:
                     disk = True
                     break
             for key, _ in selector.select(timeout=0.05 if drain_until else 0.2):
@@ -245,7 +251,7 @@ class Server:
         selector.close()
         process.stdout.close()
         process.stderr.close()
-        if self.disk_limit and not disk and disk_usage(self.workdir) > self.disk_limit:
+        if self.disk_limit and not disk and self.disk_used() > self.disk_limit:
             disk = True
         if disk:
             self.disk_exceeded = True
@@ -291,6 +297,7 @@ def main():
     parser.add_argument("--socket", required=True)
     parser.add_argument("--workdir", default="/workspace")
     parser.add_argument("--disk-limit", type=int, default=0)
+    parser.add_argument("--disk-path", action="append", default=[], help="counted toward --disk-limit (repeatable)")
     parser.add_argument("--lifetime", type=float, default=0)
     serve(parser.parse_args())
 

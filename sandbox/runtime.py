@@ -55,6 +55,16 @@ BASE_ENV = {
 }
 CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
 HOME_SEED = "/opt/overnight/home"
+
+
+def disk_paths_option(purpose: str, home: str) -> str:
+    """The exec server's ``--disk-path`` arguments: the workspace, and for a set-up (whose root is writable
+    and whose environment is kept) also the environment, the home directory and /tmp — so a set-up script
+    that fills the disk fails its task, not the host."""
+    paths = [WORKDIR] + (["/opt/overnight", home, "/tmp"] if purpose == "setup" else [])
+    return "".join(f" --disk-path {path}" for path in paths)
+
+
 """An environment's home-directory contents, copied into the tmpfs home when a sandbox starts."""
 EXECSERVER = Path(__file__).with_name("execserver.py")
 DEFAULT_OUTPUT_LIMIT = 1_000_000

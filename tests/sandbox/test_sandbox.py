@@ -185,6 +185,20 @@ def test_a_disk_filler_fails_its_task_not_the_host(sandbox: Sandbox, neighbour: 
     assert_unharmed(neighbour)
 
 
+def test_a_set_up_that_fills_the_disk_outside_the_workspace_fails_too(
+    backend: SandboxBackend, neighbour: Sandbox, workspace: Path
+) -> None:
+    setup = backend.start(SandboxSpec(task_id="fill-setup", workspace=workspace, purpose="setup"))
+    try:
+        free_before = shutil.disk_usage(workspace).free
+        with pytest.raises(SandboxDiskFullError, match="disk limit"):
+            setup.run("dd if=/dev/zero of=/opt/overnight/fill bs=1M count=100000 status=none; sleep 30", timeout=120)
+        assert free_before - shutil.disk_usage(workspace).free < 400 * 2**20
+    finally:
+        setup.close()
+    assert_unharmed(neighbour)
+
+
 def test_close_twice_is_fine_and_leaves_nothing_running(backend: SandboxBackend, workspace: Path) -> None:
     box = backend.start(SandboxSpec(task_id="close", workspace=workspace))
     started = time.monotonic()
