@@ -12,19 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import socket
 import string
 import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import uvicorn
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from overnight.loopback import LoopbackServer
 
 ID_ALPHABET = string.ascii_letters + string.digits
 CHARS_PER_TOKEN = 4
@@ -365,33 +365,13 @@ def example_session() -> list[ScriptedTurn]:
     return session
 
 
-class ScriptedModelServer:
+class ScriptedModelServer(LoopbackServer):
     """Runs the scripted model on a free loopback port in a background thread."""
 
     def __init__(self, state: ScriptedModel) -> None:
+        super().__init__(create_app(state), name="scripted model server")
         self.state = state
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
-        self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(create_app(state), log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> ScriptedModelServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("scripted model server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
+        return f"{self.url}/v1"

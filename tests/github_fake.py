@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
@@ -25,6 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from overnight.github.webhooks import sign
+from overnight.loopback import LoopbackServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "github"
 SECRET = "It's a Secret to Everybody"
@@ -233,27 +231,9 @@ class FakeGitHub:
         return app
 
 
-class FakeGitHubServer:
+class FakeGitHubServer(LoopbackServer):
     """Runs a ``FakeGitHub`` on a free loopback port in a background thread."""
 
     def __init__(self, fake: FakeGitHub) -> None:
+        super().__init__(fake.app(), name="fake GitHub")
         self.fake = fake
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(fake.app(), log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
-
-    def __enter__(self) -> FakeGitHubServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake GitHub did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
