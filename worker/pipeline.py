@@ -35,6 +35,8 @@ from worker.repo import Checkout, TaskFailure, apply_to_workspace, clone_reposit
 
 log = logging.getLogger(__name__)
 Outcome = Literal["ran", "busy", "skipped"]
+TRAJECTORY_EVERY_SECONDS = 10.0
+"""While a task runs, its transcript is stored before the second model call, then at most this often."""
 
 
 class TaskHooks(Protocol):
@@ -184,7 +186,7 @@ def _execute(task_id: str, ctx: WorkerContext, watch: _Watch) -> None:
             config = replace(config, budget=replace(config.budget, max_steps=max_steps))
         result = run_agent(
             instruction=instruction,
-            model=_UsageRecorder(ctx.model_factory(task_id), ctx.sessions, task_id, watch.cancelled),
+            model=_UsageRecorder(ctx.model_factory(task_id), ctx.sessions, task_id, watch.cancelled, trajectory),
             ctx=ToolContext(
                 sandbox=sandbox, output_limit=config.tool_output_limit, command_timeout=config.command_timeout
             ),
@@ -330,19 +332,32 @@ def _timed(emit: Callable[[str, dict[str, Any]], None], sessions: sessionmaker[S
 
 
 class _UsageRecorder:
-    """Adds each model call's token usage to the task row, and lets a cancel end the task while a model call is
-    still streaming: the call runs in a thread of its own, and the task stops waiting for it when the user
-    cancels (the abandoned request ends at its own timeout; its answer is dropped)."""
+    """Adds each model call's token usage to the task row; keeps the stored trajectory current before model
+    calls (readable while the task runs, kept if its worker dies); and lets a cancel end the task while a model
+    call is still streaming: the call runs in a thread of its own, and the task stops waiting for it when the
+    user cancels (the abandoned request ends at its own timeout; its answer is dropped)."""
 
     def __init__(
-        self, model: ModelClient, sessions: sessionmaker[Session], task_id: str, cancelled: threading.Event
+        self,
+        model: ModelClient,
+        sessions: sessionmaker[Session],
+        task_id: str,
+        cancelled: threading.Event,
+        trajectory: Trajectory,
     ) -> None:
         self.model, self.sessions, self.task_id, self.cancelled = model, sessions, task_id, cancelled
+        self.trajectory = trajectory
+        self._stored_at: float | None = None
 
     def history_message(self, turn: AssistantTurn) -> dict[str, Any]:
         return self.model.history_message(turn)
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> AssistantTurn:
+        if len(self.trajectory.messages) > 2 and (
+            self._stored_at is None or time.monotonic() - self._stored_at >= TRAJECTORY_EVERY_SECONDS
+        ):
+            self._stored_at = time.monotonic()
+            _store_trajectory(self.sessions, self.task_id, self.trajectory)
         result: dict[str, Any] = {}
         done = threading.Event()
 

@@ -228,6 +228,44 @@ def test_cancel_while_the_model_is_still_answering_ends_the_task_in_seconds(
     assert patch is not None and not patch.complete  # the (empty) partial diff is kept, as for any cancel
 
 
+def test_the_trajectory_is_readable_while_the_task_runs(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+) -> None:
+    scripted_model.state.extend([
+        ScriptedTurn(tool_calls=[ScriptedCall(name="read_file", arguments={"file_path": "calc.py"})]),
+        ScriptedTurn(content="thinking hard", delay=4),
+        ScriptedTurn(tool_calls=[ScriptedCall(name="finish", arguments={"summary": "s", "pr_title": "t",
+                                                                         "pr_body": "b"})]),
+    ])  # fmt: skip
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    sessions = make_sessionmaker(sqlite_engine)
+    seen_while_running: list[int] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while len(scripted_model.state.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the second call is being answered (slowly)
+        with sessions() as session:
+            task, stored = store.get_task(session, task_id), store.get_trajectory(session, task_id)
+            if task is not None and task.state == "running" and stored is not None:
+                seen_while_running.append(len(stored.data["messages"]))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    run_task(task_id, _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path))
+    watcher.join()
+    # system, user, the read_file call and its result: stored after the first step, while the task ran
+    assert seen_while_running == [4]
+    with sessions() as session:
+        final = store.get_trajectory(session, task_id)
+        assert final is not None and len(final.data["messages"]) > 4
+
+
 def test_the_task_time_limit_fails_the_task_with_that_reason(
     sqlite_engine: Engine,
     docker_backend: DockerBackend,
