@@ -22,6 +22,7 @@ from migrations import github_store, store
 from migrations.models import GitHubLink, TaskState
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
+from overnight.github.webhooks import reaction_target
 from worker.mirrors import git_env
 from worker.repo import TaskFailure
 
@@ -71,10 +72,7 @@ class GitHubHooks:
             return
         inst, repo = link.installation_id, link.repo
         try:
-            target = f"issues/{link.number}" if link.trigger_comment_id is None else (
-                f"{'pulls' if link.source == 'review-comment' else 'issues'}/comments/{link.trigger_comment_id}"
-            )  # fmt: skip
-            self.client.react(inst, repo, target, "eyes")
+            self.client.react(inst, repo, reaction_target(link.source, link.number, link.trigger_comment_id), "eyes")
             comment_id = self.client.comment(inst, repo, link.number, self._body(task_id, "is working on this"))
             with self.sessions.begin() as session:
                 github_store.get_link(session, task_id).progress_comment_id = comment_id  # type: ignore[union-attr]

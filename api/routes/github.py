@@ -19,9 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import APIError
+from api.routes.tasks import enqueue_or_fail
 from api.schemas import MAX_INSTRUCTION_BYTES, ErrorResponse
 from migrations import github_store, store
-from migrations.models import TaskState
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
 from overnight.github.webhooks import (
@@ -158,7 +158,7 @@ def _handle(
         task_id = _create_task(session, settings, asked, installation, parent)
         status, content = done(202, "queued", task_id)
         if status == 202:
-            _enqueue(session, state.queue, task_id)
+            enqueue_or_fail(session, state.queue, task_id)
         return status, content, None
 
 
@@ -222,18 +222,6 @@ def _create_task(session: Any, settings: Settings, asked: TriggerRequest, instal
         pr_number=parent.pr_number if parent else None, pr_url=parent.pr_url if parent else None,
     )  # fmt: skip
     return task.id
-
-
-def _enqueue(session: Any, queue: Any, task_id: str) -> None:
-    try:
-        queue.enqueue(task_id)
-    except Exception as exc:  # the task must not stay queued with no message
-        log.exception("could not enqueue task %s", task_id)
-        store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.failed,
-                         reason=f"could not enqueue the task: broker unreachable ({type(exc).__name__})")  # fmt: skip
-    else:
-        store.mark_enqueued(session, task_id)
-    session.commit()
 
 
 def _reply(client: GitHubClient, installation: int | None, repo: str, number: int, body: str) -> None:

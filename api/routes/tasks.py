@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentUser, QueueDep, SessionDep, SettingsDep, reject_unknown_query
 from api.errors import APIError
@@ -48,18 +49,25 @@ def _task_or_404(session: SessionDep, task_id: str, user: User) -> Task:
     return task
 
 
-def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
-    """Hand the committed task to the workers; a broker that cannot take it fails the task, with that reason."""
+def enqueue_or_fail(session: Session, queue: TaskQueue, task_id: str) -> bool:
+    """Hand a committed task to the workers; a broker that cannot take it fails the task with that reason (it
+    must not stay queued with no message). False when that happened."""
     try:
-        queue.enqueue(task.id)
-    except Exception as exc:  # any broker failure: the task must not stay queued with no message
-        log.exception("could not enqueue task %s", task.id)
-        store.transition(session, task.id, from_states=[TaskState.queued], to_state=TaskState.failed,
+        queue.enqueue(task_id)
+    except Exception as exc:  # any broker failure
+        log.exception("could not enqueue task %s", task_id)
+        store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.failed,
                          reason=f"could not enqueue the task: broker unreachable ({type(exc).__name__})")  # fmt: skip
         session.commit()
-        raise APIError(503, "broker_unavailable", "the task queue is unreachable; the task was not started") from exc
-    store.mark_enqueued(session, task.id)
+        return False
+    store.mark_enqueued(session, task_id)
     session.commit()
+    return True
+
+
+def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
+    if not enqueue_or_fail(session, queue, task.id):
+        raise APIError(503, "broker_unavailable", "the task queue is unreachable; the task was not started")
     return TaskPublic.model_validate(store.get_task(session, task.id))
 
 

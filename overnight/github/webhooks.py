@@ -154,10 +154,15 @@ class Request:
 
     @property
     def reaction_target(self) -> str:
-        if self.source == "label":
-            return f"issues/{self.number}"
-        kind = "pulls" if self.source == "review-comment" else "issues"
-        return f"{kind}/comments/{self.comment_id}"
+        return reaction_target(self.source, self.number, self.comment_id)
+
+
+def reaction_target(source: str, number: int, comment_id: int | None) -> str:
+    """What a 👀 goes on: the labelled issue, or the comment that asked (issue or review comment)."""
+    if comment_id is None:
+        return f"issues/{number}"
+    kind = "pulls" if source == "review-comment" else "issues"
+    return f"{kind}/comments/{comment_id}"
 
 
 def command_line(body: str | None, command: str) -> str | None:
