@@ -34,6 +34,25 @@ def _task(engine: Engine, task_id: str):
     return task, patch
 
 
+def _run_and_meanwhile(task_id: str, context, condition, action, *, settle: float) -> None:  # type: ignore[no-untyped-def]
+    """run_task, while a thread waits (up to 60 s) for ``condition``, lets ``settle`` seconds pass and runs
+    ``action`` — what a user does while the task is under way."""
+
+    def meanwhile() -> None:
+        deadline = time.monotonic() + 60
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(settle)
+        action()
+
+    thread = threading.Thread(target=meanwhile)
+    thread.start()
+    try:
+        run_task(task_id, context)
+    finally:
+        thread.join()
+
+
 def test_step_budget_exhausted_fails_and_keeps_the_partial_diff(
     sqlite_engine: Engine,
     docker_backend: DockerBackend,
@@ -177,22 +196,18 @@ def test_cancel_during_set_up_kills_it_and_ends_cancelled_without_calling_the_mo
     task_id = _submit(sqlite_engine, str(buggy_repo))
     sessions = make_sessionmaker(sqlite_engine)
 
-    def cancel_once_set_up_runs() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            _, _, events = outcome(sqlite_engine, task_id)
-            if any(kind == "phase" and data.get("phase") == "setup" for kind, data in events):
-                time.sleep(1)  # the set-up command is running now
-                with sessions.begin() as session:
-                    store.request_cancel(session, task_id)
-                return
-            time.sleep(0.1)
+    def setting_up() -> bool:
+        return any(
+            kind == "phase" and data.get("phase") == "setup" for kind, data in outcome(sqlite_engine, task_id)[2]
+        )
 
-    canceller = threading.Thread(target=cancel_once_set_up_runs)
-    canceller.start()
+    def cancel() -> None:
+        with sessions.begin() as session:
+            store.request_cancel(session, task_id)
+
     started = time.monotonic()
-    run_task(task_id, _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path))
-    canceller.join()
+    context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+    _run_and_meanwhile(task_id, context, setting_up, cancel, settle=1)  # the set-up command is running then
     task, _ = _task(sqlite_engine, task_id)
     assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
     assert time.monotonic() - started < 60  # not the set-up's 120 s
@@ -210,18 +225,12 @@ def test_cancel_while_the_model_is_still_answering_ends_the_task_in_seconds(
     task_id = _submit(sqlite_engine, str(buggy_repo))
     sessions = make_sessionmaker(sqlite_engine)
 
-    def cancel_once_the_model_was_asked() -> None:
-        deadline = time.monotonic() + 60
-        while not scripted_model.state.requests and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)
+    def cancel() -> None:
         with sessions.begin() as session:
             store.request_cancel(session, task_id)
 
-    canceller = threading.Thread(target=cancel_once_the_model_was_asked)
-    canceller.start()
-    run_task(task_id, _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path))
-    canceller.join()
+    context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+    _run_and_meanwhile(task_id, context, lambda: bool(scripted_model.state.requests), cancel, settle=0.5)
     task, patch = _task(sqlite_engine, task_id)
     assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
     assert (task.finished_at - task.started_at).total_seconds() < 30  # not the model's 60 s
@@ -245,20 +254,14 @@ def test_the_trajectory_is_readable_while_the_task_runs(
     sessions = make_sessionmaker(sqlite_engine)
     seen_while_running: list[int] = []
 
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while len(scripted_model.state.requests) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)  # the second call is being answered (slowly)
+    def look() -> None:  # while the second call is being answered (slowly)
         with sessions() as session:
             task, stored = store.get_task(session, task_id), store.get_trajectory(session, task_id)
             if task is not None and task.state == "running" and stored is not None:
                 seen_while_running.append(len(stored.data["messages"]))
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    run_task(task_id, _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path))
-    watcher.join()
+    context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+    _run_and_meanwhile(task_id, context, lambda: len(scripted_model.state.requests) >= 2, look, settle=0.5)
     # system, user, the read_file call and its result: stored after the first step, while the task ran
     assert seen_while_running == [4]
     with sessions() as session:
