@@ -88,6 +88,11 @@ class Token(Base):
     label: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
+    """Written at most once a minute per token (not on every request)."""
+    expires_at: Mapped[datetime | None]
+    """Past this the token is refused; None: it does not expire."""
+    revoked_at: Mapped[datetime | None]
+    """Set by `overnight token revoke`; a revoked token is refused from then on."""
 
     user: Mapped[User] = relationship()
 
