@@ -18,8 +18,11 @@ import subprocess
 from pathlib import Path
 
 from sandbox.base import Sandbox, SandboxError, SandboxLimits, SandboxSpec, SandboxUnavailableError
+from sandbox.bwrap_stage import Stage
 from sandbox.cgroups import CGroup, _bytes
-from sandbox.image import SANDBOX_HOME, SANDBOX_UID
+from sandbox.disk import check_workspace, keep_environment, make_limited_folder, remove_folder
+from sandbox.egress import EgressPolicy
+from sandbox.image import SANDBOX_HOME, SERVER_UID
 from sandbox.reaper import disown, owned_tempdir, remove_owned
 from sandbox.runtime import (
     CA_PATH,
@@ -30,7 +33,10 @@ from sandbox.runtime import (
     SocketRuntime,
     disk_paths_option,
     sandbox_environment,
+    sandbox_ids,
 )
+from sandbox.seccomp import write_filter
+from sandbox.slirp import SlirpNetwork
 
 ENV_OPT = "/opt/overnight"
 
@@ -42,6 +48,8 @@ class BwrapConfig(SandboxLimits):
     """Root filesystem of the base image (``overnight image build`` writes it)."""
     environments: Path = Path("/var/tmp/overnight-environments")
     """Where set-up environments (their /opt/overnight) are kept."""
+    setup_egress: EgressPolicy = EgressPolicy()
+    """What a sandbox with a network may reach (``sandbox.egress``)."""
 
     def build(self) -> BwrapBackend:
         return BwrapBackend(self)
@@ -52,6 +60,7 @@ class BwrapSandbox(SocketRuntime):
     environment: Path | None = None
     """The environment folder a set-up sandbox writes its /opt/overnight into."""
     cgroup: CGroup
+    network: SlirpNetwork | None = None
 
 
 class BwrapBackend:
@@ -67,39 +76,45 @@ class BwrapBackend:
             raise SandboxUnavailableError(
                 f"no sandbox root filesystem at {self.config.rootfs}: run `overnight image build`"
             )
-        # Inside: the image's sandbox user (uid 1000); outside, the user namespace maps it to whoever runs the
-        # worker, so the workspace stays the worker's own and no chown is needed.
-        uid, gid = SANDBOX_UID, SANDBOX_UID
+        check_workspace(spec.workspace, self.config)
+        # Two uids, the same inside and outside: the exec server's (SERVER_UID) and the commands'
+        # (SANDBOX_UID), neither of them root; the worker writes that user-namespace map itself.
+        uid, gid = sandbox_ids(spec.workspace)
+        network = SlirpNetwork(self.config.setup_egress) if spec.network else None
         environment: Path | None = None
         if spec.purpose == "setup":
             self.config.environments.mkdir(parents=True, exist_ok=True)
             environment = owned_tempdir("staging-", self.config.environments)
-            (environment / "opt").mkdir()
+            try:  # its /opt/overnight: a disk of its own, as large as the disk limit
+                make_limited_folder(environment / "opt", self.config, owner=(uid, gid))
+            except BaseException:
+                remove_owned(environment)
+                raise
             spec = spec.model_copy(update={"image": str(environment)})
         if self.config.control_root is not None:
             self.config.control_root.mkdir(parents=True, exist_ok=True)
         control = owned_tempdir("overnight-ctl-", self.config.control_root)
         shutil.copy(EXECSERVER, control / "execserver.py")
+        write_filter(control)
+        os.chown(control, SERVER_UID, SERVER_UID)
+        os.chmod(control, 0o755)
+        if network is not None:
+            network.resolv_conf(control)
         group = CGroup(
             f"{spec.task_id}-{os.urandom(3).hex()}",
             memory=self.config.memory,
             pids=self.config.pids,
             cpus=self.config.cpus,
         )
-        argv = self._argv(spec, control, uid, gid)
+        stage = Stage(self.config.rootfs, spec, control)
+        argv = self._argv(spec, stage, uid)
 
         def enter() -> None:  # in the child, before exec: nothing it forks escapes the limits
             group.join()
+            stage.enter(SERVER_UID)
 
         try:
-            process = subprocess.Popen(
-                argv,
-                preexec_fn=enter,
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
+            process = stage.start(argv, enter, uid_map=((SERVER_UID, SERVER_UID), (uid, uid)))
         except OSError as exc:
             group.remove()
             remove_owned(control)
@@ -117,12 +132,17 @@ class BwrapBackend:
             remove_owned(control)
             if sandbox.environment is not None:  # a set-up that was never snapshotted
                 remove_owned(sandbox.environment)
+            if network is not None:
+                network.close()
 
         sandbox = BwrapSandbox(control / "exec.sock", default_timeout=self.config.command_timeout, on_close=stop)
         sandbox.process = process
         sandbox.environment = environment
         sandbox.cgroup = group
+        sandbox.network = network
         try:
+            if network is not None:
+                network.attach(process.pid, self.config.startup_timeout)
             sandbox.wait_ready(self.config.startup_timeout, alive=lambda: process.poll() is None)
         except SandboxUnavailableError as exc:
             exited = process.poll() is not None and process.stderr is not None
@@ -131,47 +151,50 @@ class BwrapBackend:
             raise SandboxUnavailableError(f"{exc}{': ' + error if error else ''}") from exc
         return sandbox
 
+    def create_workspace(self, path: Path) -> None:
+        make_limited_folder(path, self.config)
+
     def snapshot(self, sandbox: Sandbox, key: str) -> tuple[str, int]:
-        """Keep the set-up sandbox's environment folder as environment ``key``."""
+        """Keep a copy of the set-up sandbox's environment folder as environment ``key``."""
         if not isinstance(sandbox, BwrapSandbox) or sandbox.environment is None:
             raise SandboxError("only a bubblewrap set-up sandbox can be snapshotted")
-        final = self.config.environments / key
-        shutil.rmtree(final, ignore_errors=True)
-        sandbox.environment.rename(final)
-        disown(sandbox.environment)
+        size = keep_environment(sandbox.environment, self.config.environments / key)
+        remove_owned(sandbox.environment)
         sandbox.environment = None
-        size = sum(path.lstat().st_blocks * 512 for path in final.rglob("*"))
-        return str(final), size
+        return str(self.config.environments / key), size
 
     def remove_environment(self, ref: str) -> None:
         path = Path(ref)
         if path.parent == self.config.environments:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_folder(path)
 
-    def _argv(self, spec: SandboxSpec, control: Path, uid: int, gid: int) -> list[str]:
+    def _argv(self, spec: SandboxSpec, stage: Stage, uid: int) -> list[str]:
         config = self.config
         argv = [
-            "bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--uid", str(uid), "--gid", str(gid),
-            "--hostname", "overnight", "--ro-bind", str(config.rootfs), "/",
+            "bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--unshare-user",
+            "--uid", str(SERVER_UID), "--gid", str(SERVER_UID), "--clearenv",
+            "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_KILL",
+            "--hostname", "overnight", "--ro-bind", str(stage.rootfs), "/",
             "--proc", "/proc", "--dev", "/dev",
             "--size", str(_bytes(config.tmp_size)), "--perms", "1777", "--tmpfs", "/tmp",
-            "--size", str(_bytes(config.home_size)), "--perms", "0700", "--tmpfs", SANDBOX_HOME,
-            "--bind", str(spec.workspace), WORKDIR, "--bind", str(control), CONTROL_DIR,
+            "--size", str(_bytes(config.home_size)), "--perms", "1777", "--tmpfs", "/home",
+            "--bind", str(stage.workspace), WORKDIR, "--bind", str(stage.control), CONTROL_DIR,
         ]  # fmt: skip
-        if spec.network:
-            argv += ["--share-net", "--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
-        if spec.ca_bundle is not None:
-            argv += ["--ro-bind", str(spec.ca_bundle.resolve()), CA_PATH]
-        if spec.image:  # an environment: its /opt/overnight, writable while it is being set up
-            environment = Path(spec.image)
-            argv += ["--bind" if spec.purpose == "setup" else "--ro-bind", str(environment / "opt"), ENV_OPT]
+        if spec.network:  # its own namespace (never the host's), given a slirp4netns relay once started
+            argv += ["--ro-bind", str(stage.control / "resolv.conf"), "/etc/resolv.conf"]
+        if stage.ca_bundle is not None:
+            argv += ["--ro-bind", str(stage.ca_bundle), CA_PATH]
+        if stage.environment is not None:  # an environment: its /opt/overnight, writable while it is being set up
+            argv += ["--bind" if spec.purpose == "setup" else "--ro-bind", str(stage.environment), ENV_OPT]
+        seed = f" --seed-home {HOME_SEED}" if spec.purpose != "setup" else ""
         server = (
-            f"python3 {CONTROL_DIR}/execserver.py --socket {CONTROL_DIR}/exec.sock --workdir {WORKDIR}"
-            f" --disk-limit {config.disk_limit}{disk_paths_option(spec.purpose, SANDBOX_HOME)}"
-            f" --lifetime {spec.lifetime or 0:g}"
+            f"exec python3 {CONTROL_DIR}/execserver.py --socket {CONTROL_DIR}/exec.sock --workdir {WORKDIR}"
+            f" --disk-limit {config.disk_limit}{disk_paths_option(spec.purpose, kernel=config.disk_enforcement == "kernel")}"
+            f" --lifetime {spec.lifetime or 0:g} --command-uid {uid} --command-gid {uid}"
+            f" --seccomp {CONTROL_DIR}/seccomp.bpf --home {SANDBOX_HOME}{seed}"
         )
-        seed = f'[ -d {HOME_SEED} ] && cp -a {HOME_SEED}/. "$HOME"/ 2>/dev/null; '
         for name, value in sandbox_environment(spec).items():
             argv += ["--setenv", name, value]
-        argv += ["--chdir", WORKDIR, "--", "sh", "-c", f"{seed}exec {server}"]
+        # "/": the server itself may not enter the workspace; its threads act as the commands there.
+        argv += ["--chdir", "/", "--", "sh", "-c", server]
         return argv

@@ -22,7 +22,8 @@ from docker.models.containers import Container
 from docker.types import Mount
 
 from sandbox.base import Sandbox, SandboxError, SandboxLimits, SandboxSpec, SandboxUnavailableError
-from sandbox.image import SANDBOX_HOME
+from sandbox.egress import EgressPolicy, docker_setup_network
+from sandbox.image import SANDBOX_HOME, SERVER_UID
 from sandbox.reaper import owned_tempdir, process_identity, remove_owned
 from sandbox.runtime import (
     CA_PATH,
@@ -35,8 +36,10 @@ from sandbox.runtime import (
     sandbox_environment,
     sandbox_ids,
 )
+from sandbox.seccomp import write_filter
 
 LABEL = "dev.overnight"
+CAPS = "-all,+setuid,+setgid,+kill"
 
 
 class DockerConfig(SandboxLimits):
@@ -44,6 +47,8 @@ class DockerConfig(SandboxLimits):
 
     image: str = "overnight-sandbox:bookworm-2"
     """Image every sandbox starts from, unless the task or an environment snapshot names another."""
+    setup_egress: EgressPolicy = EgressPolicy()
+    """What a sandbox with a network may reach (``sandbox.egress``)."""
 
     def build(self) -> DockerBackend:
         return DockerBackend(self)
@@ -81,18 +86,31 @@ class DockerBackend:
             hint = "run `overnight image build`" if image == self.config.image else "it is not on this worker"
             raise SandboxUnavailableError(f"sandbox image {image!r} not found: {hint}") from exc
         uid, gid = sandbox_ids(spec.workspace)
+        # A network only on the set-up bridge, behind its firewall (made before anything needs cleaning up).
+        network = (
+            {"network": docker_setup_network(self.client, self.config.setup_egress)}
+            if spec.network
+            else {"network_mode": "none"}
+        )
         if self.config.control_root is not None:
             self.config.control_root.mkdir(parents=True, exist_ok=True)
         control = owned_tempdir("overnight-ctl-", self.config.control_root)
         shutil.copy(EXECSERVER, control / "execserver.py")
-        os.chown(control, uid, gid)
-        server = (
-            f"python3 {CONTROL_DIR}/execserver.py --socket {CONTROL_DIR}/exec.sock --workdir {WORKDIR}"
-            f" --disk-limit {self.config.disk_limit}{disk_paths_option(spec.purpose, SANDBOX_HOME)}"
-            f" --lifetime {spec.lifetime or 0:g}"
-        )
+        write_filter(control)
+        os.chown(control, SERVER_UID, SERVER_UID)
+        os.chmod(control, 0o755)
         setup = spec.purpose == "setup"
-        seed = "" if setup else f'[ -d {HOME_SEED} ] && cp -a {HOME_SEED}/. "$HOME"/ 2>/dev/null; '
+        # The container starts as root only for setpriv, which becomes SERVER_UID keeping the three
+        # capabilities the server needs to start commands as their own uid and to kill them; the server
+        # clears them from what commands inherit before anything else runs.
+        server = (
+            f"exec setpriv --reuid {SERVER_UID} --regid {SERVER_UID} --clear-groups --inh-caps={CAPS}"
+            f" --ambient-caps={CAPS} python3 {CONTROL_DIR}/execserver.py --socket {CONTROL_DIR}/exec.sock"
+            f" --workdir {WORKDIR} --disk-limit {self.config.disk_limit}"
+            f"{disk_paths_option(spec.purpose, SANDBOX_HOME)} --lifetime {spec.lifetime or 0:g}"
+            f" --command-uid {uid} --command-gid {gid} --seccomp {CONTROL_DIR}/seccomp.bpf --home {SANDBOX_HOME}"
+            + ("" if setup else f" --seed-home {HOME_SEED}")
+        )
         options: dict[str, Any] = {}
         # Mounts, not `volumes=`: the SDK also declares volumes in the container's config, which a snapshot
         # (docker commit) would carry into every later container as anonymous volumes.
@@ -111,23 +129,24 @@ class DockerBackend:
         try:
             container = self.client.containers.run(
                 image,
-                command=["sh", "-c", f"{seed}exec {server}"],
+                command=["sh", "-c", server],
                 detach=True,
                 name=f"overnight-{spec.task_id}-{spec.purpose}-{os.urandom(3).hex()}",
                 labels=sandbox_labels(spec),
-                user=f"{uid}:{gid}",
+                user="0:0",
                 environment=sandbox_environment(spec),
                 working_dir=WORKDIR,
                 mounts=mounts,
-                network_mode="bridge" if spec.network else "none",
                 mem_limit=self.config.memory,
                 memswap_limit=self.config.memory,
                 pids_limit=self.config.pids,
                 nano_cpus=int(self.config.cpus * 1e9),
                 cap_drop=["ALL"],
+                cap_add=["SETUID", "SETGID", "KILL"],
                 security_opt=["no-new-privileges"],
-                init=True,
+                init=False,  # the exec server reaps as pid 1 (docker-init would run as root)
                 **options,
+                **network,
             )
         except docker.errors.DockerException as exc:
             remove_owned(control)

@@ -12,16 +12,29 @@ import argparse
 import base64
 import collections
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import selectors
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
 
 CHUNK = 65536
+READ_CHUNK = 2**20
+"""Bytes of a file one answer carries at most (the worker reads larger files in pieces)."""
+LINE_SCAN = 64 * 2**20
+"""Bytes read past a window of lines to count the file's lines; a longer file's count is left open."""
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LIBC = ctypes.CDLL(None, use_errno=True)
 DRAIN_SECONDS = 0.2
 STATE_DIR = "/tmp/.overnight-session"
 # Session wrapper: restore the previous call's working directory and exported variables, save them on exit
@@ -83,6 +96,13 @@ class Capture:
         return head + rest
 
 
+def disk_full(path):
+    """A filesystem of its own (``--disk-kernel``) is full: the kernel refused, or is about to refuse, a write."""
+    info = os.statvfs(path)
+    margin = min(2**20, info.f_blocks * info.f_frsize // 64)
+    return info.f_bavail * info.f_frsize < margin or info.f_favail == 0
+
+
 def disk_usage(root):
     total = 0
     stack = [root]
@@ -119,6 +139,100 @@ def kill_session(sid):
         os.killpg(sid, signal.SIGKILL)
 
 
+def open_regular(path):
+    """A regular file, opened without blocking (a FIFO would hang the reader; /dev/zero never ends)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+        raise OSError(code, "Is a directory" if code == errno.EISDIR else "not a regular file", path)
+    return os.fdopen(fd, "rb")
+
+
+def skip_lines(handle, lines):
+    """Move past ``lines`` newlines (or to the end); return the newlines passed and the last byte read."""
+    passed, last = 0, b""
+    while passed < lines:
+        chunk = handle.read(CHUNK)
+        if not chunk:
+            break
+        found = chunk.count(b"\n")
+        if passed + found < lines:
+            passed, last = passed + found, chunk[-1:]
+            continue
+        index = -1
+        for _ in range(lines - passed):
+            index = chunk.index(b"\n", index + 1)
+        handle.seek(index + 1 - len(chunk), os.SEEK_CUR)
+        return lines, b"\n"
+    return passed, last
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def _check(result, what):
+    if result != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{what}: {os.strerror(error)}")
+
+
+def lock_down(seccomp_path):
+    """Before anything else runs: no capability may be inherited by a command (ambient set cleared), no
+    execve may gain privileges, and the seccomp filter the worker compiled applies to this server and to
+    every process it starts."""
+    with contextlib.suppress(OSError):  # kernels without ambient capabilities have none to clear
+        _check(LIBC.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
+    _check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    if not seccomp_path:
+        return
+    with open(seccomp_path, "rb") as handle:
+        program = handle.read()
+    count = len(program) // 8
+    filters = (SockFilter * count).from_buffer_copy(program)
+    fprog = SockFprog(count, ctypes.cast(filters, ctypes.POINTER(SockFilter)))
+    _check(LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp filter")
+
+
+def act_as(uid, gid):
+    """File operations of the calling thread are checked (and new files owned) as ``uid``: the server reads
+    and writes the workspace with the commands' rights, never its own (setfsuid is per thread)."""
+    if uid is None:
+        return
+    LIBC.setfsgid(gid)
+    LIBC.setfsuid(uid)
+    if LIBC.setfsuid(uid) != uid:
+        raise OSError(1, f"cannot act as uid {uid}")
+
+
+def reap_as_init():
+    """As pid 1 of a container: fork the server, then reap every orphan until it exits (the kernel gives
+    pid 1 every process whose parent died, and an unreaped one would hold a pid slot for good)."""
+    child = os.fork()
+    if child == 0:
+        return
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGKILL))
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if pid == child:
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def process_owner_and_session(pid):
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        fields = handle.read().rsplit(b")", 1)[1].split()
+    return os.stat(f"/proc/{pid}").st_uid, int(fields[3])
+
+
 class Server:
     def __init__(self, args):
         self.running = set()
@@ -129,10 +243,19 @@ class Server:
         """What counts toward the limit: the workspace; for a set-up, also what it may fill outside it."""
         self.deadline = time.time() + args.lifetime if args.lifetime else None
         self.disk_exceeded = False
+        self.disk_kernel = args.disk_kernel
+        self.command_uid = args.command_uid
+        self.command_gid = args.command_gid if args.command_gid is not None else args.command_uid
+        self.separate = self.command_uid is not None and self.command_uid != os.geteuid()
+        """Commands run as a uid of their own: they cannot signal, trace or replace this server."""
         os.makedirs(STATE_DIR, mode=0o700, exist_ok=True)
 
-    def disk_used(self):
-        return sum(disk_usage(path) for path in self.disk_paths)
+    def disk_over(self):
+        """Past the limit: one of the paths is full (each a filesystem of its own that the kernel keeps within
+        the limit), or, measured, they hold more than it together."""
+        if self.disk_kernel:
+            return any(disk_full(path) for path in self.disk_paths)
+        return sum(disk_usage(path) for path in self.disk_paths) > self.disk_limit
 
     def handle(self, request):
         kind = request.get("type")
@@ -149,6 +272,23 @@ class Server:
         except OSError as exc:
             return {"error": "os", "message": f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")}
 
+    def kill_strays(self):
+        """Kill the commands' processes that belong to no running command: daemons that left their
+        command's session (setsid, double fork) end with the command that started them."""
+        if not self.separate:
+            return
+        with self.running_lock:
+            sessions = set(self.running)
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                owner, sid = process_owner_and_session(name)
+                if owner == self.command_uid and sid not in sessions:
+                    os.kill(int(name), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                continue
+
     def do_ping(self, request):
         return {"ok": True, "pid": os.getpid(), "uid": os.getuid()}
 
@@ -161,8 +301,44 @@ class Server:
         return {"interrupted": len(sessions)}
 
     def do_read_file(self, request):
-        with open(request["path"], "rb") as handle:
-            return {"content": base64.b64encode(handle.read()).decode()}
+        """At most READ_CHUNK bytes of a regular file from ``offset``: the worker streams a file in pieces."""
+        length = min(int(request["length"]), READ_CHUNK)
+        with open_regular(request["path"]) as handle:
+            handle.seek(int(request.get("offset") or 0))
+            content = handle.read(length)
+            return {"content": base64.b64encode(content).decode(), "size": os.fstat(handle.fileno()).st_size}
+
+    def do_read_lines(self, request):
+        """Lines ``first`` to ``first + count - 1`` of a text file, at most ``max_bytes`` of them (a longer
+        line is cut), and the number of lines in the file when it ends within LINE_SCAN bytes after them."""
+        first, count, room = int(request["first"]), int(request["count"]), min(int(request["max_bytes"]), READ_CHUNK)
+        with open_regular(request["path"]) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            answer = {"first": first, "count": 0, "total": None, "cut": False, "binary": False, "size": size}
+            if b"\0" in handle.read(8192):
+                return dict(answer, content="", binary=True)
+            handle.seek(0)
+            newlines, last = skip_lines(handle, first - 1)
+            content = bytearray()
+            while answer["count"] < count and newlines == first - 1 and len(content) < room:
+                line = handle.readline(room - len(content))
+                if not line:
+                    break
+                content += line
+                answer["count"] += 1
+                if not line.endswith(b"\n"):  # the end of the file, or the bytes ran out within the line
+                    answer["cut"], last = bool(handle.peek(1)), line[-1:]
+                    break
+                last = b"\n"
+            newlines += content.count(b"\n")
+            scanned = 0
+            while scanned < LINE_SCAN:
+                chunk = handle.read(CHUNK)
+                if not chunk:
+                    answer["total"] = newlines + (last not in (b"", b"\n"))
+                    break
+                newlines, last, scanned = newlines + chunk.count(b"\n"), chunk[-1:], scanned + len(chunk)
+            return dict(answer, content=base64.b64encode(bytes(content)).decode())
 
     def do_write_file(self, request):
         path = request["path"]
@@ -190,6 +366,7 @@ class Server:
             timeout = min(timeout, max(self.deadline - time.time(), 0.1))
         started = time.monotonic()
 
+        identity = {"user": self.command_uid, "group": self.command_gid, "extra_groups": []} if self.separate else {}
         process = subprocess.Popen(
             ["bash", "-c", command],
             cwd=request.get("cwd") or self.workdir,
@@ -198,6 +375,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            **identity,
         )
         with self.running_lock:
             self.running.add(process.pid)
@@ -227,7 +405,7 @@ class Server:
                 break
             if self.disk_limit and now >= next_disk_check:
                 next_disk_check = now + 1.0
-                if self.disk_used() > self.disk_limit:
+                if self.disk_over():
                     disk = True
                     break
             for key, _ in selector.select(timeout=0.05 if drain_until else 0.2):
@@ -248,10 +426,11 @@ class Server:
             kill_session(process.pid)  # background leftovers must not outlive their command
         with self.running_lock:
             self.running.discard(process.pid)
+        self.kill_strays()
         selector.close()
         process.stdout.close()
         process.stderr.close()
-        if self.disk_limit and not disk and self.disk_used() > self.disk_limit:
+        if self.disk_limit and not disk and self.disk_over():
             disk = True
         if disk:
             self.disk_exceeded = True
@@ -266,14 +445,21 @@ class Server:
 
 
 def serve(args):
-    server = Server(args)
+    if os.getpid() == 1:
+        reap_as_init()
+    lock_down(args.seccomp)
     if os.path.exists(args.socket):
         os.unlink(args.socket)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(args.socket + ".tmp")
+    listener.bind(args.socket + ".tmp")  # in a folder only this server's uid may write
     os.chmod(args.socket + ".tmp", 0o600)
-    os.rename(args.socket + ".tmp", args.socket)  # appears only once it accepts
     listener.listen(8)
+    act_as(args.command_uid, args.command_gid)  # the session folder and the home are the commands'
+    server = Server(args)
+    if args.home:
+        seed_home(server, args.home, args.seed_home)
+    act_as(os.geteuid(), os.getegid())
+    os.rename(args.socket + ".tmp", args.socket)  # appears only once it accepts
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     while True:
         connection, _ = listener.accept()
@@ -282,6 +468,7 @@ def serve(args):
 
 
 def answer(server, connection):
+    act_as(server.command_uid, server.command_gid)
     with connection:
         line = connection.makefile("rb").readline()
         try:
@@ -292,13 +479,26 @@ def answer(server, connection):
             connection.sendall(json.dumps(reply).encode() + b"\n")
 
 
+def seed_home(server, home, seed):
+    """Make the commands' home (in a tmpfs the backend mounted) and copy an environment's home into it."""
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    if seed and os.path.isdir(seed):
+        server.do_run({"command": f'cp -a "{seed}/." "{home}/" 2>/dev/null || true', "timeout": 120})
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--socket", required=True)
     parser.add_argument("--workdir", default="/workspace")
     parser.add_argument("--disk-limit", type=int, default=0)
     parser.add_argument("--disk-path", action="append", default=[], help="counted toward --disk-limit (repeatable)")
+    parser.add_argument("--disk-kernel", action="store_true", help="each --disk-path is a disk the kernel limits")
     parser.add_argument("--lifetime", type=float, default=0)
+    parser.add_argument("--command-uid", type=int, help="run commands (and file operations) as this uid")
+    parser.add_argument("--command-gid", type=int)
+    parser.add_argument("--seccomp", help="a compiled seccomp filter to install before anything runs")
+    parser.add_argument("--home", help="the commands' home directory, made at start")
+    parser.add_argument("--seed-home", help="a folder whose contents are copied into the home at start")
     serve(parser.parse_args())
 
 

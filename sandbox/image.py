@@ -22,6 +22,10 @@ from sandbox.base import SandboxUnavailableError
 SUITE = "bookworm"
 DEFAULT_IMAGE = "overnight-sandbox:bookworm-2"
 SANDBOX_UID = 1000
+"""The uid commands run as, inside and (under a root worker) outside the sandbox."""
+SERVER_UID = 999
+"""The uid of the exec server, inside and outside: one the commands don't have, so they cannot signal, trace
+or replace it, nor write the folder its socket is in."""
 SANDBOX_HOME = "/home/sandbox"
 COMPLETE_MARKER = ".overnight-rootfs-complete"
 IMAGE_CHANGES = (

@@ -10,6 +10,7 @@ import json
 import os
 import posixpath
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,21 +19,28 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from sandbox.base import (
+    READ_CHUNK,
+    READ_LIMIT,
     CommandResult,
+    FileLines,
     SandboxDiskFullError,
     SandboxError,
     SandboxExpiredError,
     SandboxFileError,
+    SandboxFileTooLargeError,
     SandboxSpec,
     SandboxUnavailableError,
 )
-from sandbox.image import SANDBOX_UID
+from sandbox.image import SANDBOX_UID, SERVER_UID
 from sandbox.protocol import (
     ErrorAnswer,
     InterruptRequest,
     ListDirRequest,
     PingRequest,
+    ReadFileAnswer,
     ReadFileRequest,
+    ReadLinesAnswer,
+    ReadLinesRequest,
     RunAnswer,
     RunRequest,
     WriteFileRequest,
@@ -57,18 +65,21 @@ CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERT
 HOME_SEED = "/opt/overnight/home"
 
 
-def disk_paths_option(purpose: str, home: str) -> str:
-    """The exec server's ``--disk-path`` arguments: the workspace, and for a set-up (whose root is writable
-    and whose environment is kept) also the environment, the home directory and /tmp — so a set-up script
-    that fills the disk fails its task, not the host."""
-    paths = [WORKDIR] + (["/opt/overnight", home, "/tmp"] if purpose == "setup" else [])
-    return "".join(f" --disk-path {path}" for path in paths)
+def disk_paths_option(purpose: str, *, kernel: bool) -> str:
+    """The exec server's ``--disk-path`` arguments: the workspace, and for a set-up (whose environment is
+    kept) also the environment — so a set-up script that fills them fails its task, not the host. With
+    ``kernel``, each is a disk the kernel keeps within the limit (``sandbox.disk``), and full means over.
+    (/tmp and the home are size-limited tmpfs: the kernel refuses a write past them.)"""
+    paths = [WORKDIR] + (["/opt/overnight"] if purpose == "setup" else [])
+    return "".join(f" --disk-path {path}" for path in paths) + (" --disk-kernel" if kernel else "")
 
 
 """An environment's home-directory contents, copied into the tmpfs home when a sandbox starts."""
 EXECSERVER = Path(__file__).with_name("execserver.py")
 DEFAULT_OUTPUT_LIMIT = 1_000_000
 SOCKET_MARGIN = 30.0
+ANSWER_LIMIT = 32 * 2**20
+"""Bytes of one answer the worker reads at most (two streams of a full output limit, JSON-escaped, fit)."""
 
 
 class SocketRuntime:
@@ -81,8 +92,10 @@ class SocketRuntime:
         default_timeout: float,
         on_close: Callable[[], None],
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        socket_owner: int = SERVER_UID,
     ) -> None:
         self.socket_path = socket_path
+        self.socket_owner = socket_owner
         self.default_timeout = default_timeout
         self.output_limit = output_limit
         self._on_close = on_close
@@ -95,7 +108,7 @@ class SocketRuntime:
     def wait_ready(self, timeout: float, alive: Callable[[], bool]) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.socket_path.exists():
+            if self.socket_path.exists() or self.socket_path.is_symlink():
                 try:
                     self._call(PingRequest(), timeout=5)
                     return
@@ -138,9 +151,29 @@ class SocketRuntime:
             duration=answer.duration,
         )
 
-    def read_file(self, path: str) -> bytes:
-        answer = self._call(ReadFileRequest(path=self._abs(path)))
-        return base64.b64decode(answer["content"])
+    def read_file(self, path: str, *, limit: int = READ_LIMIT, truncate: bool = False) -> bytes:
+        """Streamed in pieces of READ_CHUNK bytes: the worker holds at most ``limit`` bytes of the file."""
+        path, data = self._abs(path), bytearray()
+        while True:
+            want = min(READ_CHUNK, limit - len(data) + (0 if truncate else 1))
+            if want <= 0:
+                return bytes(data)
+            request = ReadFileRequest(path=path, offset=len(data), length=want)
+            answer = ReadFileAnswer.model_validate(self._call(request))
+            if not truncate and answer.size > limit:
+                raise SandboxFileTooLargeError(path, answer.size, limit)
+            chunk = _decoded(answer.content, want)
+            data += chunk
+            if not truncate and len(data) > limit:  # it grew while being read
+                raise SandboxFileTooLargeError(path, len(data), limit)
+            if not chunk or len(data) >= answer.size:
+                return bytes(data)
+
+    def read_lines(self, path: str, *, first: int, count: int, max_bytes: int) -> FileLines:
+        request = ReadLinesRequest(path=self._abs(path), first=first, count=count, max_bytes=min(max_bytes, READ_CHUNK))
+        answer = ReadLinesAnswer.model_validate(self._call(request))
+        content = _decoded(answer.content, request.max_bytes)
+        return FileLines(**answer.model_dump(exclude={"content"}), content=content)
 
     def write_file(self, path: str, content: bytes) -> None:
         self._call(WriteFileRequest(path=self._abs(path), content=base64.b64encode(content).decode()))
@@ -157,23 +190,39 @@ class SocketRuntime:
             self._closed = True
             self._on_close()
 
+    def _check_socket(self) -> None:
+        """Only the socket the exec server made: no symlink (to a host path the sandbox names), no socket of
+        another owner (a command's). The folder it is in is the server's, which commands cannot write."""
+        try:
+            info = self.socket_path.lstat()
+        except OSError as exc:
+            raise SandboxError(f"the sandbox's exec server is not there: {exc}") from exc
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != self.socket_owner:
+            raise SandboxError(
+                f"refusing {self.socket_path}: not a socket owned by uid {self.socket_owner} "
+                f"(mode {stat.filemode(info.st_mode)}, uid {info.st_uid})"
+            )
+
     def _abs(self, path: str) -> str:
         return posixpath.normpath(posixpath.join(WORKDIR, path))
 
     def _call(self, request: BaseModel, *, timeout: float = 60.0) -> dict[str, Any]:
         if self._closed:
             raise SandboxError("the sandbox is closed")
+        self._check_socket()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
                 sock.connect(str(self.socket_path))
                 sock.sendall(request.model_dump_json().encode() + b"\n")
                 with sock.makefile("rb") as reader:
-                    line = reader.readline()
+                    line = reader.readline(ANSWER_LIMIT + 1)
         except (OSError, TimeoutError) as exc:
             raise SandboxError(f"the sandbox's exec server did not answer: {exc}") from exc
         if not line:
             raise SandboxError("the sandbox's exec server closed the connection (was the sandbox killed?)")
+        if len(line) > ANSWER_LIMIT and not line.endswith(b"\n"):
+            raise SandboxError(f"the exec server's answer is larger than {ANSWER_LIMIT} bytes; it was not read")
         try:
             answer = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -193,6 +242,19 @@ class SocketRuntime:
         if not isinstance(answer, dict):
             raise SandboxError(f"unexpected answer from the exec server: {answer!r}")
         return answer
+
+
+def _decoded(content: str, most: int) -> bytes:
+    """A read answer's bytes, refused when there are more than were asked for."""
+    if len(content) > (most + 2) // 3 * 4 + 4:
+        raise SandboxError(f"the exec server sent more than the {most} bytes asked for")
+    try:
+        data = base64.b64decode(content, validate=True)
+    except ValueError as exc:
+        raise SandboxError("the exec server sent a read answer that is not base64") from exc
+    if len(data) > most:
+        raise SandboxError(f"the exec server sent more than the {most} bytes asked for")
+    return data
 
 
 def sandbox_ids(workspace: Path) -> tuple[int, int]:

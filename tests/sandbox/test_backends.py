@@ -33,7 +33,11 @@ def test_docker_container_is_locked_down(docker_backend: DockerBackend, tmp_path
         assert host["Memory"] == 512 * 2**20 and host["MemorySwap"] == host["Memory"]
         assert host["PidsLimit"] == 256 and host["NanoCpus"] == 10**9
         assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
-        assert host["Privileged"] is False and host["Init"] is True
+        assert host["Privileged"] is False and not host["Init"]  # the exec server reaps as pid 1, not as root
+        assert sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]  # the server's, never the commands'
+        assert box.container.attrs["Config"]["User"] == "0:0" and "setpriv --reuid 999" in " ".join(
+            box.container.attrs["Config"]["Cmd"]
+        )
         assert set(host["Tmpfs"]) == {"/tmp", "/home/sandbox"} and "size=64m" in host["Tmpfs"]["/tmp"]
         mounts = {m["Destination"]: m["Source"] for m in box.container.attrs["Mounts"]}
         assert set(mounts) == {"/workspace", "/overnight"} and mounts["/workspace"] == str(tmp_path)
