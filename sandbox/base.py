@@ -11,6 +11,11 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+READ_CHUNK = 2**20
+"""Bytes of a file one answer of the exec server carries at most: a read is streamed in pieces this size."""
+READ_LIMIT = 16 * 2**20
+"""Bytes ``read_file`` takes of a file when its caller names no limit (a larger file is refused)."""
+
 
 class SandboxError(Exception):
     """Root of every sandbox failure."""
@@ -22,6 +27,14 @@ class SandboxUnavailableError(SandboxError, RuntimeError):
 
 class SandboxFileError(SandboxError, OSError):
     """A file operation inside the sandbox failed (missing file, not a directory, ...)."""
+
+
+class SandboxFileTooLargeError(SandboxFileError):
+    """A file is larger than the caller may read of it; nothing past the limit crossed into the worker."""
+
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        super().__init__(f"{path} is {size} bytes, more than the {limit} that may be read")
+        self.path, self.size, self.limit = path, size, limit
 
 
 class SandboxDiskFullError(SandboxError, OSError):
@@ -40,6 +53,20 @@ class CommandResult(BaseModel):
     stderr: str
     timed_out: bool = False
     duration: float = Field(ge=0, description="Wall-clock seconds the command took.")
+
+
+class FileLines(BaseModel):
+    """A window of lines of a text file in a sandbox, read there: only the window crosses into the worker."""
+
+    model_config = ConfigDict(frozen=True)
+
+    content: bytes = Field(description="The lines (with their newlines), at most the bytes asked for.")
+    first: int = Field(ge=1, description="Number of the first line in ``content``.")
+    count: int = Field(ge=0, description="Lines in ``content`` (the last one may be cut, see ``cut``).")
+    total: int | None = Field(description="Lines in the file; None when it goes on past what was scanned.")
+    cut: bool = Field(default=False, description="The last line is longer than the bytes left and was cut.")
+    binary: bool = Field(default=False, description="A NUL byte near the start: nothing was read.")
+    size: int = Field(ge=0, description="The file's size in bytes.")
 
 
 class SandboxLimits(BaseModel):
@@ -115,7 +142,15 @@ class Sandbox(Protocol):
         """
         ...
 
-    def read_file(self, path: str) -> bytes: ...
+    def read_file(self, path: str, *, limit: int = READ_LIMIT, truncate: bool = False) -> bytes:
+        """A regular file, streamed in pieces; past ``limit`` bytes ``SandboxFileTooLargeError`` (nothing more
+        is read), or with ``truncate`` its first ``limit`` bytes."""
+        ...
+
+    def read_lines(self, path: str, *, first: int, count: int, max_bytes: int) -> FileLines:
+        """Lines ``first`` (1-indexed) to ``first + count - 1`` of a text file, at most ``max_bytes`` of them,
+        picked inside the sandbox."""
+        ...
 
     def write_file(self, path: str, content: bytes) -> None: ...
 

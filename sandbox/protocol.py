@@ -29,6 +29,16 @@ class RunRequest(_Request):
 class ReadFileRequest(_Request):
     type: Literal["read_file"] = "read_file"
     path: str
+    offset: int = Field(default=0, ge=0)
+    length: int = Field(gt=0, description="Bytes to read at most (the server answers with at most its own cap).")
+
+
+class ReadLinesRequest(_Request):
+    type: Literal["read_lines"] = "read_lines"
+    path: str
+    first: int = Field(ge=1, description="First line (1-indexed).")
+    count: int = Field(gt=0, description="Lines to return at most.")
+    max_bytes: int = Field(gt=0, description="Bytes of lines to return at most; a longer line is cut.")
 
 
 class WriteFileRequest(_Request):
@@ -47,7 +57,13 @@ class ListDirRequest(_Request):
 
 
 Request = Annotated[
-    PingRequest | RunRequest | ReadFileRequest | WriteFileRequest | ListDirRequest | InterruptRequest,
+    PingRequest
+    | RunRequest
+    | ReadFileRequest
+    | ReadLinesRequest
+    | WriteFileRequest
+    | ListDirRequest
+    | InterruptRequest,
     Field(discriminator="type"),
 ]
 
@@ -61,6 +77,25 @@ class RunAnswer(BaseModel):
     timed_out: bool = False
     disk_exceeded: bool = False
     duration: float = 0.0
+
+
+class ReadFileAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    content: str = Field(description="Base64 of the bytes read.")
+    size: int = Field(ge=0, description="The file's size when it was opened.")
+
+
+class ReadLinesAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    content: str = Field(description="Base64 of the lines read.")
+    first: int = Field(ge=1)
+    count: int = Field(ge=0)
+    total: int | None = None
+    cut: bool = False
+    binary: bool = False
+    size: int = Field(ge=0)
 
 
 class ErrorAnswer(BaseModel):

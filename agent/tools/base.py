@@ -131,7 +131,7 @@ def read_instructions(ctx: ToolContext, folder: str) -> str | None:
     if check.exit_code != 0 or not inside(check.stdout.strip(), ctx.sandbox.workdir):
         return None
     try:
-        data = ctx.sandbox.read_file(path)
+        data = ctx.sandbox.read_file(path, limit=INSTRUCTIONS_LIMIT * 4, truncate=True)
     except SandboxError:  # vanished or unreadable: simply no instructions
         return None
     text = data.decode("utf-8", errors="replace").strip()

@@ -9,10 +9,12 @@ import shlex
 from pydantic import Field
 
 from agent.tools.base import ToolArgs, ToolContext, ToolError, instructions_along, resolve_path
-from sandbox.base import SandboxError
+from sandbox.base import SandboxError, SandboxFileTooLargeError
 
 READ_MAX_BYTES = 64_000
 WRITE_MAX_BYTES = 64_000
+EDIT_MAX_BYTES = 4 * 2**20
+"""Files edit reads whole into the worker; larger ones are changed with bash (sed, python) in the sandbox."""
 SNIPPET_CONTEXT = 4
 
 
@@ -44,22 +46,34 @@ class EditArgs(ToolArgs):
 
 
 def read_file(args: ReadFileArgs, ctx: ToolContext) -> str:
+    """The lines are picked inside the sandbox: only the page shown crosses into the worker."""
     path = resolve_path(ctx, args.file_path)
-    lines = read_text(ctx, path, args.file_path).splitlines()
-    start = (args.offset or 1) - 1
-    if lines and start >= len(lines):
-        raise ToolError(f"offset {args.offset} is past the end of {args.file_path} ({len(lines)} lines)")
+    first = args.offset or 1
+    try:
+        page = ctx.sandbox.read_lines(path, first=first, count=args.limit, max_bytes=READ_MAX_BYTES)
+    except SandboxError as exc:
+        raise ToolError(f"cannot read {args.file_path}: {exc}") from exc
+    if page.binary:
+        raise ToolError(f"{args.file_path} looks like a binary file")
+    if page.count == 0 and page.total:
+        raise ToolError(f"offset {args.offset} is past the end of {args.file_path} ({page.total} lines)")
+    lines = page.content.split(b"\n")[: page.count]  # numbered as grep -n and editors do: by newlines only
     shown: list[str] = []
     size = 0
-    for number, line in enumerate(lines[start : start + args.limit], start=start + 1):
-        rendered = f"{number:6}\u2192{line}"
+    for number, line in enumerate(lines, start=first):
+        text = line.decode("utf-8", errors="replace").removesuffix("\r")
+        rendered = f"{number:6}\u2192{text}"
         size += len(rendered) + 1
-        if size > READ_MAX_BYTES:
+        if size > READ_MAX_BYTES and shown:
             break
-        shown.append(rendered)
-    end = start + len(shown)
-    if end < len(lines):
-        shown.append(f"[{args.file_path} has {len(lines)} lines; showing {start + 1}-{end}. Use offset to read on.]")
+        shown.append(rendered[:READ_MAX_BYTES])
+    end = first + len(shown) - 1
+    if page.cut and end == first + page.count - 1:
+        shown.append(f"[line {end} is longer than {READ_MAX_BYTES} bytes; only its start is shown (bash reads on).]")
+    elif page.total is None:
+        shown.append(f"[{args.file_path} goes on ({page.size} bytes); showing {first}-{end}. Use offset to read on.]")
+    elif end < page.total:
+        shown.append(f"[{args.file_path} has {page.total} lines; showing {first}-{end}. Use offset to read on.]")
     return _with_instructions(ctx, path, "\n".join(shown) if shown else f"[{args.file_path} is empty]")
 
 
@@ -106,7 +120,10 @@ def edit(args: EditArgs, ctx: ToolContext) -> str:
 
 def read_text(ctx: ToolContext, path: str, shown_as: str) -> str:
     try:
-        data = ctx.sandbox.read_file(path)
+        data = ctx.sandbox.read_file(path, limit=EDIT_MAX_BYTES)
+    except SandboxFileTooLargeError as exc:
+        raise ToolError(f"{shown_as} is {exc.size} bytes; edit works on files up to {EDIT_MAX_BYTES} bytes "
+                        "(use bash for larger ones)") from exc  # fmt: skip
     except SandboxError as exc:
         raise ToolError(f"cannot read {shown_as}: {exc}") from exc
     if b"\x00" in data[:8192]:

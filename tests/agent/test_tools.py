@@ -69,6 +69,28 @@ def test_read_file_numbers_lines_and_pages(ctx: ToolContext) -> None:
     assert "showing 1-2000. Use offset to read on." in first.splitlines()[-1]
 
 
+def test_read_file_pages_inside_the_sandbox(ctx: ToolContext) -> None:
+    """Lines are counted by newlines (as grep -n does), found and cut in the sandbox; only the page comes back."""
+    ctx.sandbox.write_file("crlf.txt", b"one\r\ntwo\x0cstill two\r\nthree")
+    assert call(ctx, "read_file", file_path="crlf.txt").splitlines() == [
+        "     1\u2192one", "     2\u2192two\x0cstill two", "     3\u2192three"]  # fmt: skip
+    with pytest.raises(ToolError, match=r"offset 5 is past the end of crlf\.txt \(3 lines\)"):
+        call(ctx, "read_file", file_path="crlf.txt", offset=5)
+    ctx.sandbox.write_file("minified.js", b"x" * 200_000 + b"\nsecond\n")
+    page = call(ctx, "read_file", file_path="minified.js")
+    assert page.startswith("     1\u2192xxx") and len(page) < 65_000
+    assert page.endswith("[line 1 is longer than 64000 bytes; only its start is shown (bash reads on).]")
+    assert call(ctx, "read_file", file_path="minified.js", offset=2) == "     2\u2192second"
+    ctx.sandbox.write_file("data.bin", b"\x7fELF\x00\x01")
+    with pytest.raises(ToolError, match=r"data\.bin looks like a binary file"):
+        call(ctx, "read_file", file_path="data.bin")
+    ctx.sandbox.run("mkfifo pipe")
+    with pytest.raises(ToolError, match=r"cannot read pipe: .*not a regular file"):
+        call(ctx, "read_file", file_path="pipe")
+    with pytest.raises(ToolError, match=r"cannot read pipe: .*not a regular file"):
+        call(ctx, "edit", file_path="pipe", old_string="a", new_string="b")
+
+
 def test_edit_replaces_exactly_one_match(ctx: ToolContext, tmp_path: Path) -> None:
     out = call(
         ctx,
