@@ -116,7 +116,12 @@ class Settings(BaseSettings):
     sandbox_command_timeout: int = Field(default=300, gt=0)
     """Default seconds one command in the sandbox may run."""
     sandbox_disk_limit: int = Field(default=10 * 2**30, ge=0)
-    """Bytes a task's workspace may grow to; a command that passes it is killed and the task fails."""
+    """Bytes a task's workspace (and a set-up's environment) may grow to; a command that fills it is killed
+    and the task fails."""
+    sandbox_disk_enforcement: Literal["kernel", "poll"] = "kernel"
+    """kernel: the workspace and a set-up's environment are each a filesystem of their own as large as the
+    limit (a root worker with loop devices; the worker refuses to start without them). poll: a once-a-second
+    measurement that a fast writer passes by gigabytes, for hosts that cannot have kernel limits."""
     sandbox_tmp_size: str = "1g"
     """Size of the sandbox's /tmp (tmpfs)."""
     sandbox_home_size: str = "1g"

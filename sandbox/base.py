@@ -83,7 +83,12 @@ class SandboxLimits(BaseModel):
     command_timeout: float = Field(default=300, gt=0)
     """Seconds a command may run when the caller names no timeout."""
     disk_limit: int = Field(default=10 * 2**30, ge=0)
-    """Bytes the workspace may grow to; a command that passes it is killed and the sandbox refuses more."""
+    """Bytes the workspace (and a set-up's environment) may grow to; a command that fills it is killed and
+    the sandbox refuses more."""
+    disk_enforcement: Literal["kernel", "poll"] = "kernel"
+    """kernel: the workspace and a set-up's environment are each a filesystem of their own as large as
+    ``disk_limit`` (``sandbox.disk``; needs a root worker with loop devices). poll: the exec server measures
+    them once a second, which a fast writer passes by gigabytes."""
     tmp_size: str = "1g"
     """Size of the /tmp tmpfs."""
     home_size: str = "1g"
@@ -169,6 +174,11 @@ class SandboxBackend(Protocol):
     """Starts sandboxes, and keeps set-up environments (see ``sandbox.environments``)."""
 
     name: str
+
+    def create_workspace(self, path: Path) -> None:
+        """Make ``path`` (absent or empty) a folder for a task's sandboxes to work in, kept within the disk
+        limit by the kernel; ``sandbox.reaper.remove_owned`` (or ``sandbox.disk.remove_folder``) removes it."""
+        ...
 
     def start(self, spec: SandboxSpec) -> Sandbox: ...
 

@@ -23,7 +23,7 @@ from sandbox.cgroups import CGroup, _bytes
 from sandbox.disk import check_workspace, keep_environment, make_limited_folder, remove_folder
 from sandbox.egress import EgressPolicy
 from sandbox.image import SANDBOX_HOME, SERVER_UID
-from sandbox.reaper import disown, owned_tempdir, remove_owned
+from sandbox.reaper import owned_tempdir, remove_owned
 from sandbox.runtime import (
     CA_PATH,
     CONTROL_DIR,
@@ -189,7 +189,7 @@ class BwrapBackend:
         seed = f" --seed-home {HOME_SEED}" if spec.purpose != "setup" else ""
         server = (
             f"exec python3 {CONTROL_DIR}/execserver.py --socket {CONTROL_DIR}/exec.sock --workdir {WORKDIR}"
-            f" --disk-limit {config.disk_limit}{disk_paths_option(spec.purpose, kernel=config.disk_enforcement == "kernel")}"
+            f" --disk-limit {config.disk_limit}{disk_paths_option(spec.purpose, config)}"
             f" --lifetime {spec.lifetime or 0:g} --command-uid {uid} --command-gid {uid}"
             f" --seccomp {CONTROL_DIR}/seccomp.bpf --home {SANDBOX_HOME}{seed}"
         )

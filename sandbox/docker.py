@@ -3,8 +3,9 @@
 Agent-phase containers: unprivileged user, read-only root filesystem, size-limited tmpfs for /tmp and the
 home directory, all capabilities dropped, ``no-new-privileges``, the default seccomp profile, memory
 without swap, pids and CPU limits, no network, and no host mount but the workspace and the exec server's
-control folder. Set-up containers differ only where set-up needs it: a writable root filesystem (so that
-the result can be snapshotted) and, when asked, a network.
+control folder. Set-up containers differ only where set-up needs it: their /opt/overnight is a host folder
+they write (a disk of its own, ``sandbox.disk``), kept as the environment agents then mount read-only, and,
+when asked, a network. Nothing is ever written to a container's own layer (never limited, never kept).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import socket
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -22,6 +24,7 @@ from docker.models.containers import Container
 from docker.types import Mount
 
 from sandbox.base import Sandbox, SandboxError, SandboxLimits, SandboxSpec, SandboxUnavailableError
+from sandbox.disk import check_workspace, keep_environment, make_limited_folder, remove_folder
 from sandbox.egress import EgressPolicy, docker_setup_network
 from sandbox.image import SANDBOX_HOME, SERVER_UID
 from sandbox.reaper import owned_tempdir, process_identity, remove_owned
@@ -39,6 +42,7 @@ from sandbox.runtime import (
 from sandbox.seccomp import write_filter
 
 LABEL = "dev.overnight"
+ENV_OPT = "/opt/overnight"
 CAPS = "-all,+setuid,+setgid,+kill"
 
 
@@ -49,6 +53,10 @@ class DockerConfig(SandboxLimits):
     """Image every sandbox starts from, unless the task or an environment snapshot names another."""
     setup_egress: EgressPolicy = EgressPolicy()
     """What a sandbox with a network may reach (``sandbox.egress``)."""
+    environments: Path = Path("/var/tmp/overnight-environments/docker")
+    """Where set-up environments are kept: each a folder with its /opt/overnight and the name of its image."""
+    shm_size: str = "64m"
+    """Size of the /dev/shm tmpfs."""
 
     def build(self) -> DockerBackend:
         return DockerBackend(self)
@@ -58,6 +66,8 @@ class DockerSandbox(SocketRuntime):
     """A running container, spoken to through its exec server."""
 
     container: Container
+    environment: Path | None = None
+    """The staging folder a set-up sandbox writes its /opt/overnight into (a disk of its own)."""
 
 
 class DockerBackend:
@@ -79,7 +89,7 @@ class DockerBackend:
         return self._client
 
     def start(self, spec: SandboxSpec) -> DockerSandbox:
-        image = spec.image or self.config.image
+        image, environment = self._image(spec)
         try:
             self.client.images.get(image)  # `containers.run` would try to pull a missing image
         except docker.errors.ImageNotFound as exc:
@@ -92,6 +102,7 @@ class DockerBackend:
             if spec.network
             else {"network_mode": "none"}
         )
+        check_workspace(spec.workspace, self.config)
         if self.config.control_root is not None:
             self.config.control_root.mkdir(parents=True, exist_ok=True)
         control = owned_tempdir("overnight-ctl-", self.config.control_root)
@@ -100,6 +111,7 @@ class DockerBackend:
         os.chown(control, SERVER_UID, SERVER_UID)
         os.chmod(control, 0o755)
         setup = spec.purpose == "setup"
+        staging = self._staging(image, uid, gid) if setup else None
         # The container starts as root only for setpriv, which becomes SERVER_UID keeping the three
         # capabilities the server needs to start commands as their own uid and to kill them; the server
         # clears them from what commands inherit before anything else runs.
@@ -107,25 +119,27 @@ class DockerBackend:
             f"exec setpriv --reuid {SERVER_UID} --regid {SERVER_UID} --clear-groups --inh-caps={CAPS}"
             f" --ambient-caps={CAPS} python3 {CONTROL_DIR}/execserver.py --socket {CONTROL_DIR}/exec.sock"
             f" --workdir {WORKDIR} --disk-limit {self.config.disk_limit}"
-            f"{disk_paths_option(spec.purpose, SANDBOX_HOME)} --lifetime {spec.lifetime or 0:g}"
+            f"{disk_paths_option(spec.purpose, self.config)} --lifetime {spec.lifetime or 0:g}"
             f" --command-uid {uid} --command-gid {gid} --seccomp {CONTROL_DIR}/seccomp.bpf --home {SANDBOX_HOME}"
             + ("" if setup else f" --seed-home {HOME_SEED}")
         )
-        options: dict[str, Any] = {}
-        # Mounts, not `volumes=`: the SDK also declares volumes in the container's config, which a snapshot
-        # (docker commit) would carry into every later container as anonymous volumes.
+        # Mounts, not `volumes=`: the SDK would also declare volumes in the container's config.
         mounts = [
             Mount(WORKDIR, str(spec.workspace), type="bind"),
             Mount(CONTROL_DIR, str(control), type="bind"),
         ]
         if spec.ca_bundle is not None:
             mounts.append(Mount(CA_PATH, str(spec.ca_bundle.resolve()), type="bind", read_only=True))
-        if not setup:
-            options["read_only"] = True
-            options["tmpfs"] = {
-                "/tmp": f"size={self.config.tmp_size},mode=1777",
-                SANDBOX_HOME: f"size={self.config.home_size},mode=0700,uid={uid},gid={gid}",
-            }
+        if staging is not None:  # a set-up writes its environment...
+            mounts.append(Mount(ENV_OPT, str(staging / "opt"), type="bind"))
+        elif environment is not None:  # ...that agents started from it read
+            mounts.append(Mount(ENV_OPT, str(environment / "opt"), type="bind", read_only=True))
+        # Set-up too: a read-only root, so nothing lands in the container's own (unlimited) layer.
+        options: dict[str, Any] = {"read_only": True, "shm_size": self.config.shm_size}
+        options["tmpfs"] = {
+            "/tmp": f"size={self.config.tmp_size},mode=1777",
+            SANDBOX_HOME: f"size={self.config.home_size},mode=0700,uid={uid},gid={gid}",
+        }
         try:
             container = self.client.containers.run(
                 image,
@@ -150,6 +164,8 @@ class DockerBackend:
             )
         except docker.errors.DockerException as exc:
             remove_owned(control)
+            if staging is not None:
+                remove_owned(staging)
             raise SandboxUnavailableError(f"could not start the sandbox container: {exc}") from exc
 
         def stop() -> None:
@@ -161,9 +177,12 @@ class DockerBackend:
                 raise SandboxError(f"could not remove container {container.name}: {exc}") from exc
             finally:
                 remove_owned(control)
+                if sandbox.environment is not None:  # a set-up that was never snapshotted
+                    remove_owned(sandbox.environment)
 
         sandbox = DockerSandbox(control / "exec.sock", default_timeout=self.config.command_timeout, on_close=stop)
         sandbox.container = container
+        sandbox.environment = staging
         try:
             sandbox.wait_ready(self.config.startup_timeout, alive=lambda: _running(container))
         except SandboxError as exc:
@@ -172,36 +191,55 @@ class DockerBackend:
             raise SandboxUnavailableError(f"{exc}{': ' + logs if logs else ''}") from exc
         return sandbox
 
+    def create_workspace(self, path: Path) -> None:
+        make_limited_folder(path, self.config)
+
+    def _image(self, spec: SandboxSpec) -> tuple[str, Path | None]:
+        """The image to run, and the environment folder when ``spec.image`` names one (its image is in it)."""
+        if not spec.image or not spec.image.startswith("/"):
+            return spec.image or self.config.image, None
+        folder = Path(spec.image)
+        try:
+            if folder.parent != self.config.environments:
+                raise FileNotFoundError(spec.image)
+            return (folder / "image").read_text().strip(), folder
+        except OSError as exc:
+            raise SandboxUnavailableError(f"environment {spec.image} is not there (evicted?): {exc}") from exc
+
+    def _staging(self, image: str, uid: int, gid: int) -> Path:
+        """A set-up's environment folder: its /opt/overnight (a disk of its own) and the image it runs on."""
+        self.config.environments.mkdir(parents=True, exist_ok=True)
+        staging = owned_tempdir("staging-", self.config.environments)
+        try:
+            make_limited_folder(staging / "opt", self.config, owner=(uid, gid))
+            (staging / "image").write_text(image)
+        except BaseException:
+            remove_owned(staging)
+            raise
+        return staging
+
     def snapshot(self, sandbox: Sandbox, key: str) -> tuple[str, int]:
-        """``docker commit`` the set-up container as ``overnight-env:KEY``."""
-        if not isinstance(sandbox, DockerSandbox):
-            raise SandboxError("the Docker backend can only snapshot its own sandboxes")
-        return _snapshot(self.client, sandbox, key)
+        """Keep a copy of the set-up's environment folder as environment ``key`` (agents mount its
+        /opt/overnight read-only on the image it was set up on): the container's own layer is never kept."""
+        if not isinstance(sandbox, DockerSandbox) or sandbox.environment is None:
+            raise SandboxError("only a Docker set-up sandbox can be snapshotted")
+        final = self.config.environments / key
+        size = keep_environment(sandbox.environment, final)
+        remove_owned(sandbox.environment)
+        sandbox.environment = None
+        return str(final), size
 
     def remove_environment(self, ref: str) -> None:
-        try:
+        if ref.startswith("/"):
+            if Path(ref).parent == self.config.environments:
+                remove_folder(Path(ref))
+            return
+        try:  # an image snapshot of an older version (docker commit)
             self.client.images.remove(ref, force=True)
         except docker.errors.ImageNotFound:
             pass
         except docker.errors.DockerException as exc:
             raise SandboxError(f"could not remove environment image {ref}: {exc}") from exc
-
-
-ENVIRONMENT_REPOSITORY = "overnight-env"
-PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "ALL_PROXY", "all_proxy")
-
-
-def _snapshot(client: docker.DockerClient, sandbox: DockerSandbox, key: str) -> tuple[str, int]:
-    try:
-        # Docker keeps the container's variables in the image; a set-up's proxy (maybe with credentials in it)
-        # must not reach the agent's sandboxes started from the snapshot, so they are committed blank.
-        blank = [f"{name}=" for name in PROXY_ENV]
-        image = sandbox.container.commit(repository=ENVIRONMENT_REPOSITORY, tag=key, conf={"Env": blank})
-        base = client.images.get(sandbox.container.attrs["Image"])
-    except docker.errors.DockerException as exc:
-        raise SandboxError(f"could not snapshot the set-up container: {exc}") from exc
-    # What the snapshot adds: its own layer, not the base image it shares with every other one.
-    return f"{ENVIRONMENT_REPOSITORY}:{key}", int(image.attrs.get("Size") or 0) - int(base.attrs.get("Size") or 0)
 
 
 def _running(container: Container) -> bool:

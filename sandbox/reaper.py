@@ -2,8 +2,9 @@
 
 Docker containers carry labels saying which worker process started them and when they expire; bubblewrap
 sandboxes die with their worker (``--die-with-parent``) and leave only empty cgroups behind. The folders a
-sandbox uses on the host (its exec server's control folder, a bubblewrap set-up's staging environment) have
-a sidecar ``NAME.owner`` naming the worker process; once that process is gone, they go too.
+sandbox uses on the host (its exec server's control folder, a bubblewrap set-up's staging environment) and
+each task's workspace have a sidecar ``NAME.owner`` naming the worker process; once that process is gone,
+they go too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -22,6 +22,7 @@ import docker
 import docker.errors
 
 from sandbox.cgroups import reap_empty_groups
+from sandbox.disk import remove_folder
 
 log = logging.getLogger(__name__)
 LABEL = "dev.overnight"
@@ -62,8 +63,15 @@ OWNER_SUFFIX = ".owner"
 def owned_tempdir(prefix: str, parent: Path | None) -> Path:
     """A new folder like ``mkdtemp``, with a sidecar file naming this process as its owner."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    path.with_name(path.name + OWNER_SUFFIX).write_text(process_identity())
+    mark_owned(path)
     return path
+
+
+def mark_owned(path: Path) -> None:
+    """Name this process as the owner of ``path`` (a folder it is about to make, such as a task's workspace):
+    if the process dies, the reaper removes the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_name(path.name + OWNER_SUFFIX).write_text(process_identity())
 
 
 def disown(path: Path) -> None:
@@ -72,7 +80,8 @@ def disown(path: Path) -> None:
 
 
 def remove_owned(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """The folder and all in it (its disks unmounted and deleted first), then its owner sidecar."""
+    remove_folder(path)
     disown(path)
 
 

@@ -28,6 +28,7 @@ from sandbox.base import (
     SandboxExpiredError,
     SandboxFileError,
     SandboxFileTooLargeError,
+    SandboxLimits,
     SandboxSpec,
     SandboxUnavailableError,
 )
@@ -65,13 +66,14 @@ CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERT
 HOME_SEED = "/opt/overnight/home"
 
 
-def disk_paths_option(purpose: str, *, kernel: bool) -> str:
+def disk_paths_option(purpose: str, limits: SandboxLimits) -> str:
     """The exec server's ``--disk-path`` arguments: the workspace, and for a set-up (whose environment is
     kept) also the environment — so a set-up script that fills them fails its task, not the host. With
-    ``kernel``, each is a disk the kernel keeps within the limit (``sandbox.disk``), and full means over.
+    kernel enforcement, each is a disk the kernel keeps within the limit (``sandbox.disk``): full means over.
     (/tmp and the home are size-limited tmpfs: the kernel refuses a write past them.)"""
     paths = [WORKDIR] + (["/opt/overnight"] if purpose == "setup" else [])
-    return "".join(f" --disk-path {path}" for path in paths) + (" --disk-kernel" if kernel else "")
+    kernel = " --disk-kernel" if limits.disk_enforcement == "kernel" else ""
+    return "".join(f" --disk-path {path}" for path in paths) + kernel
 
 
 """An environment's home-directory contents, copied into the tmpfs home when a sandbox starts."""

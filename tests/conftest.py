@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -19,6 +19,7 @@ from migrations.store import make_engine, migrate
 from overnight.settings import default_data_dir
 from sandbox.base import SandboxBackend
 from sandbox.bwrap import BwrapBackend, BwrapConfig
+from sandbox.disk import remove_folder
 from sandbox.docker import DockerBackend, DockerConfig
 from sandbox.image import DEFAULT_IMAGE, image_present, rootfs_complete, rootfs_path
 from tests.mistral_validation import assert_valid_mistral_request
@@ -110,8 +111,9 @@ def docker_client() -> docker.DockerClient:
 
 
 @pytest.fixture
-def docker_backend(docker_client: docker.DockerClient) -> DockerBackend:
-    return DockerBackend(DockerConfig(image=SANDBOX_IMAGE, **TEST_LIMITS), client=docker_client)  # type: ignore[arg-type]
+def docker_backend(docker_client: docker.DockerClient, tmp_path: Path) -> DockerBackend:
+    config = DockerConfig(image=SANDBOX_IMAGE, environments=tmp_path / "environments", **TEST_LIMITS)  # type: ignore[arg-type]
+    return DockerBackend(config, client=docker_client)
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +128,25 @@ def sandbox_rootfs() -> Path:
 def bwrap_backend(sandbox_rootfs: Path, tmp_path: Path) -> BwrapBackend:
     config = BwrapConfig(rootfs=sandbox_rootfs, environments=tmp_path / "environments", **TEST_LIMITS)  # type: ignore[arg-type]
     return BwrapBackend(config)
+
+
+@pytest.fixture
+def new_workspace(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``new_workspace(backend, name="ws")``: a workspace the backend made (a disk of its own, as the worker's
+    are: a sandbox refuses any other), removed at the end."""
+    made: list[Path] = []
+
+    def make(backend: SandboxBackend, name: str = "ws") -> Path:
+        path = tmp_path / name
+        backend.create_workspace(path)
+        made.append(path)
+        return path
+
+    try:
+        yield make
+    finally:
+        for path in made:
+            remove_folder(path)
 
 
 @pytest.fixture(params=["docker", "bwrap"])

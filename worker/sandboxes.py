@@ -11,8 +11,9 @@ import docker
 import docker.errors
 
 from overnight.settings import Settings
-from sandbox.base import SandboxBackend
+from sandbox.base import SandboxBackend, SandboxUnavailableError
 from sandbox.bwrap import BwrapConfig
+from sandbox.disk import probe_kernel_disks
 from sandbox.docker import DockerConfig
 from sandbox.reaper import reap
 
@@ -40,17 +41,40 @@ def sandbox_config(settings: Settings, *, docker_available: bool | None = None) 
         "cpus": settings.sandbox_cpus,
         "command_timeout": settings.sandbox_command_timeout,
         "disk_limit": settings.sandbox_disk_limit,
+        "disk_enforcement": settings.sandbox_disk_enforcement,
         "tmp_size": settings.sandbox_tmp_size,
         "home_size": settings.sandbox_home_size,
         "control_root": settings.data_dir / "control",
     }
     if choice == "docker":
-        return DockerConfig(image=settings.sandbox_image, **common)  # type: ignore[arg-type]
+        return DockerConfig(
+            image=settings.sandbox_image,
+            environments=settings.environments_dir / "docker",
+            **common,  # type: ignore[arg-type]
+        )
     return BwrapConfig(
         rootfs=settings.sandbox_rootfs_for(settings.sandbox_image),
         environments=settings.environments_dir / "bwrap",
         **common,  # type: ignore[arg-type]
     )
+
+
+def check_disk_enforcement(settings: Settings) -> None:
+    """Refuse a worker that cannot have the kernel-enforced disk limits it is set to (``sandbox.disk``), with
+    the reason and the way out; say loudly what ``poll`` gives up."""
+    if settings.sandbox_disk_enforcement == "poll":
+        log.warning(
+            "OVERNIGHT_SANDBOX_DISK_ENFORCEMENT=poll: the disk limit is a once-a-second measurement that a fast "
+            "writer passes by gigabytes; a task can fill this host's disk"
+        )
+        return
+    settings.workspaces_dir.mkdir(parents=True, exist_ok=True)
+    reason = probe_kernel_disks(settings.workspaces_dir)
+    if reason is not None:
+        raise SandboxUnavailableError(
+            f"kernel-enforced disk limits are not possible here: {reason}. Run the worker as root on a host with "
+            "loop devices, or set OVERNIGHT_SANDBOX_DISK_ENFORCEMENT=poll to accept a limit a fast writer passes"
+        )
 
 
 def sandbox_backend(settings: Settings, *, docker_available: bool | None = None) -> SandboxBackend:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,8 @@ FINISH = ScriptedCall(name="finish", arguments={"summary": "done", "pr_title": "
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, docker_backend: DockerBackend) -> Iterator[ToolContext]:
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
+def ctx(docker_backend: DockerBackend, new_workspace: Callable[..., Path]) -> Iterator[ToolContext]:
+    workspace = new_workspace(docker_backend)
     for name, text in EXAMPLE_REPOSITORY.items():
         (workspace / name).write_text(text)
     sandbox = docker_backend.start(SandboxSpec(task_id="loop", workspace=workspace))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,8 @@ SOURCE = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, docker_backend: DockerBackend) -> Iterator[ToolContext]:
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
+def ctx(docker_backend: DockerBackend, new_workspace: Callable[..., Path]) -> Iterator[ToolContext]:
+    workspace = new_workspace(docker_backend)
     (workspace / "calc.py").write_text(SOURCE)
     (workspace / "notes.txt").write_text("\n".join(f"line {n}" for n in range(1, 3001)) + "\n")
     sandbox = docker_backend.start(SandboxSpec(task_id="tools", workspace=workspace))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -23,8 +24,9 @@ from sandbox.reaper import orphaned, process_identity, reap
 from tests.conftest import SANDBOX_IMAGE
 
 
-def test_docker_container_is_locked_down(docker_backend: DockerBackend, tmp_path: Path) -> None:
-    box = docker_backend.start(SandboxSpec(task_id="locked", workspace=tmp_path, lifetime=600))
+def test_docker_container_is_locked_down(docker_backend: DockerBackend, new_workspace: Callable[..., Path]) -> None:
+    workspace = new_workspace(docker_backend)
+    box = docker_backend.start(SandboxSpec(task_id="locked", workspace=workspace, lifetime=600))
     try:
         assert isinstance(box, DockerSandbox)
         box.container.reload()
@@ -40,7 +42,7 @@ def test_docker_container_is_locked_down(docker_backend: DockerBackend, tmp_path
         )
         assert set(host["Tmpfs"]) == {"/tmp", "/home/sandbox"} and "size=64m" in host["Tmpfs"]["/tmp"]
         mounts = {m["Destination"]: m["Source"] for m in box.container.attrs["Mounts"]}
-        assert set(mounts) == {"/workspace", "/overnight"} and mounts["/workspace"] == str(tmp_path)
+        assert set(mounts) == {"/workspace", "/overnight"} and mounts["/workspace"] == str(workspace)
         assert not any("docker.sock" in source for source in mounts.values())
         labels = box.container.labels
         assert labels["dev.overnight.task"] == "locked" and labels["dev.overnight.worker-pid"] == process_identity()
@@ -51,8 +53,8 @@ def test_docker_container_is_locked_down(docker_backend: DockerBackend, tmp_path
         box.close()
 
 
-def test_bwrap_sandbox_runs_in_its_own_cgroup(bwrap_backend: BwrapBackend, tmp_path: Path) -> None:
-    box = bwrap_backend.start(SandboxSpec(task_id="cgroup", workspace=tmp_path))
+def test_bwrap_sandbox_runs_in_its_own_cgroup(bwrap_backend: BwrapBackend, new_workspace: Callable[..., Path]) -> None:
+    box = bwrap_backend.start(SandboxSpec(task_id="cgroup", workspace=new_workspace(bwrap_backend)))
     try:
         assert isinstance(box, BwrapSandbox)
         groups = [d for d in (CGROUP_ROOT / "pids" / PARENT).iterdir() if d.name.startswith("cgroup-")]
@@ -72,9 +74,12 @@ def _interfaces(box: object) -> set[str]:
     return {line.split(":")[0].strip() for line in text.splitlines()[2:]}
 
 
-def test_only_a_setup_sandbox_that_asks_gets_a_network(backend: SandboxBackend, tmp_path: Path) -> None:
-    agent = backend.start(SandboxSpec(task_id="net-agent", workspace=tmp_path))
-    setup = backend.start(SandboxSpec(task_id="net-setup", workspace=tmp_path, network=True, purpose="setup"))
+def test_only_a_setup_sandbox_that_asks_gets_a_network(
+    backend: SandboxBackend, new_workspace: Callable[..., Path]
+) -> None:
+    workspace = new_workspace(backend)
+    agent = backend.start(SandboxSpec(task_id="net-agent", workspace=workspace))
+    setup = backend.start(SandboxSpec(task_id="net-setup", workspace=workspace, network=True, purpose="setup"))
     try:
         assert _interfaces(agent) == {"lo"}
         assert _interfaces(setup) - {"lo"}
@@ -92,7 +97,8 @@ WORKER = textwrap.dedent(
     kind, workspace, rootfs = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     if kind == "docker":
         from sandbox.docker import DockerConfig
-        backend = DockerConfig(image=sys.argv[4], control_root=workspace.parent / "control", **TEST_LIMITS).build()
+        backend = DockerConfig(image=sys.argv[4], environments=workspace.parent / "envs",
+                               control_root=workspace.parent / "control", **TEST_LIMITS).build()
     else:
         from sandbox.bwrap import BwrapConfig
         backend = BwrapConfig(rootfs=rootfs, environments=workspace.parent / "envs",
@@ -107,10 +113,15 @@ WORKER = textwrap.dedent(
 @pytest.mark.parametrize("purpose", ["agent", "setup"])
 @pytest.mark.parametrize("kind", ["docker", "bwrap"])
 def test_a_killed_worker_leaves_nothing_after_the_reaper(
-    kind: str, purpose: str, tmp_path: Path, docker_client: docker.DockerClient, sandbox_rootfs: Path
+    kind: str,
+    purpose: str,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    sandbox_rootfs: Path,
+    new_workspace: Callable[..., Path],
+    request: pytest.FixtureRequest,
 ) -> None:
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
+    workspace = new_workspace(request.getfixturevalue(f"{kind}_backend"))
     folders = (tmp_path / "control", tmp_path / "envs")
     worker = subprocess.Popen(
         [sys.executable, "-c", WORKER, kind, str(workspace), str(sandbox_rootfs), SANDBOX_IMAGE, purpose],
@@ -120,7 +131,7 @@ def test_a_killed_worker_leaves_nothing_after_the_reaper(
     control = Path(json.loads(worker.stdout.readline())["socket"]).parent
     assert control.parent == folders[0] and control.is_dir()
     staging = list(folders[1].glob("staging-*")) if folders[1].exists() else []
-    assert len(staging) == (2 if kind == "bwrap" and purpose == "setup" else 0)  # the folder and its .owner
+    assert len(staging) == (2 if purpose == "setup" else 0)  # the folder (with its disk) and its .owner
     time.sleep(1)  # mid-command
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()

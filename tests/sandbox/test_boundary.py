@@ -17,6 +17,7 @@ import pytest
 
 from sandbox.base import Sandbox, SandboxBackend, SandboxError, SandboxSpec
 from sandbox.bwrap import BwrapSandbox
+from sandbox.disk import remove_folder
 from sandbox.docker import DockerSandbox
 from sandbox.image import SANDBOX_UID, SERVER_UID
 from sandbox.runtime import ANSWER_LIMIT, SocketRuntime
@@ -30,13 +31,19 @@ SECRETS = {
 KERNEL_KNOBS = ("kernel/core_pattern", "kernel/hostname", "vm/drop_caches", "kernel/modprobe", "fs/suid_dumpable")
 
 
-@pytest.fixture
-def box(backend: SandboxBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+@pytest.fixture(params=["agent", "setup"])
+def box(
+    backend: SandboxBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Sandbox]:
+    """An agent sandbox, and a set-up sandbox (writable root, its environment kept: a set-up script is as
+    hostile as any command)."""
     for name, value in SECRETS.items():  # the worker's own environment holds secrets
         monkeypatch.setenv(name, value)
     workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    sandbox = backend.start(SandboxSpec(task_id="boundary", workspace=workspace, lifetime=600))
+    backend.create_workspace(workspace)
+    request.addfinalizer(lambda: remove_folder(workspace))
+    spec = SandboxSpec(task_id="boundary", workspace=workspace, lifetime=600, purpose=request.param)
+    sandbox = backend.start(spec)
     try:
         yield sandbox
     finally:

@@ -4,6 +4,7 @@ by age, eviction by total size, least recently used first."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,21 +30,24 @@ def test_keys_change_with_any_input() -> None:
         assert environment_key(**(base | change)) != key  # type: ignore[arg-type]
 
 
-def test_lru_eviction_by_total_size_and_expiry_by_age(backend: SandboxBackend, tmp_path: Path) -> None:
+def test_lru_eviction_by_total_size_and_expiry_by_age(
+    backend: SandboxBackend, tmp_path: Path, new_workspace: Callable[..., Path]
+) -> None:
+    workspace = new_workspace(backend)
     cache = EnvironmentCache(tmp_path / "index", backend, max_age=3600, max_bytes=25 * 2**20)
-    first = _snapshot(cache, backend, tmp_path, "aaa", 10)
-    second = _snapshot(cache, backend, tmp_path, "bbb", 10)
+    first = _snapshot(cache, backend, workspace, "aaa", 10)
+    second = _snapshot(cache, backend, workspace, "bbb", 10)
     assert cache.lookup("aaa") == first  # now "bbb" is the least recently used
-    third = _snapshot(cache, backend, tmp_path, "ccc", 10)
+    third = _snapshot(cache, backend, workspace, "ccc", 10)
     assert {e.key for e in cache.entries()} == {"aaa", "ccc"}
     assert cache.lookup("bbb") is None
-    box = backend.start(SandboxSpec(task_id="env-use", workspace=tmp_path, image=third))
+    box = backend.start(SandboxSpec(task_id="env-use", workspace=workspace, image=third))
     try:
         assert box.run("ls /opt/overnight").stdout.split() == ["blob-ccc"]
     finally:
         box.close()
     with pytest.raises(SandboxUnavailableError):  # the evicted snapshot is really gone
-        box = backend.start(SandboxSpec(task_id="env-gone", workspace=tmp_path, image=second))
+        box = backend.start(SandboxSpec(task_id="env-gone", workspace=workspace, image=second))
         box.close()
     aged = EnvironmentCache(tmp_path / "index", backend, max_age=0.5, max_bytes=25 * 2**20)
     time.sleep(0.6)
@@ -53,20 +57,21 @@ def test_lru_eviction_by_total_size_and_expiry_by_age(backend: SandboxBackend, t
 
 
 def test_a_set_up_s_proxy_does_not_reach_sandboxes_started_from_its_snapshot(
-    backend: SandboxBackend, tmp_path: Path
+    backend: SandboxBackend, tmp_path: Path, new_workspace: Callable[..., Path]
 ) -> None:
+    workspace = new_workspace(backend)
     cache = EnvironmentCache(tmp_path / "cache", backend, max_age=3600, max_bytes=2**30)
     proxy = {
         "HTTPS_PROXY": "http://user:s3cret@proxy.internal:3128",
         "https_proxy": "http://user:s3cret@proxy.internal:3128",
     }
-    setup = backend.start(SandboxSpec(task_id="env-proxy", workspace=tmp_path, purpose="setup", env=proxy))
+    setup = backend.start(SandboxSpec(task_id="env-proxy", workspace=workspace, purpose="setup", env=proxy))
     try:
         assert "s3cret" in setup.run("echo $HTTPS_PROXY").stdout
         ref = cache.store(setup, "proxykey")
     finally:
         setup.close()
-    agent = backend.start(SandboxSpec(task_id="env-proxy-agent", workspace=tmp_path, image=ref))
+    agent = backend.start(SandboxSpec(task_id="env-proxy-agent", workspace=workspace, image=ref))
     try:
         result = agent.run("env")
         assert result.exit_code == 0 and "s3cret" not in result.stdout

@@ -3,6 +3,7 @@ they trust the host's CA bundle (pip, npm, curl and Python alike); agent sandbox
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,11 @@ NPM = "npm view is-number@7.0.0 version --registry https://registry.npmjs.org/"
 CURL = "curl -sS --max-time 20 -o /dev/null -w '%{http_code}' https://pypi.org/simple/six/"
 
 
-def test_with_the_host_bundle_every_client_reaches_the_registries(backend: SandboxBackend, tmp_path: Path) -> None:
-    box = backend.start(SandboxSpec(task_id="registry", workspace=tmp_path, network=True, purpose="setup",
+def test_with_the_host_bundle_every_client_reaches_the_registries(
+    backend: SandboxBackend, new_workspace: Callable[..., Path]
+) -> None:
+    workspace = new_workspace(backend)
+    box = backend.start(SandboxSpec(task_id="registry", workspace=workspace, network=True, purpose="setup",
                                     ca_bundle=HOST_BUNDLE))  # fmt: skip
     try:
         pip = box.run(PIP, timeout=120)
@@ -30,8 +34,11 @@ def test_with_the_host_bundle_every_client_reaches_the_registries(backend: Sandb
         box.close()
 
 
-def test_without_it_pip_meets_the_proxy_s_certificate(backend: SandboxBackend, tmp_path: Path) -> None:
-    box = backend.start(SandboxSpec(task_id="registry-raw", workspace=tmp_path, network=True, purpose="setup"))
+def test_without_it_pip_meets_the_proxy_s_certificate(
+    backend: SandboxBackend, new_workspace: Callable[..., Path]
+) -> None:
+    workspace = new_workspace(backend)
+    box = backend.start(SandboxSpec(task_id="registry-raw", workspace=workspace, network=True, purpose="setup"))
     try:
         pip = box.run(PIP.replace(" --quiet", "") + " --retries 0 --timeout 20", timeout=120)
     finally:

@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +16,8 @@ from sandbox.base import Sandbox, SandboxBackend, SandboxDiskFullError, SandboxF
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
+def workspace(backend: SandboxBackend, new_workspace: Callable[..., Path]) -> Path:
+    root = new_workspace(backend)
     (root / "hello.txt").write_text("hello\n")
     return root
 
@@ -33,10 +32,9 @@ def sandbox(backend: SandboxBackend, workspace: Path) -> Iterator[Sandbox]:
 
 
 @pytest.fixture
-def neighbour(backend: SandboxBackend, tmp_path: Path) -> Iterator[Sandbox]:
+def neighbour(backend: SandboxBackend, new_workspace: Callable[..., Path]) -> Iterator[Sandbox]:
     """A second sandbox of the same backend: it must not notice what the first one suffers."""
-    other = tmp_path / "neighbour"
-    other.mkdir()
+    other = new_workspace(backend, "neighbour")
     box = backend.start(SandboxSpec(task_id="neighbour", workspace=other))
     try:
         yield box
@@ -176,10 +174,10 @@ def test_a_memory_hog_is_killed_at_the_limit(sandbox: Sandbox, neighbour: Sandbo
 
 
 def test_a_disk_filler_fails_its_task_not_the_host(sandbox: Sandbox, neighbour: Sandbox, workspace: Path) -> None:
-    free_before = shutil.disk_usage(workspace).free
+    free_before = shutil.disk_usage(workspace.parent).free  # the host's (the workspace is a disk of its own)
     with pytest.raises(SandboxDiskFullError, match="disk limit"):
         sandbox.run("dd if=/dev/zero of=fill bs=1M count=100000 status=none; sleep 30", timeout=120)
-    assert free_before - shutil.disk_usage(workspace).free < 400 * 2**20
+    assert free_before - shutil.disk_usage(workspace.parent).free < 400 * 2**20
     with pytest.raises(SandboxDiskFullError):
         sandbox.run("echo more")
     assert_unharmed(neighbour)
@@ -190,10 +188,10 @@ def test_a_set_up_that_fills_the_disk_outside_the_workspace_fails_too(
 ) -> None:
     setup = backend.start(SandboxSpec(task_id="fill-setup", workspace=workspace, purpose="setup"))
     try:
-        free_before = shutil.disk_usage(workspace).free
+        free_before = shutil.disk_usage(workspace.parent).free
         with pytest.raises(SandboxDiskFullError, match="disk limit"):
             setup.run("dd if=/dev/zero of=/opt/overnight/fill bs=1M count=100000 status=none; sleep 30", timeout=120)
-        assert free_before - shutil.disk_usage(workspace).free < 400 * 2**20
+        assert free_before - shutil.disk_usage(workspace.parent).free < 400 * 2**20
     finally:
         setup.close()
     assert_unharmed(neighbour)
