@@ -15,11 +15,31 @@ def delivery_seen(session: Session, delivery_id: str) -> bool:
 
 
 def record_delivery(
-    session: Session, delivery_id: str, *, event: str, action: str | None, outcome: str, task_id: str | None = None
+    session: Session,
+    delivery_id: str,
+    *,
+    event: str,
+    action: str | None,
+    outcome: str,
+    task_id: str | None = None,
+    request_key: str | None = None,
 ) -> None:
-    """Remember a delivery (the caller's commit fails on the key if another request recorded it first)."""
-    session.add(GitHubDelivery(id=delivery_id, event=event, action=action, outcome=outcome[:255], task_id=task_id))
+    """Remember a delivery (the caller's commit fails on a key if another request recorded it, or the same
+    request under another delivery id, first)."""
+    session.add(GitHubDelivery(id=delivery_id, event=event, action=action, outcome=outcome[:255], task_id=task_id,
+                               request_key=request_key))  # fmt: skip
     session.flush()
+
+
+def delivery_asking(session: Session, request_key: str) -> str | None:
+    """The id of the delivery that already asked for ``request_key`` (None: nobody has)."""
+    return session.scalar(select(GitHubDelivery.id).where(GitHubDelivery.request_key == request_key))
+
+
+def is_progress_comment(session: Session, comment_id: int) -> bool:
+    """Whether ``comment_id`` is one of Overnight's own progress comments."""
+    found = session.scalar(select(GitHubLink.task_id).where(GitHubLink.progress_comment_id == comment_id).limit(1))
+    return found is not None
 
 
 def installation_known(session: Session, installation_id: int) -> bool:

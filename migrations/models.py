@@ -203,6 +203,9 @@ class GitHubDelivery(Base):
     outcome: Mapped[str] = mapped_column(String(255))
     task_id: Mapped[str | None] = mapped_column(String(32))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    request_key: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    """What the delivery asked for (a hash of the comment, or of the label event), for a delivery that asked:
+    the same request replayed under a new delivery id finds it and starts nothing."""
 
 
 class GitHubInstallation(Base):
@@ -231,7 +234,7 @@ class GitHubLink(Base):
     """label, issue-comment, pr-comment or review-comment."""
     sender: Mapped[str] = mapped_column(String(100))
     trigger_comment_id: Mapped[int | None] = mapped_column(BigInteger)
-    progress_comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    progress_comment_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     branch: Mapped[str] = mapped_column(String(255), index=True)
     base_branch: Mapped[str] = mapped_column(String(255))
     pr_number: Mapped[int | None] = mapped_column(Integer)

@@ -5,12 +5,13 @@ answers with GitHub's documented shapes and error bodies. Failure modes are swit
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ SECRET = "It's a Secret to Everybody"
 INSTALLATION = 957387
 """The id in the recorded installation.created delivery."""
 BAD_CREDENTIALS = {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}
+NOT_FOUND = {"message": "Not Found", "documentation_url": "https://docs.github.com/rest", "status": "404"}
+BASE_ROLE = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read", "read": "read", "none": "none"}
+"""role_name → the legacy ``permission`` GitHub reports with it (maintain counts as write, triage as read)."""
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -68,16 +72,24 @@ def deliver(
     return client.post("/v1/github/webhook", content=body, headers=headers)
 
 
+_EVENTS = itertools.count(1)
+
+
 def labeled(label: str = "overnight") -> dict[str, Any]:
+    """A new labelling of the recorded issue: GitHub moves the issue's ``updated_at`` with each one."""
     payload = fixture("issues.labeled.json")
     payload["label"]["name"] = label
     payload["installation"] = {"id": INSTALLATION, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uOTU3Mzg3"}
+    labelled_at = datetime(2019, 5, 15, 15, 20, 18, tzinfo=UTC) + timedelta(seconds=next(_EVENTS))
+    payload["issue"]["updated_at"] = labelled_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     return payload
 
 
 def command(body: str, association: str = "OWNER") -> dict[str, Any]:
+    """A new comment on the recorded issue (a comment id of its own)."""
     payload = fixture("issue_comment.created.with-installation.json")
     payload["installation"]["id"] = INSTALLATION
+    payload["comment"]["id"] += next(_EVENTS)
     payload["comment"]["body"] = body
     payload["comment"]["author_association"] = association
     return payload
@@ -109,6 +121,15 @@ class FakeGitHub:
     drafts_supported: bool = True
     failures_before_success: int = 0
     """Answer this many REST calls with a secondary rate limit (403 + retry-after) first."""
+    roles: dict[str, str] = field(default_factory=dict)
+    """login → role_name on every repository (admin, maintain, write, triage, read, none, or a custom role);
+    by default a repository's owner is admin and everyone else can read (a public repository)."""
+    custom_roles: dict[str, str] = field(default_factory=dict)
+    """A custom repository role's name → the base role it inherits."""
+    unknown_users: set[str] = field(default_factory=set)
+    """Logins GitHub does not know (their permission is a 404)."""
+    token_login: str = "Codertocat"
+    """Whose personal token ``personal_token`` is (GET /user)."""
     _next_id: int = 1000
 
     def calls_to(self, method: str, fragment: str) -> list[Call]:
@@ -136,6 +157,24 @@ class FakeGitHub:
             return True
         issued = self.tokens.get(token)
         return issued is not None and issued[1] > time.time()
+
+    def _permission(self, owner: str, login: str) -> Any:
+        """GET /repos/{owner}/{repo}/collaborators/{username}/permission, in GitHub's shape."""
+        if login.lower() in {name.lower() for name in self.unknown_users}:
+            return JSONResponse(NOT_FOUND, status_code=404)
+        roles = {name.lower(): role for name, role in self.roles.items()}
+        role = roles.get(login.lower(), "admin" if login.lower() == owner.lower() else "read")
+        base = BASE_ROLE.get(role) or BASE_ROLE[self.custom_roles[role]]
+        inherited = role if role in BASE_ROLE else self.custom_roles[role]
+        order = ["none", "read", "triage", "write", "maintain", "admin"]
+        rank = order.index(inherited)
+        flags = {"pull": rank >= 1, "triage": rank >= 2, "push": rank >= 3, "maintain": rank >= 4, "admin": rank >= 5}
+        user = {"login": login, "id": 583231, "node_id": "MDQ6VXNlcjU4MzIzMQ==",
+                "avatar_url": "https://avatars.githubusercontent.com/u/583231?v=4", "gravatar_id": "",
+                "url": f"https://api.github.com/users/{login}", "html_url": f"https://github.com/{login}",
+                "type": "User", "site_admin": False, "permissions": flags, "role_name": role,
+                "user_view_type": "public"}  # fmt: skip
+        return {"permission": base, "role_name": role, "user": user}
 
     def _id(self) -> int:
         self._next_id += 1
@@ -182,6 +221,23 @@ class FakeGitHub:
                 return JSONResponse({"message": "Not Found"}, status_code=404)
             found = dict(fixture("installation.created.json")["installation"])
             return {**found, "id": installation_id, "app_id": int(self.app_id)}
+
+        @app.get("/app")
+        def the_app(request: Request) -> Any:
+            if not self._jwt_ok(request.headers.get("authorization", "")):
+                return JSONResponse({"message": "A JSON web token could not be decoded"}, status_code=401)
+            return {"id": int(self.app_id), "slug": "overnight-test", "name": "Overnight (test)",
+                    "owner": {"login": "Codertocat", "type": "User"}}  # fmt: skip
+
+        @app.get("/user")
+        def the_user(request: Request) -> Any:
+            if not self._token_ok(request.headers.get("authorization", "")):
+                return JSONResponse(BAD_CREDENTIALS, status_code=401)
+            return {"login": self.token_login, "id": 21031067, "type": "User", "site_admin": False}
+
+        @app.get("/repos/{owner}/{repo}/collaborators/{username}/permission")
+        def permission(owner: str, repo: str, username: str) -> Any:
+            return self._permission(owner, username)
 
         @app.post("/repos/{owner}/{repo}/issues/{number}/comments", status_code=201)
         def comment(owner: str, repo: str, number: int, body: dict[str, Any]) -> Any:

@@ -2,8 +2,9 @@
 
 The signature is checked over the raw body before anything is parsed; the answer comes well inside GitHub's
 ten seconds (the work is enqueued, never done here). 202: a task was queued; 200: a ping, an installation
-change or a redelivery (nothing new started); 204: a delivery that asks for nothing, or from someone who may
-not ask (logged with the reason).
+change, a redelivery or a replay of a request already made (nothing new started); 204: a delivery that asks
+for nothing, or from someone without write access (logged with the reason); 503: GitHub could not be asked
+about the sender (nothing recorded, so a redelivery is decided afresh).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Header, Request, Response
@@ -33,6 +35,7 @@ from overnight.github.webhooks import (
     instruction_for,
     may_trigger,
     parse,
+    request_key,
     request_of,
     signature_valid,
 )
@@ -56,11 +59,13 @@ UNAUTHORISED_REPLY = (
     "/webhook",
     status_code=202,
     responses={
-        200: {"description": "Ping, installation change or redelivery: nothing new started."},
-        204: {"description": "Not a trigger, or from someone who may not trigger (logged)."},
+        200: {"description": "Ping, installation change, redelivery or replay: nothing new started."},
+        204: {"description": "Not a trigger, or from someone without write access (logged)."},
         400: {"model": ErrorResponse, "description": "Missing headers or a payload GitHub would not send."},
         401: {"model": ErrorResponse, "description": "Missing or wrong signature, or no secret configured."},
         413: {"model": ErrorResponse, "description": "Over GitHub's 25 MB."},
+        500: {"model": ErrorResponse, "description": "The server's GitHub clone address is unusable (see doctor)."},
+        503: {"model": ErrorResponse, "description": "GitHub could not be asked who the sender is; nothing recorded."},
     },
 )
 async def receive_webhook(
@@ -100,66 +105,110 @@ async def receive_webhook(
 
 
 Reply = tuple[int | None, str, int, str]
+Outcome = tuple[int, dict[str, Any], Reply | None]
 
 
-def _handle(
-    state: Any, settings: Settings, event: str, delivery_id: str, payload: Any
-) -> tuple[int, dict[str, Any], Reply | None]:
+@dataclass
+class _Recorder:
+    """Writes a delivery's outcome once (with what it asked for, so a replay under a new id finds it)."""
+
+    session: Any
+    delivery_id: str
+    event: str
+    action: str | None
+    request_key: str | None = None
+
+    def done(self, status: int, outcome: str, task_id: str | None = None, reply: Reply | None = None) -> Outcome:
+        try:
+            github_store.record_delivery(self.session, self.delivery_id, event=self.event, action=self.action,
+                                         outcome=outcome, task_id=task_id, request_key=self.request_key)  # fmt: skip
+            self.session.commit()
+        except IntegrityError:  # the same delivery, or the same request, handled concurrently
+            self.session.rollback()
+            return 200, {"status": "duplicate", "delivery": self.delivery_id}, None
+        log.info("GitHub delivery %s (%s.%s): %s", self.delivery_id, self.event, self.action, outcome)
+        content = {"status": outcome.split(":")[0], "delivery": self.delivery_id, "detail": outcome}
+        return status, {**content, "task_id": task_id} if task_id else content, reply
+
+
+def _handle(state: Any, settings: Settings, event: str, delivery_id: str, payload: Any) -> Outcome:
     action = payload.get("action") if isinstance(payload, dict) else None
     action = action if isinstance(action, str) else None
     with state.sessions() as session:
         if github_store.delivery_seen(session, delivery_id):
             log.info("GitHub delivery %s seen before; nothing new started", delivery_id)
             return 200, {"status": "duplicate", "delivery": delivery_id}, None
-
-        def done(status: int, outcome: str, task_id: str | None = None) -> tuple[int, dict[str, Any]]:
-            try:
-                github_store.record_delivery(session, delivery_id, event=event, action=action, outcome=outcome,
-                                             task_id=task_id)  # fmt: skip
-                session.commit()
-            except IntegrityError:  # the same delivery, handled concurrently
-                session.rollback()
-                return 200, {"status": "duplicate", "delivery": delivery_id}
-            log.info("GitHub delivery %s (%s.%s): %s", delivery_id, event, action, outcome)
-            content = {"status": outcome.split(":")[0], "delivery": delivery_id, "detail": outcome}
-            return status, {**content, "task_id": task_id} if task_id else content
-
+        record = _Recorder(session, delivery_id, event, action)
         if event == "ping":
-            return (*done(200, "pong"), None)
+            return record.done(200, "pong")
         try:
             delivery = parse(event, payload)
         except PayloadError as exc:
             raise APIError(400, "bad_payload", str(exc)) from exc
         if event in ("installation", "installation_repositories"):
             _record_installation(session, delivery)
-            return (*done(200, f"recorded: installation {action}"), None)
+            return record.done(200, f"recorded: installation {action}")
         rules = Rules(label=settings.github_trigger_label, command=settings.github_command,
                       associations=frozenset(settings.github_allowed_associations),
                       pr_comments_need_command=settings.github_pr_comments_need_command)  # fmt: skip
         asked = request_of(event, delivery, rules)
         if isinstance(asked, str):
-            return (*done(204, f"ignored: {asked}"), None)
+            return record.done(204, f"ignored: {asked}")
         if asked.source not in settings.github_triggers:
-            return (*done(204, f"ignored: the {asked.source} trigger is off (OVERNIGHT_GITHUB_TRIGGERS)"), None)
-        why_not = _repository_refused(session, state.github, settings, delivery, asked)
-        if why_not:
-            return (*done(204, f"ignored: {why_not}"), None)
-        installation = delivery.installation.id if delivery.installation else None
-        if not may_trigger(asked, rules):
-            reply = None
-            if settings.github_reply_unauthorised and state.github is not None:
-                reply = (installation, asked.repo, asked.number, UNAUTHORISED_REPLY.format(login=asked.sender))
-            return (*done(204, f"refused: @{asked.sender} ({asked.association}) may not trigger"), reply)
-        parent = None
-        if asked.on_pull_request:
-            parent = github_store.link_of_pull_request(session, asked.repo, asked.number)
-            if parent is None:
-                return (*done(204, "ignored: a pull request Overnight did not open"), None)
-        task_id = _create_task(session, settings, asked, installation, parent)
-        status, content = done(202, "queued", task_id)
-        if status == 202:
-            enqueue_or_fail(session, state.queue, task_id)
-        return status, content, None
+            return record.done(204, f"ignored: the {asked.source} trigger is off (OVERNIGHT_GITHUB_TRIGGERS)")
+        if asked.comment_id is not None and github_store.is_progress_comment(session, asked.comment_id):
+            return record.done(204, "ignored: Overnight's own progress comment")
+        record.request_key = request_key(event, delivery)
+        first = github_store.delivery_asking(session, record.request_key) if record.request_key else None
+        if first is not None:
+            record.request_key = None  # the key stays with the delivery that asked first
+            return record.done(200, f"duplicate: delivery {first} asked for the same")
+        return _decide(state, settings, record, delivery, asked, rules)
+
+
+def _decide(
+    state: Any, settings: Settings, record: _Recorder, delivery: Delivery, asked: TriggerRequest, rules: Rules
+) -> Outcome:
+    """Where, who and what for a delivery that asks for work: a queued task, or why not."""
+    session = record.session
+    why_not = _repository_refused(session, state.github, settings, delivery, asked)
+    if why_not:
+        return record.done(204, f"ignored: {why_not}")
+    installation = delivery.installation.id if delivery.installation else None
+    refused = _sender_refused(state.github, installation, asked, rules)
+    if refused:
+        reply = None
+        if settings.github_reply_unauthorised:
+            reply = (installation, asked.repo, asked.number, UNAUTHORISED_REPLY.format(login=asked.sender))
+        return record.done(204, f"refused: {refused}", reply=reply)
+    parent = None
+    if asked.on_pull_request:
+        parent = github_store.link_of_pull_request(session, asked.repo, asked.number)
+        if parent is None:
+            return record.done(204, "ignored: a pull request Overnight did not open")
+    task_id = _create_task(session, settings, asked, installation, parent)
+    outcome = record.done(202, "queued", task_id)
+    if outcome[0] == 202:
+        enqueue_or_fail(session, state.queue, task_id)
+    return outcome
+
+
+def _sender_refused(client: GitHubClient, installation: int | None, asked: TriggerRequest, rules: Rules) -> str | None:
+    """Why whoever labelled or commented may not start a task (None: they have write access). The comment's
+    author_association filters first, for free; GitHub's collaborator-permission API decides (cached briefly).
+    GitHub unreachable: 503 and nothing recorded, so a redelivery is decided afresh."""
+    if not may_trigger(asked, rules):
+        return f"@{asked.sender} ({asked.association}) may not trigger"
+    try:
+        found = client.permission(installation, asked.repo, asked.sender)
+    except GitHubError as exc:
+        log.warning("could not check @%s's permission on %s: %s", asked.sender, asked.repo, exc)
+        raise APIError(503, "github_unavailable", f"could not check @{asked.sender}'s permission: {exc}") from exc
+    if not found.may_write:
+        role = f" (role {found.role_name})" if found.role_name and found.role_name != found.permission else ""
+        return (f"@{asked.sender} may not start tasks on {asked.repo}: GitHub reports {found.permission} "
+                f"permission{role}; write, maintain or admin is needed")  # fmt: skip
+    return None
 
 
 def _record_installation(session: Any, delivery: Delivery) -> None:
@@ -206,8 +255,11 @@ def _create_task(session: Any, settings: Settings, asked: TriggerRequest, instal
     try:
         repo_url = validate_repo_url(f"{settings.github_git_base}/{asked.repo}.git",
                                      allow_local=settings.allow_local_repos)  # fmt: skip
-    except InvalidRepoError as exc:
-        raise APIError(400, "bad_payload", f"repository {asked.repo!r}: {exc}") from exc
+    except InvalidRepoError as exc:  # the payload's name is checked already: the configured base is at fault
+        log.error("GitHub tasks cannot be created: the clone address %s/%s.git is refused: %s",
+                  settings.github_git_base, asked.repo, exc)  # fmt: skip
+        raise APIError(500, "github_misconfigured", "this server's GitHub clone address is not usable; "
+                            "see `overnight doctor`") from exc  # fmt: skip
     instruction = instruction_for(asked).encode()[:MAX_INSTRUCTION_BYTES].decode(errors="ignore")
     user = github_store.github_user(session, asked.sender)
     task = store.create_task(

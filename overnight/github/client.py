@@ -5,6 +5,7 @@ installations. Retries 5xx, connection errors and rate limits (honouring ``retry
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +16,13 @@ from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attem
 
 from overnight.github.auth import API_HEADERS, Credentials
 from overnight.github.errors import GitHubError
+from overnight.github.webhooks import MARK, WRITE_PERMISSIONS
 from overnight.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_WAIT = 60.0
+PERMISSION_TTL = 300.0
+"""Seconds a collaborator's permission is remembered (a revoked write access stops working within this)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +31,19 @@ class PullRequest:
     html_url: str
     draft: bool
     head_ref: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Permission:
+    """A user's access to a repository, as GET /repos/{repo}/collaborators/{user}/permission says."""
+
+    permission: str
+    """admin, write, read or none (maintain counts as write, triage as read)."""
+    role_name: str
+
+    @property
+    def may_write(self) -> bool:
+        return self.permission in WRITE_PERMISSIONS
 
 
 class _Retryable(Exception):
@@ -68,6 +85,9 @@ class GitHubClient:
         self.api_url = credentials.api_url
         self._http = http or httpx.Client(timeout=15)
         self._attempts = attempts
+        self.permission_ttl = PERMISSION_TTL
+        self._permissions: dict[tuple[str, str], tuple[float, Permission]] = {}
+        self._permissions_lock = threading.Lock()
 
     # --- the calls ------------------------------------------------------------------------------------
 
@@ -80,14 +100,39 @@ class GitHubClient:
                 return None
             raise
 
+    def identity(self) -> str:
+        """Who the credentials are, in words: the App (GET /app) or the token's user (GET /user)."""
+        if self.credentials.app_mode:
+            app = self._call("GET", "/app", auth="app", what="App lookup")
+            return f"GitHub App {app.get('slug') or app.get('name')} (id {app.get('id')})"
+        user = self._call("GET", "/user", what="user lookup")
+        return f"the token of @{user.get('login')}"
+
+    def permission(self, installation: int | None, repo: str, login: str) -> Permission:
+        """``login``'s permission on ``repo``, remembered for ``permission_ttl`` seconds (a user GitHub does not
+        know has none)."""
+        key, now = (repo.lower(), login.lower()), time.monotonic()
+        with self._permissions_lock:
+            cached = self._permissions.get(key)
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        path = f"/repos/{repo}/collaborators/{quote(login, safe='')}/permission"
+        data = self._call("GET", path, installation, what="permission check", missing_ok=True) or {}
+        found = Permission(permission=str(data.get("permission") or "none").lower(),
+                           role_name=str(data.get("role_name") or ""))  # fmt: skip
+        with self._permissions_lock:
+            self._permissions = {k: v for k, v in self._permissions.items() if v[0] > now}  # drop the expired
+            self._permissions[key] = (now + self.permission_ttl, found)
+        return found
+
     def comment(self, installation: int | None, repo: str, number: int, body: str) -> int:
-        """Comment on issue or pull request ``number``; returns the comment id."""
+        """Comment on issue or pull request ``number`` (with Overnight's marker); returns the comment id."""
         path = f"/repos/{repo}/issues/{number}/comments"
-        return int(self._call("POST", path, installation, json={"body": body}, what="comment")["id"])
+        return int(self._call("POST", path, installation, json={"body": _marked(body)}, what="comment")["id"])
 
     def update_comment(self, installation: int | None, repo: str, comment_id: int, body: str) -> None:
         path = f"/repos/{repo}/issues/comments/{comment_id}"
-        self._call("PATCH", path, installation, json={"body": body}, what="comment update")
+        self._call("PATCH", path, installation, json={"body": _marked(body)}, what="comment update")
 
     def react(self, installation: int | None, repo: str, target: str, content: str = "eyes") -> None:
         """A reaction on ``target``: ``issues/N``, ``issues/comments/ID`` or ``pulls/comments/ID``."""
@@ -130,7 +175,10 @@ class GitHubClient:
         auth: str = "installation",
         json: dict[str, Any] | None = None,
         what: str,
+        missing_ok: bool = False,
     ) -> Any:
+        """The JSON answer (None for a 404 when ``missing_ok``); GitHubError for any other failure, a token GitHub
+        would not issue included."""
         refreshed = False
         while True:
             token = self.credentials.app_token() if auth == "app" else self.credentials.token(installation)
@@ -139,6 +187,8 @@ class GitHubClient:
                 self.credentials.invalidate(installation)  # revoked or expired early: one fresh token
                 refreshed = True
                 continue
+            if response.status_code == 404 and missing_ok:
+                return None
             if response.status_code >= 400:
                 raise GitHubError.from_response(response, f"{what} failed")
             return response.json() if response.content else {}
@@ -168,6 +218,11 @@ class GitHubClient:
             if exc.response is not None:
                 return exc.response
             raise GitHubError(0, f"GitHub unreachable at {self.api_url}: {exc.error}") from exc
+
+
+def _marked(body: str) -> str:
+    """Every comment Overnight writes starts with its marker, so no delivery of it is ever taken as a request."""
+    return body if body.startswith(MARK) else f"{MARK}\n{body}"
 
 
 def client_from_settings(settings: Settings, *, attempts: int = 4, timeout: float = 15.0) -> GitHubClient | None:

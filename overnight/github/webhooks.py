@@ -16,6 +16,8 @@ MAX_BODY_BYTES = 25 * 2**20
 MAX_TEXT = 24_000
 """Characters of an issue or comment that go into an instruction (the API's limit is 32 KiB)."""
 _HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+MARK = "<!-- overnight -->"
+"""Every comment Overnight writes carries this (hidden when rendered); a comment carrying it is never a request."""
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -60,6 +62,8 @@ class Issue(_Model):
     user: Account | None = None
     pull_request: dict[str, Any] | None = None
     """Present only when the issue is a pull request."""
+    updated_at: str | None = None
+    """Moves when a label is added: what tells a new labelling from a replay of the old one."""
 
 
 class Comment(_Model):
@@ -204,6 +208,8 @@ def request_of(event: str, delivery: Delivery, rules: Rules) -> Request | str:
             return f"{event}.{delivery.action} is not a trigger"
         if comment.performed_via_github_app is not None:
             return "a comment made by a GitHub App"
+        if MARK in (comment.body or ""):
+            return f"a comment Overnight wrote (it carries {MARK})"
         extra = command_line(comment.body, rules.command)
         on_pull_request = event == "pull_request_review_comment" or bool(delivery.issue and delivery.issue.pull_request)
         if extra is None and (
@@ -234,7 +240,31 @@ def request_of(event: str, delivery: Delivery, rules: Rules) -> Request | str:
 
 
 def may_trigger(request: Request, rules: Rules) -> bool:
+    """The first, free filter on a comment's ``author_association``; the collaborator-permission API decides."""
     return request.association is None or request.association.upper() in rules.associations
+
+
+WRITE_PERMISSIONS = frozenset({"admin", "write"})
+"""``permission`` values of GET /repos/{repo}/collaborators/{user}/permission that may start tasks (GitHub maps
+maintain to write and triage to read; ``role_name`` is not trusted: a custom role may carry any name)."""
+
+
+def request_key(event: str, delivery: Delivery) -> str | None:
+    """What a triggering delivery asks for, as a key that the same payload replayed under a new
+    ``X-GitHub-Delivery`` keeps (that header is not signed; the body is) and a genuine new request changes: the
+    comment's id, or the labelled issue with the label and the issue's ``updated_at`` (moved by the labelling).
+    None when the payload holds nothing that tells requests apart."""
+    repo = delivery.repository.full_name.lower() if delivery.repository else ""
+    if event in ("issue_comment", "pull_request_review_comment") and delivery.comment is not None:
+        parts = [event, str(delivery.action), repo, str(delivery.comment.id)]
+    elif event == "issues" and delivery.issue is not None and delivery.label is not None:
+        if not delivery.issue.updated_at:
+            return None
+        parts = [event, str(delivery.action), repo, str(delivery.issue.number), delivery.label.name.lower(),
+                 delivery.issue.updated_at]  # fmt: skip
+    else:
+        return None
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def _clean(text: str) -> str:

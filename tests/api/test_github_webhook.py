@@ -154,13 +154,15 @@ def test_only_known_installations_may_trigger(client: TestClient, settings: Sett
     installed = fixture("installation.created.json")
     installed["installation"]["id"] = 1234
     assert deliver(client, "installation", installed).status_code == 200
-    fake.fake.installations.discard(1234)  # GitHub would still answer; the database is what is asked
     again = labeled()
     again["installation"]["id"] = 1234
     assert deliver(client, "issues", again).status_code == 202
     installed["action"] = "deleted"
+    fake.fake.installations.discard(1234)
     assert deliver(client, "installation", installed).status_code == 200
-    assert deliver(client, "issues", again).status_code == 204
+    after = labeled()
+    after["installation"]["id"] = 1234
+    assert deliver(client, "issues", after).status_code == 204
     assert len(tasks(settings)) == 1
     # Looked up when unknown only: 99 (never installed) and 1234 after its deletion, not while it was recorded.
     assert [c.path for c in fake.fake.calls_to("GET", "/app/installations/")] == [
@@ -173,10 +175,12 @@ def test_personal_token_mode_limits_triggers_to_the_listed_repositories(settings
                "github_repositories": ["acme/other"]}  # fmt: skip
     personal = Settings(**{**settings.model_dump(), **changes})
     with TestClient(create_app(personal)) as client:
-        plain = fixture("issues.labeled.json")
-        plain["label"]["name"] = "overnight"
+        plain = labeled()
+        del plain["installation"]
         assert deliver(client, "issues", plain).status_code == 204
         personal.github_repositories.append("codertocat/hello-world")
+        plain = labeled()  # labelled again: the first was refused, and its replay would start nothing
+        del plain["installation"]
         assert deliver(client, "issues", plain).status_code == 202
 
 
@@ -208,6 +212,7 @@ def test_comments_on_overnight_s_pull_request_become_follow_ups_on_its_branch(
         assert link is not None
         link.pr_number, link.pr_url = review["pull_request"]["number"], "https://github.com/x/pull/2"
         branch = link.branch
+    review["comment"]["id"] += 1  # a new comment (the first one asked of a pull request Overnight had not opened)
     response = deliver(client, "pull_request_review_comment", review)
     assert response.status_code == 202, response.text
     follow_up = response.json()["task_id"]

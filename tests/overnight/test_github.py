@@ -14,6 +14,7 @@ from overnight.github.auth import REFRESH_MARGIN, Credentials, app_jwt, load_pri
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
 from overnight.github.webhooks import (
+    MARK,
     PayloadError,
     Rules,
     branch_name,
@@ -21,6 +22,7 @@ from overnight.github.webhooks import (
     instruction_for,
     may_trigger,
     parse,
+    request_key,
     request_of,
     sign,
     signature_valid,
@@ -226,3 +228,39 @@ def test_pr_comments_may_go_without_the_command_when_configured() -> None:
     assert review["comment"]["body"] in instruction_for(asked)
     on_issue = parse("issue_comment", fixture("issue_comment.created.json"))  # a plain issue: still needs it
     assert request_of("issue_comment", on_issue, relaxed) == "the comment does not start with /overnight"
+
+
+def test_the_request_key_tells_a_replay_from_a_new_request() -> None:
+    def key(event: str, payload: dict) -> str | None:  # type: ignore[type-arg]
+        return request_key(event, parse(event, payload))
+
+    label = fixture("issues.labeled.json")
+    assert key("issues", label) == key("issues", fixture("issues.labeled.json"))  # the same body: a replay
+    relabelled = fixture("issues.labeled.json")
+    relabelled["issue"]["updated_at"] = "2019-05-15T15:21:02Z"  # labelled again later
+    other_label = fixture("issues.labeled.json")
+    other_label["label"]["name"] = "enhancement"
+    undated = fixture("issues.labeled.json")
+    del undated["issue"]["updated_at"]
+    assert len({key("issues", label), key("issues", relabelled), key("issues", other_label)}) == 3
+    assert key("issues", undated) is None  # nothing tells requests apart: the delivery id alone decides
+    comment = fixture("issue_comment.created.with-installation.json")
+    edited_body = fixture("issue_comment.created.with-installation.json")
+    edited_body["comment"]["body"] = "/overnight something else"
+    another = fixture("issue_comment.created.with-installation.json")
+    another["comment"]["id"] += 1
+    assert key("issue_comment", comment) == key("issue_comment", edited_body) != key("issue_comment", another)
+    review = fixture("pull_request_review_comment.created.json")
+    assert key("pull_request_review_comment", review) not in {None, key("issue_comment", comment)}
+
+
+def test_a_comment_carrying_overnight_s_marker_asks_for_nothing() -> None:
+    rules = Rules(label="overnight", command="/overnight", associations=frozenset({"OWNER"}),
+                  pr_comments_need_command=False)  # fmt: skip
+    payload = fixture("issue_comment.created.on-pull-request.atlantis.json")
+    payload["comment"]["body"] = f"{MARK}\nOvernight is working on this\n\nTask `t1` (`overnight show t1`)"
+    assert request_of("issue_comment", parse("issue_comment", payload), rules) == (
+        f"a comment Overnight wrote (it carries {MARK})"
+    )
+    payload["comment"]["body"] = "Please rename it."
+    assert not isinstance(request_of("issue_comment", parse("issue_comment", payload), rules), str)
