@@ -13,7 +13,6 @@ import logging
 import re
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import git
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,12 +21,11 @@ from migrations import github_store, store
 from migrations.models import GitHubLink, TaskState
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
-from overnight.github.webhooks import reaction_target
-from worker.mirrors import git_env
+from overnight.github.webhooks import MARK, reaction_target
+from worker.mirrors import credential_origin, git_env
 from worker.repo import TaskFailure
 
 log = logging.getLogger(__name__)
-MARK = "<!-- overnight -->"
 
 
 class PublishError(Exception):
@@ -55,13 +53,14 @@ class GitHubHooks:
             return github_store.get_link(session, task_id)
 
     def git_credentials(self, task_id: str, url: str) -> dict[str, str]:
-        """{host: token} for cloning a GitHub task's repository over HTTPS (nothing for other tasks)."""
+        """{host or host:port: token} for cloning a GitHub task's repository over HTTPS (nothing for other
+        tasks)."""
         link = self._link(task_id)
-        host = urlsplit(url).hostname if url.startswith("https://") else None
-        if link is None or host is None:
+        origin = credential_origin(url)
+        if link is None or origin is None:
             return {}
         try:
-            return {host: self.client.credentials.token(link.installation_id)}
+            return {origin: self.client.credentials.token(link.installation_id)}
         except GitHubError as exc:
             raise TaskFailure(f"clone failed: no GitHub token: {exc}") from exc
 
@@ -144,7 +143,7 @@ class GitHubHooks:
                 scratch.git.am("-q", "--keep-cr", str(Path(tmp) / "commit.mbox"), env=local)
             except git.GitCommandError as exc:
                 raise PublishError(f"could not rebuild the commit: {_git_error(exc, token)}") from exc
-            remote = git_env(allow_local=self.allow_local, credentials={urlsplit(url).hostname or "": token}, url=url)
+            remote = git_env(allow_local=self.allow_local, credentials={credential_origin(url) or "": token}, url=url)
             args = ["--force"] if new_branch else []  # the branch is this task's own; follow-ups only fast-forward
             try:
                 scratch.git.push(*args, "--", url, f"HEAD:refs/heads/{link.branch}", env=remote)

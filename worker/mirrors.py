@@ -3,7 +3,7 @@ pruned by total size (least recently used first).
 
 The mirrors are the worker's pristine copies: no sandbox ever sees them, so the patch is checked against
 them, and a commit-and-format-patch of the result is made from them. Credentials for private repositories
-(``OVERNIGHT_GIT_CREDENTIALS``: host → token) reach git as an HTTP header through environment variables
+(``OVERNIGHT_GIT_CREDENTIALS``: host or host:port → token) reach git as an HTTP header through environment variables
 only — never in a URL, a remote, a config file, an event or a log line.
 """
 
@@ -22,8 +22,31 @@ from urllib.parse import urlsplit
 import git
 
 
+def credential_host(key: str) -> str:
+    """A credentials key (``host`` or ``host:port``) as lookups compare it: lower case, 443 left out."""
+    return key.strip().lower().removesuffix(":443")
+
+
+def credential_origin(url: str | None) -> str | None:
+    """``host``, or ``host:port`` for a port other than 443, of an https:// URL (None for any other URL): the
+    part of git's ``http.<url>.*`` match that matters. Git compares the port exactly, an absent one meaning 443,
+    so a key without the port never reaches a server on another port (GitHub Enterprise on :8443)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return credential_host(f"{host}:{port}" if port else host)
+
+
 def git_env(*, allow_local: bool, credentials: dict[str, str] | None = None, url: str | None = None) -> dict[str, str]:
-    """The environment every git command of the worker runs with (credentials only for ``url``'s host)."""
+    """The environment every git command of the worker runs with (credentials only for ``url``'s host and port,
+    keyed ``host`` or ``host:port`` as ``credential_origin`` gives them)."""
     env = dict(os.environ)
     env.update(
         GIT_TERMINAL_PROMPT="0",
@@ -31,13 +54,14 @@ def git_env(*, allow_local: bool, credentials: dict[str, str] | None = None, url
         GIT_SSH_COMMAND="ssh -o BatchMode=yes",
         GIT_CONFIG_NOSYSTEM="1",
     )
-    host = urlsplit(url).hostname if url and url.startswith("https://") else None
-    token = (credentials or {}).get(host or "")
-    if host and token:
+    origin = credential_origin(url)
+    tokens = {credential_host(key): value for key, value in (credentials or {}).items()}
+    token = tokens.get(origin) if origin else None
+    if origin and token:
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
         env.update(
             GIT_CONFIG_COUNT="1",
-            GIT_CONFIG_KEY_0=f"http.https://{host}/.extraheader",
+            GIT_CONFIG_KEY_0=f"http.https://{origin}/.extraheader",
             GIT_CONFIG_VALUE_0=f"AUTHORIZATION: basic {basic}",
         )
     return env
