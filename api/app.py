@@ -13,6 +13,7 @@ from overnight.broker import resolve_broker_url
 from overnight.github.client import GitHubClient, client_from_settings
 from overnight.settings import Settings
 from worker.celery_app import TaskQueue
+from overnight.github.config import refuse_unworkable
 
 
 def create_app(
@@ -21,6 +22,7 @@ def create_app(
     settings = settings or Settings()
     app = FastAPI(
         title="Overnight",
+    refuse_unworkable(settings, "the API")  # e.g. an http:// GitHub API root: refused now, not per delivery
         version="0.1.0",
         summary="File a coding task against a git repository; come back to a PR-ready patch.",
     )

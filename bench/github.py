@@ -2,7 +2,9 @@
 queues a task, a redelivery, an ignored event and a bad signature, on the real recorded payloads.
 
 Runs the API as its own `uvicorn` process on a SQLite file and this machine's Redis (a queue of its own),
-in personal-token mode (no GitHub call is made while answering these).
+in personal-token mode, with the tests' fake GitHub answering the collaborator-permission check (made once per
+sender and repository, then remembered for five minutes). Each queued delivery is a new labelling (the issue's
+``updated_at`` moves); a replay sends the same body under a new delivery id.
 
     python -m bench.github [--deliveries 300] [--json results.json]
 """
@@ -29,6 +31,7 @@ import redis
 
 from migrations.store import make_engine, migrate
 from overnight.github.webhooks import sign
+from tests.github_fake import FakeGitHub, FakeGitHubServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "github" / "webhooks"
 SECRET = b"bench-secret"
@@ -67,16 +70,20 @@ def run(base: str, count: int) -> dict[str, Any]:
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    labeled = json.dumps(payload("issues.labeled.json", label__name="overnight")).encode()
     plain = json.dumps(payload("issue_comment.created.json")).encode()
-    kinds: dict[str, list[float]] = {"queued (202)": [], "redelivery (200)": [], "ignored (204)": [],
-                                     "bad signature (401)": []}  # fmt: skip
-    expected = {"queued (202)": 202, "redelivery (200)": 200, "ignored (204)": 204, "bad signature (401)": 401}
-    for _ in range(count):
+    kinds: dict[str, list[float]] = {"queued (202)": [], "redelivery (200)": [], "replay (200)": [],
+                                     "ignored (204)": [], "bad signature (401)": []}  # fmt: skip
+    expected = {"queued (202)": 202, "redelivery (200)": 200, "replay (200)": 200, "ignored (204)": 204,
+                "bad signature (401)": 401}  # fmt: skip
+    for n in range(count):
         delivery = str(uuid.uuid4())
+        labelled_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_557_933_618 + n))
+        labeled = json.dumps(payload("issues.labeled.json", label__name="overnight",
+                                     issue__updated_at=labelled_at)).encode()  # fmt: skip
         for kind, (event, body, delivery_id, secret) in {
             "queued (202)": ("issues", labeled, delivery, SECRET),
             "redelivery (200)": ("issues", labeled, delivery, SECRET),
+            "replay (200)": ("issues", labeled, str(uuid.uuid4()), SECRET),
             "ignored (204)": ("issue_comment", plain, str(uuid.uuid4()), SECRET),
             "bad signature (401)": ("issues", labeled, str(uuid.uuid4()), b"wrong"),
         }.items():
@@ -111,13 +118,15 @@ def main() -> None:
         }  # fmt: skip
         command = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port),
                    "--log-level", "warning"]  # fmt: skip
-        api = subprocess.Popen(command, env=env, start_new_session=True)
-        try:
-            result = run(f"http://127.0.0.1:{port}", args.deliveries)
-        finally:
-            os.killpg(api.pid, signal.SIGTERM)
-            api.wait(timeout=30)
-            redis.Redis.from_url("redis://127.0.0.1:6379/0").delete(queue)
+        with FakeGitHubServer(FakeGitHub(personal_token="ghp_bench")) as github:
+            env |= {"OVERNIGHT_GITHUB_API_URL": github.url, "OVERNIGHT_GITHUB_GIT_URL": "https://github.com"}
+            api = subprocess.Popen(command, env=env, start_new_session=True)
+            try:
+                result = run(f"http://127.0.0.1:{port}", args.deliveries)
+            finally:
+                os.killpg(api.pid, signal.SIGTERM)
+                api.wait(timeout=30)
+                redis.Redis.from_url("redis://127.0.0.1:6379/0").delete(queue)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

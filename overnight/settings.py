@@ -189,7 +189,8 @@ class Settings(BaseSettings):
     """Comments on a pull request Overnight opened start a follow-up only when they begin with the command
     (off: every comment there from someone allowed does, as review feedback)."""
     github_allowed_associations: list[str] = Field(default_factory=lambda: ["OWNER", "MEMBER", "COLLABORATOR"])
-    """author_association values whose comments may start tasks (JSON list)."""
+    """author_association values whose comments are considered at all (JSON list); GitHub's collaborator-permission
+    API must then report write access."""
     github_repositories: list[str] = Field(default_factory=list)
     """Personal-token mode: the only repositories (OWNER/REPO) that may trigger; empty: any whose webhook
     carries the secret."""

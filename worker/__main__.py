@@ -7,6 +7,7 @@ import os
 import sys
 
 from overnight.broker import resolve_broker_url
+from overnight.github.config import ConfigError, refuse_unworkable
 from overnight.settings import Settings
 from worker.celery_app import TaskQueue, create_celery, register_tasks
 from worker.reconciler import start_reconciler
@@ -16,6 +17,10 @@ from worker.sandboxes import start_reaper
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    try:
+        refuse_unworkable(settings, "the worker")
+    except ConfigError as exc:
+        sys.exit(str(exc))
     broker_url, description = resolve_broker_url(settings)
     logging.getLogger("overnight.worker").info(description)
     # Sandboxes a crashed worker left behind, and their folders on this host: now, then periodically.

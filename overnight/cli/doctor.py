@@ -2,7 +2,8 @@
 
 Server-side (it reads the server's settings): database, broker, sandbox, image, and the model endpoint —
 reachable, serving the configured model, accepting `reasoning_effort`, calling a tool for a probe request,
-reporting cached tokens — and, when vLLM's /metrics answers, speculative decoding and prefix caching.
+reporting cached tokens — and, when vLLM's /metrics answers, speculative decoding and prefix caching; when
+GitHub is configured, settings that cannot work, then who GitHub says the credentials are.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def _check(name: str, fix: str, run: Callable[[], str]) -> Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
+    from overnight.github.config import configured
+
     checks = [
         _check(
             "database reachable and migrated",
@@ -64,7 +67,24 @@ def run_checks(settings: Settings) -> list[Check]:
         ),
     ]
     checks += _model_checks(settings)
+    if configured(settings) or settings.git_credentials:
+        checks.append(_check("GitHub and git credential settings work",
+                             "fix the setting named; see docs/github.md", lambda: _github(settings)))  # fmt: skip
     return checks
+
+
+def _github(settings: Settings) -> str:
+    """The settings that cannot work, else who GitHub says the credentials are (the API root answered)."""
+    from overnight.github.client import client_from_settings
+    from overnight.github.config import problems
+
+    found = problems(settings)
+    if found:
+        raise RuntimeError("; ".join(found))
+    client = client_from_settings(settings, attempts=1, timeout=10.0)
+    if client is None:
+        return f"git credentials for {', '.join(sorted(settings.git_credentials))}"
+    return f"{client.identity()} at {settings.github_api_url}"
 
 
 def _database(settings: Settings) -> str:

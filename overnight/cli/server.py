@@ -76,10 +76,24 @@ def _choose_ca_bundle(settings: Settings, say: Say) -> Path | None:
     return HOST_CA_BUNDLE
 
 
+def _unworkable(settings: Settings, say: Say) -> bool:
+    """Say each setting that cannot work (an http:// GitHub API root, a webhook secret without credentials...)."""
+    from rich.markup import escape
+
+    from overnight.github.config import problems
+
+    found = problems(settings)
+    for problem in found:
+        say(f"[red]cannot start: {escape(problem)}[/red]")
+    return bool(found)
+
+
 def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) -> int:
     from migrations.store import make_engine, migrate
 
     settings = _settings_for_up(host, port)
+    if _unworkable(settings, say):
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database_url = settings.resolved_database_url
     engine = make_engine(database_url)

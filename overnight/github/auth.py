@@ -43,7 +43,7 @@ def app_jwt(app_id: str, private_key: str, *, now: float | None = None) -> str:
     payload = {"iat": issued, "exp": issued + JWT_BACKDATE + JWT_LIFETIME, "iss": app_id}
     try:
         return jwt.encode(payload, private_key, algorithm="RS256")
-    except (ValueError, TypeError) as exc:  # a malformed key
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:  # a malformed key
         raise GitHubError(0, f"cannot sign the GitHub App JWT: {exc}") from exc
 
 
