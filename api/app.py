@@ -11,18 +11,18 @@ from api.routes.health import TaskCollector
 from migrations.store import make_engine, make_sessionmaker
 from overnight.broker import resolve_broker_url
 from overnight.github.client import GitHubClient, client_from_settings
+from overnight.github.config import refuse_unworkable
 from overnight.settings import Settings
 from worker.celery_app import TaskQueue
-from overnight.github.config import refuse_unworkable
 
 
 def create_app(
     settings: Settings | None = None, *, queue: TaskQueue | None = None, github_client: GitHubClient | None = None
 ) -> FastAPI:
     settings = settings or Settings()
+    refuse_unworkable(settings, "the API")  # e.g. an http:// GitHub API root: refused now, not per delivery
     app = FastAPI(
         title="Overnight",
-    refuse_unworkable(settings, "the API")  # e.g. an http:// GitHub API root: refused now, not per delivery
         version="0.1.0",
         summary="File a coding task against a git repository; come back to a PR-ready patch.",
     )
