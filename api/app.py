@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from api.auth import BearerAuthMiddleware
 from api.errors import install_error_handlers
+from api.limits import BodyLimitMiddleware
 from api.routes import github, health, tasks
 from api.routes.health import TaskCollector
 from migrations.store import make_engine, make_sessionmaker
@@ -37,6 +39,16 @@ def create_app(
     # The webhook may look an installation up while GitHub waits (10 s): one short try, no retries.
     app.state.github = github_client or client_from_settings(settings, attempts=1, timeout=4.0)
     install_error_handlers(app)
+    # Added last, runs first: the token is checked before the body is counted, and both before it is parsed.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default=settings.api_max_body_bytes,
+        limits={
+            ("POST", "/v1/tasks"): settings.api_max_upload_bytes,
+            ("POST", "/v1/github/webhook"): settings.github_webhook_max_body_bytes,
+        },
+    )
+    app.add_middleware(BearerAuthMiddleware, sessions=app.state.sessions)
     app.include_router(health.router)
     app.include_router(tasks.router)
     app.include_router(github.router)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -23,11 +22,13 @@ from migrations.models import (
     Task,
     TaskEvent,
     TaskState,
-    Token,
     Trajectory,
     User,
     utcnow,
 )
+from migrations.user_store import create_token as create_token  # the token queries live in user_store
+from migrations.user_store import hash_token as hash_token
+from migrations.user_store import user_for_token as user_for_token
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 
@@ -303,36 +304,6 @@ def store_trajectory(session: Session, task_id: str, data: dict[str, Any]) -> Tr
 
 def get_trajectory(session: Session, task_id: str) -> Trajectory | None:
     return session.get(Trajectory, task_id)
-
-
-# --- users and tokens ------------------------------------------------------------------------------
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def create_token(session: Session, user_name: str, *, admin: bool = False, label: str | None = None) -> str:
-    """A new token for ``user_name`` (created if new); returns the token itself, which is stored hashed."""
-    user = session.scalar(select(User).where(User.name == user_name))
-    if user is None:
-        user = User(name=user_name, is_admin=admin)
-        session.add(user)
-        session.flush()
-    elif admin and not user.is_admin:
-        user.is_admin = True
-    token = "ovn_" + secrets.token_urlsafe(32)
-    session.add(Token(user_id=user.id, token_hash=hash_token(token), label=label))
-    session.flush()
-    return token
-
-
-def user_for_token(session: Session, token: str) -> User | None:
-    row = session.scalar(select(Token).where(Token.token_hash == hash_token(token)))
-    if row is None:
-        return None
-    row.last_used_at = utcnow()
-    return row.user
 
 
 # --- claiming, heartbeats, reconciling -------------------------------------------------------------

@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8177, ge=1, le=65535)
     """Port the API listens on."""
 
+    api_max_body_bytes: int = Field(default=2**20, ge=1024)
+    """Largest request body of an API route (counted as it streams, chunked bodies too); more gets 413."""
+    api_max_upload_bytes: int = Field(default=16 * 2**20, ge=1024)
+    """Largest body of `POST /v1/tasks`, which may carry uploaded local changes (up to 10 MiB, base64)."""
+    token_ttl_days: float = Field(default=90, ge=0)
+    """Days a token from `overnight token create` stays valid unless --expires-in-days says otherwise
+    (0: never expires). The local admin token `overnight up` writes does not expire."""
+    max_queued_tasks_per_user: int = Field(default=100, ge=1)
+    """Unfinished tasks (queued, preparing or running) one user may have; creating more gets 429."""
+
     allow_local_repos: bool = False
     """Accept local filesystem paths as repositories (on for ``overnight up``, off in production)."""
 
@@ -167,6 +177,9 @@ class Settings(BaseSettings):
 
     github_webhook_secret: SecretStr | None = None
     """Secret of the GitHub webhook (X-Hub-Signature-256); with none set, every delivery is refused."""
+    github_webhook_max_body_bytes: int = Field(default=5 * 2**20, ge=1024)
+    """Largest webhook delivery accepted. It is read before its signature can be checked, so it is kept small:
+    the events Overnight subscribes to carry bodies of at most 65,536 characters (GitHub's own cap is 25 MB)."""
     github_app_id: str | None = None
     """GitHub App id (App mode: the JWT's issuer; installation tokens per repository)."""
     github_private_key: SecretStr | None = None

@@ -27,7 +27,6 @@ from migrations import github_store, store
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
 from overnight.github.webhooks import (
-    MAX_BODY_BYTES,
     Delivery,
     PayloadError,
     Rules,
@@ -63,7 +62,7 @@ UNAUTHORISED_REPLY = (
         204: {"description": "Not a trigger, or from someone without write access (logged)."},
         400: {"model": ErrorResponse, "description": "Missing headers or a payload GitHub would not send."},
         401: {"model": ErrorResponse, "description": "Missing or wrong signature, or no secret configured."},
-        413: {"model": ErrorResponse, "description": "Over GitHub's 25 MB."},
+        413: {"model": ErrorResponse, "description": "Over OVERNIGHT_GITHUB_WEBHOOK_MAX_BODY_BYTES."},
         500: {"model": ErrorResponse, "description": "The server's GitHub clone address is unusable (see doctor)."},
         503: {"model": ErrorResponse, "description": "GitHub could not be asked who the sender is; nothing recorded."},
     },
@@ -79,9 +78,10 @@ async def receive_webhook(
     if settings.github_webhook_secret is None:
         log.error("refused a GitHub delivery: OVERNIGHT_GITHUB_WEBHOOK_SECRET is not set, so none can be verified")
         raise APIError(401, "webhook_secret_unset", "this server has no GitHub webhook secret configured")
-    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-        raise APIError(413, "payload_too_large", "a delivery is at most 25 MB")
-    body = await request.body()
+    if not (x_hub_signature_256 or "").startswith("sha256="):  # refused before a byte of the body is read
+        log.warning("refused GitHub delivery %s: no X-Hub-Signature-256", x_github_delivery)
+        raise APIError(401, "bad_signature", "missing or wrong X-Hub-Signature-256")
+    body = await request.body()  # at most OVERNIGHT_GITHUB_WEBHOOK_MAX_BODY_BYTES (api.limits counts it)
     secret = settings.github_webhook_secret.get_secret_value().encode()
     if not signature_valid(secret, body, x_hub_signature_256):
         log.warning("refused GitHub delivery %s: missing or wrong X-Hub-Signature-256", x_github_delivery)

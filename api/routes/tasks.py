@@ -24,9 +24,10 @@ from api.schemas import (
     TaskPublic,
     TrajectoryPublic,
 )
-from migrations import store
+from migrations import store, user_store
 from migrations.models import Task, TaskState, User
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
+from overnight.settings import Settings
 from worker.celery_app import TaskQueue
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorResponse, "description": "Not in that state."}}
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse, "description": "Broker down."}}
+LIMITED: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "A body over the endpoint's limit (OVERNIGHT_API_MAX_*_BYTES)."},
+    429: {"model": ErrorResponse, "description": "Too many unfinished tasks (OVERNIGHT_MAX_QUEUED_TASKS_PER_USER)."},
+}
 
 
 def _task_or_404(session: SessionDep, task_id: str, user: User) -> Task:
@@ -65,6 +70,18 @@ def enqueue_or_fail(session: Session, queue: TaskQueue, task_id: str) -> bool:
     return True
 
 
+def _check_quota(session: Session, settings: Settings, user_id: int | None) -> None:
+    """429 when the task's owner already has as many unfinished tasks as allowed (the count holds their row
+    lock until the caller's commit, so two creates at once cannot both pass)."""
+    if user_id is None:
+        return
+    unfinished = user_store.unfinished_tasks_locked(session, user_id)
+    if unfinished >= settings.max_queued_tasks_per_user:
+        session.rollback()
+        raise APIError(429, "too_many_tasks", f"you have {unfinished} unfinished tasks (queued, preparing or "
+                       f"running), the most one user may have; wait for some to end or cancel some")  # fmt: skip
+
+
 def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
     if not enqueue_or_fail(session, queue, task.id):
         raise APIError(503, "broker_unavailable", "the task queue is unreachable; the task was not started")
@@ -77,6 +94,7 @@ def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
     response_model=TaskPublic,
     responses={
         **ERRORS,
+        **LIMITED,
         **UNAVAILABLE,
         200: {"model": TaskPublic, "description": "Idempotency-Key seen before: the task made then."},
     },
@@ -112,6 +130,7 @@ def create_task(
     if idempotency_key and (earlier := store.task_by_idempotency_key(session, user.id, idempotency_key)):
         response.status_code = status.HTTP_200_OK
         return TaskPublic.model_validate(earlier)
+    _check_quota(session, settings, user.id)
     try:
         task = store.create_task(
             session, repo=repo, ref=ref, instruction=body.instruction, max_steps=body.max_steps, setup=body.setup,
@@ -165,13 +184,16 @@ def cancel_task(task_id: str, session: SessionDep, user: CurrentUser) -> TaskPub
     "/{task_id}/retry",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskPublic,
-    responses={**ERRORS, **CONFLICT, **UNAVAILABLE},
+    responses={**ERRORS, **CONFLICT, **LIMITED, **UNAVAILABLE},
 )
-def retry_task(task_id: str, session: SessionDep, user: CurrentUser, queue: QueueDep) -> TaskPublic:
+def retry_task(
+    task_id: str, session: SessionDep, settings: SettingsDep, user: CurrentUser, queue: QueueDep
+) -> TaskPublic:
     """File a new attempt of an ended task: the same repository, ref, instruction and set-up."""
     original = _task_or_404(session, task_id, user)
     if not TaskState(original.state).is_final:
         raise APIError(409, "task_not_finished", f"task {task_id} is {original.state}; only an ended task is retried")
+    _check_quota(session, settings, original.user_id)
     task = store.create_task(
         session, repo=original.repo, ref=original.ref, instruction=original.instruction,
         max_steps=original.max_steps, setup=original.setup, user_id=original.user_id,
@@ -186,10 +208,10 @@ def retry_task(task_id: str, session: SessionDep, user: CurrentUser, queue: Queu
     "/{task_id}/follow-up",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskPublic,
-    responses={**ERRORS, **CONFLICT, **UNAVAILABLE},
+    responses={**ERRORS, **CONFLICT, **LIMITED, **UNAVAILABLE},
 )
 def follow_up(
-    task_id: str, body: FollowUpCreate, session: SessionDep, user: CurrentUser, queue: QueueDep
+    task_id: str, body: FollowUpCreate, session: SessionDep, settings: SettingsDep, user: CurrentUser, queue: QueueDep
 ) -> TaskPublic:
     """A new task that starts from this task's patch applied to its base ("now also fix X"). Its own patch
     is cumulative: it applies to the same base commit."""
@@ -197,6 +219,7 @@ def follow_up(
     patch = store.get_patch(session, task_id)
     if not TaskState(parent.state).is_final or patch is None or parent.base_sha is None:
         raise APIError(409, "no_patch_to_follow", f"task {task_id} has no stored patch to build on")
+    _check_quota(session, settings, parent.user_id)
     task = store.create_task(
         session, repo=parent.repo, ref=parent.base_sha, instruction=body.instruction, max_steps=body.max_steps,
         setup=parent.setup, user_id=parent.user_id, parent_id=parent.id, kind="follow-up",

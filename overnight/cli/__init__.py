@@ -8,6 +8,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from overnight.cli.commands import err, register
 
@@ -68,16 +69,64 @@ def image_build(
 def token_create(
     user: Annotated[str, typer.Option(help="User name (created on first use).")],
     admin: Annotated[bool, typer.Option(help="The user sees every task.")] = False,
+    expires_in_days: Annotated[
+        float | None,
+        typer.Option(min=0, help="Days until the token expires; 0: never (default: OVERNIGHT_TOKEN_TTL_DAYS)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create a bearer token for USER (stored hashed; printed once)."""
-    from overnight.cli.server import create_token
+    from overnight.cli.tokens import create_token
 
-    code, token = create_token(user=user, admin=admin, say=err.print)
-    if token:
-        text = json.dumps({"user": user, "admin": admin, "token": token}) if as_json else token
-        sys.stdout.write(text + "\n")
-    raise typer.Exit(code)
+    token, expires_at = create_token(user=user, admin=admin, expires_in_days=expires_in_days, say=err.print)
+    expires = expires_at.isoformat(timespec="seconds") if expires_at else None
+    text = json.dumps({"user": user, "admin": admin, "token": token, "expires_at": expires}) if as_json else token
+    sys.stdout.write(text + "\n")
+
+
+@token_app.command("list")
+def token_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's tokens.")] = None, as_json: JsonFlag = False
+) -> None:
+    """List tokens: id, user, state (active, expired, revoked), expiry and last use (to the minute)."""
+    from rich.table import Table
+
+    from overnight.cli.commands import console
+    from overnight.cli.tokens import list_tokens
+
+    tokens = list_tokens(user=user)
+    if as_json:
+        sys.stdout.write(json.dumps(tokens, indent=2) + "\n")
+        return
+    table = Table("id", "user", "state", "label", "created", "expires", "last used", box=None, pad_edge=False)
+    for token in tokens:
+        user_cell = token["user"] + (" (admin)" if token["admin"] else "")
+        table.add_row(*(escape(str(value)) for value in (token["id"], user_cell, token["state"], token["label"] or "",
+                      token["created_at"][:16], (token["expires_at"] or "never")[:16],
+                      (token["last_used_at"] or "never")[:16])))  # fmt: skip
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ids: Annotated[list[int] | None, typer.Argument(help="Token ids (from `overnight token list`).")] = None,
+    user: Annotated[str | None, typer.Option(help="Revoke every token of this user.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke tokens by id, or all of a user's: the API refuses them (401) from the next request on."""
+    from overnight.cli.tokens import revoke_tokens
+
+    if not ids and user is None:
+        err.print("[red]error:[/red] name token ids or --user")
+        raise typer.Exit(2)
+    revoked, unknown = revoke_tokens(ids=ids or [], user=user)
+    if as_json:
+        sys.stdout.write(json.dumps({"revoked": revoked, "unknown": unknown}) + "\n")
+    else:
+        err.print(f"revoked: {', '.join(map(str, revoked)) or 'nothing (revoked before, or no such token)'}")
+        if unknown:
+            err.print(f"[red]error:[/red] no token with id {', '.join(map(str, unknown))}")
+    raise typer.Exit(2 if unknown else 0)
 
 
 @app.command(rich_help_panel=SERVER)

@@ -180,19 +180,6 @@ def _ensure_local_admin(settings: Settings, engine: Any, base: str, say: Say) ->
     say(f"created a local admin token; the CLI finds it in {path}")
 
 
-def create_token(*, user: str, admin: bool, say: Say) -> tuple[int, str | None]:
-    from migrations import store
-    from migrations.store import make_engine, make_sessionmaker, migrate
-
-    settings = Settings()
-    engine = make_engine(settings.resolved_database_url)
-    migrate(engine)
-    with make_sessionmaker(engine).begin() as session:
-        token = store.create_token(session, user, admin=admin, label="overnight token create")
-    say(f"token for {user}{' (admin)' if admin else ''}; it is shown once:")
-    return 0, token
-
-
 def _wait_healthy(base: str, children: list[subprocess.Popen[bytes]], timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

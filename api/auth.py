@@ -1,0 +1,67 @@
+"""The bearer token is checked before anything else of a request is read.
+
+FastAPI reads and validates a request's body before it resolves dependencies, so a dependency that checks the
+token comes too late (a request without one got the schema's 422, after its body was read whole). This
+middleware answers 401 first; the routes find the user it authenticated in the scope (``api.deps.get_user``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from migrations import user_store
+from migrations.models import User
+
+USER_SCOPE_KEY = "overnight.user"
+PROTECTED_PREFIX = "/v1/"
+SIGNED_PATHS = frozenset({"/v1/github/webhook"})
+"""Authenticated by their own signature over the body instead of a bearer token."""
+
+
+def unauthorized(message: str, *, has_body: bool) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"}
+    if has_body:  # the body stays unread: the connection cannot carry another request
+        headers["Connection"] = "close"
+    return JSONResponse({"error": {"code": "unauthorized", "message": message}}, status_code=401, headers=headers)
+
+
+class BearerAuthMiddleware:
+    def __init__(self, app: ASGIApp, *, sessions: sessionmaker[Session]) -> None:
+        self.app, self.sessions = app, sessions
+
+    @staticmethod
+    def needs_token(scope: Scope) -> bool:
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        return path.startswith(PROTECTED_PREFIX) and path.rstrip("/") not in SIGNED_PATHS
+
+    def authenticate(self, token: str) -> User:
+        with self.sessions() as session:
+            user = user_store.authenticate(session, token)
+            session.commit()  # last_used_at, when it moved
+            return user
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.needs_token(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            message = "a bearer token is required (Authorization: Bearer TOKEN)"
+            await unauthorized(message, has_body=has_body)(scope, receive, send)
+            return
+        try:
+            user = await run_in_threadpool(self.authenticate, token.strip())
+        except user_store.TokenRefused as exc:
+            await unauthorized(str(exc), has_body=has_body)(scope, receive, send)
+            return
+        scope[USER_SCOPE_KEY] = user
+        await self.app(scope, receive, send)
