@@ -174,6 +174,11 @@ class Settings(BaseSettings):
     """Author of the commit in the patch's mbox form."""
     git_author_email: str = "overnight@localhost"
     """Its e-mail address."""
+    git_memory_limit: int = Field(default=2**30, ge=64 * 2**20)
+    """Address space of each git command the worker runs over a task's data (uploads, patches): a patch that
+    inflates past it fails its task, not the worker."""
+    max_patch_bytes: int = Field(default=16 * 2**20, ge=1024)
+    """Largest diff a task may produce (read out of its sandbox); a larger one fails the task."""
 
     github_webhook_secret: SecretStr | None = None
     """Secret of the GitHub webhook (X-Hub-Signature-256); with none set, every delivery is refused."""

@@ -1,6 +1,7 @@
 """Cached environments: a sandbox snapshotted after a successful set-up, reused by the next task whose
-key matches (base image + repository + set-up script + lockfile hashes), expired by age and evicted by
-total size, least recently used first.
+set-up would have read exactly the same inputs (base image, repository, set-up script, the tree it ran on,
+and whose uploaded or follow-up work that tree holds), expired by age and evicted by total size, least
+recently used first.
 
 Each backend knows how to snapshot and remove (Docker: ``docker commit`` to an image; bubblewrap: the
 environment's folder); this module keeps the index, shared by the workers of one host under a file lock.
@@ -46,13 +47,17 @@ class EnvironmentEntry(BaseModel):
     last_used: float
 
 
-def environment_key(*, image: str, repository: str, script: bytes, files: dict[str, bytes]) -> str:
+def environment_key(
+    *, image: str, repository: str, script_path: str, script: bytes, commit: str, tree: str, owner: str | None
+) -> str:
+    """The key of a set-up's snapshot: everything the set-up could read. ``tree`` is the content of the
+    workspace it ran in (the base ``commit``'s tree, or that plus an uploaded or a parent task's diff);
+    ``owner`` is whose that added work is (None when the tree is the commit's own: shared by every task on it)."""
     digest = hashlib.sha256()
-    for part in (image.encode(), repository.encode(), script):
-        digest.update(hashlib.sha256(part).digest())
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
-    return digest.hexdigest()[:24]
+    parts = (image, repository, script_path, script, commit, tree, "shared" if owner is None else f"user:{owner}")
+    for part in parts:
+        digest.update(hashlib.sha256(part if isinstance(part, bytes) else part.encode()).digest())
+    return digest.hexdigest()[:32]
 
 
 class EnvironmentCache:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import git
+
 from sandbox.base import Sandbox, SandboxBackend, SandboxError, SandboxSpec
 from sandbox.environments import (
     WORKSPACE_ARCHIVE,
@@ -27,15 +29,12 @@ from sandbox.environments import (
 )
 from sandbox.output import truncate_middle
 from worker.autosetup import auto_setup_script
+from worker.hostgit import DEFAULT_GIT_MEMORY, GitMemoryError, workspace_tree
 from worker.repo import TaskFailure
 
 REPOSITORY_SETUP = ".overnight/setup.sh"
 REPOSITORY_IMAGE = ".overnight/image"
 IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9._-]{1,128})?$")
-LOCKFILES = (
-    "requirements.txt", "requirements-dev.txt", "requirements-test.txt", "pyproject.toml", "setup.py", "setup.cfg",
-    "poetry.lock", "uv.lock", "Pipfile.lock", "package.json", "package-lock.json", "yarn.lock", "pnpm-lock.yaml",
-)  # fmt: skip
 MAX_SCRIPT_BYTES = 256 * 1024
 LOG_LIMIT = 16_000
 # After set-up: keep what it left in the workspace (restored on cache hits, kept out of the patch) and the
@@ -115,6 +114,21 @@ def repository_image(workspace: Path, *, default: str, backend: str) -> str:
     return name
 
 
+def setup_key(
+    *, image: str, repository: str, script_path: str, script: bytes, workspace: Path, owner: str, memory: int
+) -> str:
+    """The cache key of a set-up about to run in ``workspace``: everything it could read (see
+    ``environment_key``). Work beyond the base commit (an upload, a parent task's patch) makes it ``owner``'s."""
+    try:
+        tree, commit, commit_tree = workspace_tree(workspace, memory=memory)
+    except GitMemoryError as exc:
+        raise TaskFailure(f"set-up: could not hash the workspace: {exc}") from exc
+    except git.GitCommandError as exc:
+        raise TaskFailure(f"set-up: could not hash the workspace: {str(exc.stderr).strip()[-200:]}") from exc
+    return environment_key(image=image, repository=repository, script_path=script_path, script=script,
+                           commit=commit or "", tree=tree, owner=None if tree == commit_tree else owner)  # fmt: skip
+
+
 def prepare_environment(
     *,
     task_id: str,
@@ -126,8 +140,13 @@ def prepare_environment(
     policy: SetupPolicy,
     emit: Callable[[str, dict[str, Any]], None],
     on_sandbox: Callable[[Sandbox | None], None] = lambda sandbox: None,
+    owner: str | None = None,
+    git_memory: int = DEFAULT_GIT_MEMORY,
 ) -> Environment:
-    """Where the agent's sandbox starts: after the set-up script, the automatic set-up, or neither."""
+    """Where the agent's sandbox starts: after the set-up script, the automatic set-up, or neither.
+
+    ``owner`` (the task's user) keys a snapshot whose tree holds uploaded or follow-up work: only that user's
+    tasks on the same tree reuse it (without an owner, only this task)."""
     image = repository_image(workspace, default=policy.image, backend=backend.name)
     base = None if image == policy.image else image
     script_path = setup_path or REPOSITORY_SETUP
@@ -141,10 +160,8 @@ def prepare_environment(
         if generated is None:
             return Environment(ref=base)
         script, script_path, auto = generated.encode(), "automatic set-up", True
-    files = {name: data for name in LOCKFILES if (data := read_workspace_file(workspace, name)) is not None}
-    files |= {p.name: data for p in workspace.glob("requirements*.txt")
-              if (data := read_workspace_file(workspace, p.name)) is not None}  # fmt: skip
-    key = environment_key(image=image, repository=repository, script=script, files=files)
+    key = setup_key(image=image, repository=repository, script_path=script_path, script=script,
+                    workspace=workspace, owner=owner or f"task:{task_id}", memory=git_memory)  # fmt: skip
     cached = cache.lookup(key)
     if cached is not None:
         emit("setup", {"script": script_path, "auto": auto, "cached": True, "environment": key})

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox.base import Sandbox
+from sandbox.base import Sandbox, SandboxFileTooLargeError
 from sandbox.environments import WORKSPACE_MODIFIED
+from worker.hostgit import DEFAULT_GIT_MEMORY, DEFAULT_MAX_PATCH_BYTES
 from worker.repo import TaskFailure, check_patch_applies
 
 BUILTIN_EXCLUDES = (
@@ -27,6 +28,8 @@ BUILTIN_EXCLUDES = (
     "*.o", "*.obj", "*.so", "*.dylib", "*.dll", "*.class",
 )  # fmt: skip
 MAX_REPORTED = 200
+EXCLUDED_BYTES = 256 * 1024
+"""Of the list of excluded paths, only this much is read (the first MAX_REPORTED paths are kept)."""
 DIFF = "/tmp/overnight-task.diff"
 EXCLUDED = "/tmp/overnight-excluded"
 SCRIPT = """set -e
@@ -59,7 +62,16 @@ class ExtractedPatch:
     tracked files only the set-up changed."""
 
 
-def extract_patch(sandbox: Sandbox, base_sha: str, mirror: Path) -> ExtractedPatch:
+def extract_patch(
+    sandbox: Sandbox,
+    base_sha: str,
+    mirror: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_PATCH_BYTES,
+    memory: int = DEFAULT_GIT_MEMORY,
+) -> ExtractedPatch:
+    """The diff, read out of the sandbox in pieces and refused past ``max_bytes`` (OVERNIGHT_MAX_PATCH_BYTES),
+    then checked on the worker with git's memory bounded by ``memory``."""
     patterns = " ".join(shlex.quote(p) for p in BUILTIN_EXCLUDES)
     script = SCRIPT.format(
         patterns=patterns,
@@ -73,9 +85,16 @@ def extract_patch(sandbox: Sandbox, base_sha: str, mirror: Path) -> ExtractedPat
     if result.exit_code != 0:
         last = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.exit_code}"]
         raise TaskFailure(f"could not compute the diff: {last[0]}")
-    diff = sandbox.read_file(DIFF).decode("utf-8", errors="replace")
-    check_patch_applies(mirror, base_sha, diff)
-    excluded = [p for p in sandbox.read_file(EXCLUDED).decode("utf-8", errors="replace").split("\0") if p]
+    try:
+        diff = sandbox.read_file(DIFF, limit=max_bytes).decode("utf-8", errors="replace")
+    except SandboxFileTooLargeError as exc:
+        raise TaskFailure(
+            f"the patch is {exc.size} bytes, more than the {max_bytes} a task may produce (OVERNIGHT_MAX_PATCH_BYTES)"
+        ) from exc
+    check_patch_applies(mirror, base_sha, diff, memory=memory)
+    listed = sandbox.read_file(EXCLUDED, limit=EXCLUDED_BYTES, truncate=True)
+    cut = len(listed) == EXCLUDED_BYTES  # the last path may be partial
+    excluded = [p.decode("utf-8", errors="replace") for p in listed.split(b"\0")[: -1 if cut else None] if p]
     return ExtractedPatch(
         diff=diff,
         files_changed=len(changed_files(diff)),

@@ -11,6 +11,7 @@ from pathlib import Path
 import git
 
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
+from worker.hostgit import DEFAULT_GIT_MEMORY, GitMemoryError, bounded_git
 from worker.mirrors import MirrorCache, git_env
 
 
@@ -63,38 +64,48 @@ def clone_repository(
     return sha, path
 
 
-def apply_to_workspace(workspace: Path, diff: str) -> None:
-    """Start a follow-up from its parent's patch (before any untrusted code ran in the workspace)."""
+def apply_to_workspace(
+    workspace: Path, diff: str, *, what: str = "the previous task's patch", memory: int = DEFAULT_GIT_MEMORY
+) -> None:
+    """Start a task from uploaded local changes or a follow-up from its parent's patch (before any untrusted
+    code ran in the workspace), with git's memory bounded: the diff is the user's or a model's."""
     if not diff:
         return
     with tempfile.NamedTemporaryFile("w", suffix=".diff") as patch_file:
         patch_file.write(diff)
         patch_file.flush()
         try:
-            git.Repo(workspace).git.apply("--whitespace=nowarn", patch_file.name, env=git_env(allow_local=False))
+            bounded_git(workspace, "apply", "--whitespace=nowarn", patch_file.name, env=git_env(allow_local=False),
+                        memory=memory)  # fmt: skip
+        except GitMemoryError as exc:
+            raise TaskFailure(f"{what} could not be applied: {exc}") from exc
         except git.GitCommandError as exc:
-            raise TaskFailure(f"the previous task's patch does not apply: {_stderr_line(exc)}") from exc
+            raise TaskFailure(f"{what} does not apply: {_stderr_line(exc)}") from exc
 
 
-def check_patch_applies(mirror: Path, base_sha: str, diff: str) -> None:
-    """``git apply --check`` of ``diff`` against a clean index of ``base_sha`` in the pristine mirror."""
+def check_patch_applies(mirror: Path, base_sha: str, diff: str, *, memory: int = DEFAULT_GIT_MEMORY) -> None:
+    """``git apply --check`` of ``diff`` against a clean index of ``base_sha`` in the pristine mirror, with
+    git's memory bounded (the patch was made in a sandbox)."""
     if not diff:
         return
     with tempfile.TemporaryDirectory(prefix="overnight-check-") as tmp:
         env = {**git_env(allow_local=False), "GIT_INDEX_FILE": str(Path(tmp) / "index")}
         patch_file = Path(tmp) / "task.diff"
         patch_file.write_text(diff)
-        bare = git.Repo(mirror)
         try:
-            bare.git.read_tree(base_sha, env=env)
-            bare.git.apply("--cached", "--check", str(patch_file), env=env)
+            bounded_git(mirror, "read-tree", base_sha, env=env, memory=memory)
+            bounded_git(mirror, "apply", "--cached", "--check", str(patch_file), env=env, memory=memory)
+        except GitMemoryError as exc:
+            raise TaskFailure(f"the patch could not be checked: {exc}") from exc
         except git.GitCommandError as exc:
             raise TaskFailure(f"the patch does not apply to the base commit: {_stderr_line(exc)}") from exc
 
 
-def format_patch(mirror: Path, base_sha: str, diff: str, message: str, *, author: str, email: str) -> tuple[str, str]:
+def format_patch(
+    mirror: Path, base_sha: str, diff: str, message: str, *, author: str, email: str, memory: int = DEFAULT_GIT_MEMORY
+) -> tuple[str, str]:
     """The diffstat and a ``git format-patch`` mbox of one commit with ``diff`` on ``base_sha``, made in a
-    scratch clone of the pristine mirror."""
+    scratch clone of the pristine mirror (git's memory bounded for every step that reads the patch)."""
     if not diff:
         return "", ""
     with tempfile.TemporaryDirectory(prefix="overnight-mbox-") as tmp:
@@ -108,15 +119,19 @@ def format_patch(mirror: Path, base_sha: str, diff: str, message: str, *, author
         patch_file.write_text(diff)
         message_file = Path(tmp) / "message"
         message_file.write_text(message)
+        work = Path(tmp) / "repo"
         try:
             scratch.git.checkout("-q", "--detach", base_sha, env=env)
-            stat = scratch.git.apply("--stat", str(patch_file), env=env)
-            scratch.git.apply("--index", str(patch_file), env=env)
-            scratch.git.commit("-q", "--no-verify", "-F", str(message_file), env=env)
-            mbox = scratch.git.format_patch("-1", "--stdout", "--binary", env=env, strip_newline_in_stdout=False)
+            stat = bounded_git(work, "apply", "--stat", str(patch_file), env=env, memory=memory)
+            bounded_git(work, "apply", "--index", str(patch_file), env=env, memory=memory)
+            bounded_git(work, "commit", "-q", "--no-verify", "-F", str(message_file), env=env, memory=memory)
+            mbox = bounded_git(work, "format-patch", "-1", "--stdout", "--binary", env=env, memory=memory,
+                               strip_newline_in_stdout=False)  # fmt: skip
+        except GitMemoryError as exc:
+            raise TaskFailure(f"could not make the commit for the patch: {exc}") from exc
         except git.GitCommandError as exc:
             raise TaskFailure(f"could not make the commit for the patch: {_stderr_line(exc)}") from exc
-        return str(stat), str(mbox)
+        return stat, mbox
 
 
 def _resolve(clone: git.Repo, ref: str | None) -> str:

@@ -180,7 +180,7 @@ def test_real_project_fixed_in_the_sandbox_and_the_patch_holds(
     assert changed == [project.path]
 
     # A fresh checkout of the base with the patch applied passes the suite again, in a sandbox started from
-    # the environment the task's set-up left in the cache.
+    # an environment of its own (the patched tree is not the one the task's set-up ran on: no cache hit).
     fresh = tmp_path / "fresh"
     git(tmp_path, "clone", "-q", str(repo), str(fresh))
     (tmp_path / "task.diff").write_text(patch.diff)

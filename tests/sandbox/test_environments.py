@@ -23,11 +23,15 @@ def _snapshot(cache: EnvironmentCache, backend: SandboxBackend, workspace: Path,
 
 
 def test_keys_change_with_any_input() -> None:
-    base = {"image": "img:1", "repository": "https://x/y.git", "script": b"make", "files": {"a.lock": b"1"}}
+    base = {"image": "img:1", "repository": "https://x/y.git", "script_path": ".overnight/setup.sh",
+            "script": b"make", "commit": "c" * 40, "tree": "t" * 40, "owner": None}  # fmt: skip
     key = environment_key(**base)  # type: ignore[arg-type]
     assert key == environment_key(**base)  # type: ignore[arg-type]
-    for change in ({"image": "img:2"}, {"script": b"make all"}, {"files": {"a.lock": b"2"}}, {"files": {}}):
-        assert environment_key(**(base | change)) != key  # type: ignore[arg-type]
+    changes = ({"image": "img:2"}, {"script": b"make all"}, {"script_path": "ci/setup.sh"}, {"commit": "d" * 40},
+               {"tree": "u" * 40}, {"owner": "1"})  # fmt: skip
+    keys = {environment_key(**(base | change)) for change in changes}  # type: ignore[arg-type]
+    assert key not in keys and len(keys) == len(changes)
+    assert environment_key(**(base | {"owner": "1"})) != environment_key(**(base | {"owner": "2"}))  # type: ignore[arg-type]
 
 
 def test_lru_eviction_by_total_size_and_expiry_by_age(
