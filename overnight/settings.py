@@ -6,6 +6,7 @@ passed down explicitly; no other module reads ``os.environ`` (but ``client_setti
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal
 
@@ -54,6 +55,9 @@ class Settings(BaseSettings):
     """Address the API listens on."""
     api_port: int = Field(default=8177, ge=1, le=65535)
     """Port the API listens on."""
+    sse_ping_seconds: float = Field(default=15, gt=0)
+    """How often (seconds) a task's event stream sends a keep-alive comment, so that proxies and load
+    balancers do not drop a follower while the task is quiet."""
 
     api_max_body_bytes: int = Field(default=2**20, ge=1024)
     """Largest request body of an API route (counted as it streams, chunked bodies too); more gets 413."""
@@ -66,7 +70,16 @@ class Settings(BaseSettings):
     """Unfinished tasks (queued, preparing or running) one user may have; creating more gets 429."""
 
     allow_local_repos: bool = False
-    """Accept local filesystem paths as repositories (on for ``overnight up``, off in production)."""
+    """Accept local filesystem paths as repositories, from admins only (on for ``overnight up``, off in
+    production)."""
+    local_repo_roots: list[Path] = Field(default_factory=list)
+    """Folders local repositories must be under (JSON list; symlinks resolved first; the data and config
+    folders never count); empty: none. ``overnight up`` makes it the user's home folder when unset."""
+    repo_access: dict[str, list[str]] = Field(default_factory=dict)
+    """Which users' tasks may use the worker's credentials (git_credentials, its SSH keys and agent, its git
+    credential helpers) for which repositories (JSON: {"https://github.com/acme/*": ["alice", "bob"]}; "*"
+    for every user; admins always may). Other users naming a matching repository are refused (403); a
+    repository no pattern matches is cloned without any credentials."""
 
     llm_base_url: str = "http://127.0.0.1:8000/v1"
     """OpenAI-compatible base URL ending in /v1 (vLLM, Mistral's API, any compatible server)."""
@@ -115,6 +128,9 @@ class Settings(BaseSettings):
     """auto: Docker when an engine answers, else bubblewrap."""
     sandbox_image: str = "overnight-sandbox:bookworm-2"
     """Image sandboxes start from (`overnight image build` makes it, and its root filesystem for bubblewrap)."""
+    sandbox_repo_images: list[str] = Field(default_factory=list)
+    """Images a repository may name in .overnight/image (JSON list of exact names already on the worker,
+    Docker backend); empty: none, a repository that names another image than sandbox_image fails."""
     sandbox_rootfs: Path | None = None
     """Root filesystem the bubblewrap backend runs on; empty means data_dir/rootfs/<image>."""
     sandbox_memory: str = "2g"
@@ -144,6 +160,12 @@ class Settings(BaseSettings):
     """Proxy URL given to set-up sandboxes as HTTP_PROXY/HTTPS_PROXY (and lowercase)."""
     sandbox_no_proxy: str | None = None
     """NO_PROXY for set-up sandboxes."""
+    sandbox_setup_allowed_networks: list[IPv4Network] = Field(default_factory=list)
+    """Private ranges set-up sandboxes may reach anyway, e.g. an internal registry (JSON list of CIDRs); they
+    reach no other private, link-local (metadata) or host address. Loopback and link-local cannot be allowed."""
+    sandbox_setup_firewall: Literal["install", "external"] = "install"
+    """install: the worker (root, in the sandbox host's network namespace) installs the set-up network's
+    firewall itself; external: `overnight firewall`, run where the Docker engine runs, keeps it (compose)."""
     sandbox_agent_network: bool = False
     """Give the agent phase a network (off: commands the model writes reach nothing)."""
     sandbox_setup_timeout: int = Field(default=900, gt=0)
@@ -161,7 +183,11 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     """How often a worker marks its task alive."""
     worker_stale_seconds: float = Field(default=60.0, gt=0)
-    """A preparing or running task whose heartbeat is older is taken as lost with its worker."""
+    """A preparing or running task whose heartbeat is older is taken as lost with its worker (counted only
+    while the database was reachable: after an outage, workers get this long to beat again)."""
+    database_retry_seconds: float = Field(default=300.0, ge=0)
+    """How long a worker retries a task's writes (its final state included) while the database is
+    unreachable, before it gives the task up to the reconciler."""
     reap_seconds: float = Field(default=60.0, gt=0)
     """How often each worker removes sandboxes left by dead workers (also at its start)."""
     reconcile_seconds: float = Field(default=30.0, gt=0)
@@ -169,7 +195,8 @@ class Settings(BaseSettings):
     mirror_max_bytes: int = Field(default=20 * 2**30, gt=0)
     """Total size of the worker's bare repository mirrors; the least recently used go first."""
     git_credentials: dict[str, SecretStr] = Field(default_factory=dict)
-    """Tokens for private HTTPS repositories, by host (JSON: {"github.com": "TOKEN"}); never logged."""
+    """Tokens for private HTTPS repositories, by host (JSON: {"github.com": "TOKEN"}); never logged; used only
+    for the users repo_access allows."""
     git_author_name: str = "Overnight"
     """Author of the commit in the patch's mbox form."""
     git_author_email: str = "overnight@localhost"

@@ -68,6 +68,8 @@ class SetupPolicy:
     """A PEM bundle set-up sandboxes trust (for registries behind a TLS-intercepting proxy)."""
     proxy_env: dict[str, str] = field(default_factory=dict)
     """HTTP(S)_PROXY / NO_PROXY for set-up sandboxes, when the host reaches registries through a proxy."""
+    repo_images: tuple[str, ...] = ()
+    """Images a repository may name in .overnight/image (the operator's list); none: only ``image``."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -97,10 +99,12 @@ def read_workspace_file(workspace: Path, relative: str, *, limit: int = MAX_SCRI
     return data
 
 
-def repository_image(workspace: Path, *, default: str, backend: str) -> str:
+def repository_image(workspace: Path, *, default: str, backend: str, allowed: tuple[str, ...] = ()) -> str:
     """The image the repository asks for in .overnight/image (one name), else ``default``.
 
-    The image must already be on the worker (nothing is pulled) and carry python3 for the exec server.
+    The image must be in ``allowed`` (OVERNIGHT_SANDBOX_REPO_IMAGES: a repository must not pick another
+    repository's environment snapshot, or any image the worker happens to hold), already be on the worker
+    (nothing is pulled) and carry python3 for the exec server.
     """
     data = read_workspace_file(workspace, REPOSITORY_IMAGE, limit=512)
     if data is None:
@@ -108,6 +112,11 @@ def repository_image(workspace: Path, *, default: str, backend: str) -> str:
     name = data.decode("utf-8", errors="replace").strip()
     if not IMAGE_NAME.match(name):
         raise TaskFailure(f"{REPOSITORY_IMAGE}: {name[:80]!r} is not an image name")
+    if name == default:
+        return default
+    if name not in allowed:
+        raise TaskFailure(f"{REPOSITORY_IMAGE} names image {name}, which is not in OVERNIGHT_SANDBOX_REPO_IMAGES "
+                          "(the images this server lets a repository choose)")  # fmt: skip
     if backend != "docker":
         raise TaskFailure(f"{REPOSITORY_IMAGE} names image {name}, but this worker's {backend} backend runs only "
                           "the base root filesystem")  # fmt: skip
@@ -147,7 +156,7 @@ def prepare_environment(
 
     ``owner`` (the task's user) keys a snapshot whose tree holds uploaded or follow-up work: only that user's
     tasks on the same tree reuse it (without an owner, only this task)."""
-    image = repository_image(workspace, default=policy.image, backend=backend.name)
+    image = repository_image(workspace, default=policy.image, backend=backend.name, allowed=policy.repo_images)
     base = None if image == policy.image else image
     script_path = setup_path or REPOSITORY_SETUP
     script = read_workspace_file(workspace, script_path)

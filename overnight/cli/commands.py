@@ -15,18 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from overnight.cli.checkout import CheckoutError, inspect, local_changes_diff
 from overnight.cli.errors import ClientError
 from overnight.cli.render import Status, describe
+from overnight.cli.terminal import SafeConsole
 
 if TYPE_CHECKING:
     from overnight.cli.client import APIClient
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Server data (diffs, tool output, titles, reasons) reaches the terminal only through these: control
+# characters in it are shown as visible escapes, never written raw.
+console = SafeConsole(highlight=False)
+err = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
 FINAL_STATES = {"succeeded", "failed", "cancelled"}
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
@@ -36,11 +38,18 @@ def _client() -> APIClient:
     from overnight.cli.client import APIClient
     from overnight.client_settings import ClientSettings
 
-    return APIClient(ClientSettings())
+    try:
+        settings = ClientSettings()
+    except ValueError as exc:  # a config file that is not JSON, or a value of the wrong type
+        problem = " ".join(str(exc).split())
+        raise ClientError(
+            f"cannot read the client settings (OVERNIGHT_* or config.json): {problem}", exit_code=2
+        ) from exc
+    return APIClient(settings)
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {escape(message)}")  # the message may quote a server: no markup from there
     return typer.Exit(code)
 
 
@@ -136,10 +145,10 @@ def submit(
         client = _client()
         task = client.create_task({key: value for key, value in body.items() if value is not None})
         if not wait:
-            _print_json(task) if as_json else console.print(task["id"])
+            _print_json(task) if as_json else console.print(task["id"], markup=False)
             return
         if not as_json:
-            err.print(f"task {task['id']} queued; following it")
+            err.print(f"task {escape(task['id'])} queued; following it")
         task = _follow(client, task["id"], quiet=as_json)
         if as_json:
             _print_json(task)
@@ -175,7 +184,8 @@ def _print_diff(diff: str) -> None:
     if not sys.stdout.isatty():
         sys.stdout.write(diff)
         return
-    for line in diff.splitlines():
+    for line in diff.removesuffix("\n").split("\n"):  # not splitlines(): a lone \r or \x0c is shown, not a break
+        line = line.removesuffix("\r")  # a CRLF line's end; any other \r is shown as \x0d
         style = (
             "green"
             if line.startswith("+")
@@ -206,13 +216,18 @@ def list_(
 
     table = Table("id", "state", "repository", "age", "title", box=None, pad_edge=False)
     for task in tasks:
-        title = (task.get("patch") or {}).get("title") or task["instruction"].splitlines()[0]
-        table.add_row(task["id"], task["state"], task["repo"], _age(task["created_at"]), title[:60])
+        patch = task.get("patch")
+        title = str((patch.get("title") if isinstance(patch, dict) else None) or task["instruction"] or " ")
+        cells = (task["id"], task["state"], task["repo"], _age(task["created_at"]), title.splitlines()[0][:60])
+        table.add_row(*map(escape, cells))  # a title is model-written: "[/x]" in it is text, not markup
     console.print(table)
 
 
 def _age(moment: str) -> str:
-    seconds = (datetime.now(UTC) - datetime.fromisoformat(moment.replace("Z", "+00:00"))).total_seconds()
+    try:
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(moment.replace("Z", "+00:00"))).total_seconds()
+    except (ValueError, TypeError):  # not an ISO timestamp with a zone
+        return "?"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
@@ -233,12 +248,13 @@ def show(task_id: str, as_json: JsonOption = False) -> None:
         if task.get(key) not in (None, ""):
             console.print(f"[bold]{key}[/bold]: {escape(str(task[key]))}", markup=True)
     github = task.get("github")
-    if github:
-        pull = github["pr_url"] or f"branch {github['branch']}"
-        state = github["publish_state"] + (f" ({github['publish_error']})" if github.get("publish_error") else "")
-        line = f"{github['repo']}#{github['number']} → {pull}, {state}"
+    if isinstance(github, dict):
+        pull = github.get("pr_url") or f"branch {github.get('branch')}"
+        error = github.get("publish_error")
+        state = f"{github.get('publish_state')}" + (f" ({error})" if error else "")
+        line = f"{github.get('repo')}#{github.get('number')} → {pull}, {state}"
         console.print(f"[bold]github[/bold]: {escape(line)}", markup=True)
-    console.print(f"[bold]instruction[/bold]: {task['instruction']}")
+    console.print(f"[bold]instruction[/bold]: {escape(task['instruction'])}")
 
 
 def logs(
@@ -275,7 +291,7 @@ def diff(task_id: str, as_json: JsonOption = False) -> None:
     try:
         client = _client()
         if as_json:
-            _print_json(json.loads(client.patch(task_id, "json")))
+            _print_json(client.patch_json(task_id))
             return
         _print_diff(client.patch(task_id))
     except ClientError as exc:
@@ -292,7 +308,7 @@ def apply(task_id: str, as_json: JsonOption = False) -> None:
         raise fail("the working tree has uncommitted changes; commit or stash them first", 2)
     try:
         client = _client()
-        patch = json.loads(client.patch(task_id, "json"))
+        patch = client.patch_json(task_id)
         mbox = client.patch(task_id, "mbox")
     except ClientError as exc:
         raise fail(str(exc), exc.exit_code) from exc
@@ -300,7 +316,9 @@ def apply(task_id: str, as_json: JsonOption = False) -> None:
     start = patch["base_sha"]
     if subprocess.run(["git", "cat-file", "-e", f"{start}^{{commit}}"], capture_output=True).returncode != 0:
         raise fail(f"this checkout does not have the task's base commit {start[:12]}: fetch first", 2)
-    subprocess.run(["git", "checkout", "-q", "-b", branch, start], check=True)
+    checkout = subprocess.run(["git", "checkout", "-q", "-b", branch, start], capture_output=True, text=True)
+    if checkout.returncode != 0:  # e.g. the branch is there from an earlier apply
+        raise fail(f"git checkout failed: {(checkout.stderr.strip().splitlines() or ['?'])[-1]}", 2)
     if mbox:
         applied = subprocess.run(["git", "am", "-q", "--3way"], input=mbox, text=True, capture_output=True)
         if applied.returncode != 0:
@@ -341,4 +359,4 @@ def _post_and_show(path: str, body: dict[str, Any] | None, as_json: bool) -> Non
     if as_json:
         _print_json(task)
     else:
-        console.print(f"{task['id']}: {task['state']}")
+        console.print(f"{task['id']}: {task['state']}", markup=False)

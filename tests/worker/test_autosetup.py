@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
 from worker.autosetup import VENV, auto_setup_script
@@ -67,9 +69,13 @@ def test_node_projects_install_by_their_lockfile(lockfile: str | None, command: 
     assert script is not None and command in script.splitlines()[-1]
 
 
-def test_odd_requirement_file_names_are_refused() -> None:
-    with pytest.raises(ValueError, match="unexpected requirements file name"):
-        script_for({}, ["requirements; rm -rf ~.txt"])
+@pytest.mark.parametrize("name", ["requirements dev.txt", "requirements; rm -rf ~.txt", "requirements$(id).txt",
+                                  "requirements'x'.txt", "requirements\nx.txt"])  # fmt: skip
+def test_odd_requirement_file_names_are_quoted_as_one_word(name: str) -> None:
+    script = script_for({}, [name])
+    assert script is not None
+    command = script.split("\n", 4)[4].removesuffix("\n")  # after the comment, set -ex, venv, activate
+    assert shlex.split(command) == ["pip", "install", "--progress-bar", "off", "-r", name]
 
 
 def test_dev_extras_when_no_test_extras_and_dependency_groups_with_includes() -> None:

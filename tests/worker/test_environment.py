@@ -156,6 +156,7 @@ def test_a_repository_may_name_its_own_image(
         git(buggy_repo, "commit", "-q", "-m", "own image")
         scripted_model.state.extend(_script()[1:])
         context = make_context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+        context.setup.repo_images = ("overnight-test/custom:1", "overnight-test/absent:1")  # the operator's list
         task_id = submit(sqlite_engine, str(buggy_repo))
         run_task(task_id, context)
         task, _, events = outcome(sqlite_engine, task_id)
