@@ -66,7 +66,8 @@ def main() -> None:
         database = f"sqlite:///{tmp / 'overnight.db'}"
         migrate(make_engine(database))
         with make_sessionmaker(make_engine(database)).begin() as session:
-            tokens = [store.create_token(session, f"user{n}") for n in range(args.users)]
+            # Admins: the repository is a local path (the API refuses those to other users).
+            tokens = [store.create_token(session, f"user{n}", admin=True) for n in range(args.users)]
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -76,6 +77,7 @@ def main() -> None:
             "OVERNIGHT_BROKER_URL": "redis://127.0.0.1:6379/0",
             "OVERNIGHT_QUEUE": f"bench-load-{secrets.token_hex(3)}",
             "OVERNIGHT_ALLOW_LOCAL_REPOS": "true",
+            "OVERNIGHT_LOCAL_REPO_ROOTS": f'["{tmp}"]',
             "OVERNIGHT_LLM_BASE_URL": model.base_url,
             "OVERNIGHT_SANDBOX_BACKEND": "docker",
         }

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 MAX_URL_LENGTH = 2048
 MAX_REF_LENGTH = 255
-_SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+):(?P<path>[^:\\]+)$")
+SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+):(?P<path>[^:\\]+)$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?$")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
@@ -44,7 +44,7 @@ def validate_repo_url(value: str, *, allow_local: bool) -> str:
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise InvalidRepoError(f"unsupported scheme {scheme!r}: use https://, ssh:// or git@host:path")
-    if _SCP_LIKE.match(url):
+    if SCP_LIKE.match(url):
         return url
     if url.startswith("/"):
         if not allow_local:

@@ -3,16 +3,23 @@ pristine mirror afterwards (does the patch apply, the commit for ``git am``)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
+from sqlalchemy.orm import Session
 
+from migrations.models import User
+from overnight.access import AccessDenied, RepoAccess, Requester
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
 from worker.hostgit import DEFAULT_GIT_MEMORY, GitMemoryError, bounded_git
-from worker.mirrors import MirrorCache, git_env
+from worker.mirrors import MirrorCache, git_env, mirror_key
+
+log = logging.getLogger(__name__)
 
 
 class TaskFailure(Exception):
@@ -22,17 +29,67 @@ class TaskFailure(Exception):
 @dataclass(kw_only=True)
 class Checkout:
     mirrors: MirrorCache
-    allow_local: bool
+    access: RepoAccess
+    """Local roots, the server's own folders, and which users may use ``credentials`` for which repository."""
     credentials: dict[str, str] = field(default_factory=dict)
+    """OVERNIGHT_GIT_CREDENTIALS ({host or host:port: token}), for the users ``access`` allows."""
+
+    @property
+    def allow_local(self) -> bool:
+        return self.access.allow_local
+
+
+@dataclass(frozen=True, kw_only=True)
+class Source:
+    """Where a task's repository is fetched from, and as whom."""
+
+    url: str
+    identity: str
+    """Whose credentials fetch it (the mirror is kept apart per identity): anonymous, worker, github or local."""
+    tokens: dict[str, str]
+    worker_identity: bool = False
+    """May git use the worker's SSH keys and agent, credential helpers and git configuration."""
+
+
+def repository_source(
+    url: str, owner: Requester | None, checkout: Checkout, task_credentials: dict[str, str]
+) -> Source:
+    """Check that ``owner``'s task may read ``url`` (a validated address) and say with which credentials: a GitHub
+    task's own token, the worker's for the users OVERNIGHT_REPO_ACCESS maps to the repository, else none."""
+    try:
+        if url.startswith("/"):  # admins only: the API checked; what the path resolves to is checked here, now
+            return Source(url=str(checkout.access.check_local_path(url)), identity="local", tokens={})
+        if task_credentials:
+            return Source(url=url, identity="github", tokens=task_credentials)
+        if checkout.access.check_remote(url, owner) == "credentials":
+            return Source(url=url, identity="worker", tokens=checkout.credentials, worker_identity=True)
+    except AccessDenied as exc:
+        raise TaskFailure(f"repository refused: {exc}") from exc
+    return Source(url=url, identity="anonymous", tokens={})
+
+
+def task_owner(session: Session, user_id: int | None) -> Requester | None:
+    """Whose task it is, for ``repository_source`` (None: a task without a user may use no credentials)."""
+    user = session.get(User, user_id) if user_id is not None else None
+    return Requester(name=user.name, is_admin=user.is_admin) if user is not None else None
 
 
 def clone_repository(
-    repo: str, ref: str | None, dest: Path, *, checkout: Checkout, credentials: dict[str, str] | None = None
+    repo: str,
+    ref: str | None,
+    dest: Path,
+    *,
+    checkout: Checkout,
+    owner: Requester | None = None,
+    credentials: dict[str, str] | None = None,
+    lease: ExitStack | None = None,
 ) -> tuple[str, Path]:
     """Check ``repo`` out at ``ref`` (default branch when None) into ``dest``; return the base commit sha and
-    the repository's mirror (the pristine copy no sandbox sees). ``credentials`` adds {host: token} for
-    this task (a GitHub installation's). The workspace is a full copy of the
-    mirror's objects (no hardlinks, no alternates) with no remote left in it."""
+    the repository's mirror (the pristine copy no sandbox sees). ``owner`` is whose task it is (what it may
+    read: ``repository_source``); ``credentials`` are {host: token} of this task's own (a GitHub
+    installation's). The workspace is a full copy of the
+    mirror's objects (no hardlinks, no alternates) with no remote left in it. With ``lease``, the mirror is
+    kept from pruning until that stack closes (the task reads it again for its patch)."""
     try:
         url = validate_repo_url(repo, allow_local=checkout.allow_local)
         ref = validate_ref(ref) if ref else None
@@ -40,15 +97,29 @@ def clone_repository(
         raise TaskFailure(f"bad repository: {exc}") from exc
     if url.startswith("/") and not Path(url).exists():
         raise TaskFailure(f"clone failed: {url} does not exist")
-    if dest.exists():
+    source = repository_source(url, owner, checkout, credentials or {})
+    if dest.exists() and any(dest.iterdir()):  # an empty one stays: it may be the workspace's own disk
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    env = git_env(
-        allow_local=checkout.allow_local, credentials={**checkout.credentials, **(credentials or {})}, url=url
-    )
-    with checkout.mirrors.locked(url) as path:
+    env = git_env(allow_local=checkout.allow_local, credentials=source.tokens, url=source.url,
+                  worker_identity=source.worker_identity)  # fmt: skip
+    key = mirror_key(source.url, source.identity)
+    with ExitStack() as local:
+        path = (lease or local).enter_context(checkout.mirrors.in_use(key))
+        sha = _fetch_and_check_out(checkout.mirrors, source.url, key, path, env, ref, dest)
+    try:
+        checkout.mirrors.prune(keep=path)
+    except OSError:  # the cache stays a little over its size; the task goes on
+        log.exception("could not prune the mirrors")
+    return sha, path
+
+
+def _fetch_and_check_out(
+    mirrors: MirrorCache, url: str, key: str, path: Path, env: dict[str, str], ref: str | None, dest: Path
+) -> str:
+    with mirrors.locked(key):
         try:
-            mirror = checkout.mirrors.update(url, path, env)
+            mirror = mirrors.update(url, path, env)
         except git.GitCommandError as exc:
             raise TaskFailure(f"clone failed: {_stderr_line(exc)}") from exc
         sha = _resolve(mirror, ref)
@@ -60,8 +131,7 @@ def clone_repository(
             clone.git.remote("remove", "origin")
         except git.GitCommandError as exc:
             raise TaskFailure(f"checkout of {ref or 'the default branch'} failed: {_stderr_line(exc)}") from exc
-    checkout.mirrors.prune(keep=path)
-    return sha, path
+    return sha
 
 
 def apply_to_workspace(

@@ -15,11 +15,13 @@ from agent.client import ChatClient, LLMConfig
 from agent.loop import AgentConfig
 from migrations.models import TaskState
 from migrations.store import make_engine, make_sessionmaker, mark_enqueued, transition
+from overnight.access import RepoAccess
 from overnight.github.client import client_from_settings
 from overnight.settings import Settings
 from sandbox.environments import EnvironmentCache
 from worker.environment import SetupPolicy
 from worker.github import GitHubHooks
+from worker.hostgit import DataLimits
 from worker.mirrors import MirrorCache
 from worker.pipeline import WorkerContext, run_task
 from worker.repo import Checkout
@@ -76,13 +78,14 @@ def build_context(settings: Settings) -> WorkerContext:
             lifetime=settings.task_time_limit,
             ca_bundle=settings.sandbox_ca_bundle,
             proxy_env=settings.sandbox_proxy_env(),
+            repo_images=tuple(settings.sandbox_repo_images),
         ),
         agent_network=settings.sandbox_agent_network,
         model_factory=model_factory,
         workspaces=settings.workspaces_dir,
         checkout=Checkout(
             mirrors=MirrorCache(settings.mirrors_dir, max_bytes=settings.mirror_max_bytes),
-            allow_local=settings.allow_local_repos,
+            access=RepoAccess.from_settings(settings),
             credentials={host: token.get_secret_value() for host, token in settings.git_credentials.items()},
         ),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
@@ -90,7 +93,9 @@ def build_context(settings: Settings) -> WorkerContext:
         max_attempts=settings.task_max_attempts,
         heartbeat_seconds=settings.worker_heartbeat_seconds,
         stale_after=timedelta(seconds=settings.worker_stale_seconds),
+        database_retry_seconds=settings.database_retry_seconds,
         author=(settings.git_author_name, settings.git_author_email),
+        limits=DataLimits(git_memory=settings.git_memory_limit, max_patch_bytes=settings.max_patch_bytes),
         agent=AgentConfig(
             budget=Budget(
                 max_steps=settings.agent_max_steps,

@@ -26,6 +26,7 @@ from api.schemas import (
 )
 from migrations import store, user_store
 from migrations.models import Task, TaskState, User
+from overnight.access import AccessDenied, RepoAccess, Requester
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
 from overnight.settings import Settings
 from worker.celery_app import TaskQueue
@@ -41,6 +42,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorResponse, "description": "Not in that state."}}
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse, "description": "Broker down."}}
+FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "A repository you may not use (OVERNIGHT_REPO_ACCESS, local paths)."}
+}
 LIMITED: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "A body over the endpoint's limit (OVERNIGHT_API_MAX_*_BYTES)."},
     429: {"model": ErrorResponse, "description": "Too many unfinished tasks (OVERNIGHT_MAX_QUEUED_TASKS_PER_USER)."},
@@ -82,6 +86,14 @@ def _check_quota(session: Session, settings: Settings, user_id: int | None) -> N
                        f"running), the most one user may have; wait for some to end or cancel some")  # fmt: skip
 
 
+def _check_access(settings: Settings, user: User, repo: str) -> None:
+    """403 before anything is stored or cloned when ``user`` may not name ``repo`` (the worker checks again)."""
+    try:
+        RepoAccess.from_settings(settings).check(repo, Requester(name=user.name, is_admin=user.is_admin))
+    except AccessDenied as exc:
+        raise APIError(403, "repository_forbidden", str(exc)) from exc
+
+
 def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
     if not enqueue_or_fail(session, queue, task.id):
         raise APIError(503, "broker_unavailable", "the task queue is unreachable; the task was not started")
@@ -94,6 +106,7 @@ def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
     response_model=TaskPublic,
     responses={
         **ERRORS,
+        **FORBIDDEN,
         **LIMITED,
         **UNAVAILABLE,
         200: {"model": TaskPublic, "description": "Idempotency-Key seen before: the task made then."},
@@ -117,6 +130,7 @@ def create_task(
     except InvalidRepoError as exc:
         field = "ref" if str(exc).startswith("ref") else "repo"
         raise APIError(422, "invalid_repo", str(exc), [{"field": field, "message": str(exc)}]) from exc
+    _check_access(settings, user, repo)
     start_diff = None
     if body.local_changes is not None:
         if not ref:
@@ -184,7 +198,7 @@ def cancel_task(task_id: str, session: SessionDep, user: CurrentUser) -> TaskPub
     "/{task_id}/retry",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskPublic,
-    responses={**ERRORS, **CONFLICT, **LIMITED, **UNAVAILABLE},
+    responses={**ERRORS, **FORBIDDEN, **CONFLICT, **LIMITED, **UNAVAILABLE},
 )
 def retry_task(
     task_id: str, session: SessionDep, settings: SettingsDep, user: CurrentUser, queue: QueueDep
@@ -193,6 +207,7 @@ def retry_task(
     original = _task_or_404(session, task_id, user)
     if not TaskState(original.state).is_final:
         raise APIError(409, "task_not_finished", f"task {task_id} is {original.state}; only an ended task is retried")
+    _check_access(settings, user, original.repo)
     _check_quota(session, settings, original.user_id)
     task = store.create_task(
         session, repo=original.repo, ref=original.ref, instruction=original.instruction,
@@ -208,7 +223,7 @@ def retry_task(
     "/{task_id}/follow-up",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskPublic,
-    responses={**ERRORS, **CONFLICT, **LIMITED, **UNAVAILABLE},
+    responses={**ERRORS, **FORBIDDEN, **CONFLICT, **LIMITED, **UNAVAILABLE},
 )
 def follow_up(
     task_id: str, body: FollowUpCreate, session: SessionDep, settings: SettingsDep, user: CurrentUser, queue: QueueDep
@@ -219,6 +234,7 @@ def follow_up(
     patch = store.get_patch(session, task_id)
     if not TaskState(parent.state).is_final or patch is None or parent.base_sha is None:
         raise APIError(409, "no_patch_to_follow", f"task {task_id} has no stored patch to build on")
+    _check_access(settings, user, parent.repo)
     _check_quota(session, settings, parent.user_id)
     task = store.create_task(
         session, repo=parent.repo, ref=parent.base_sha, instruction=body.instruction, max_steps=body.max_steps,
@@ -237,6 +253,7 @@ def task_events(
     task_id: str,
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     user: CurrentUser,
     after: Annotated[int, Query(ge=0, description="Only events with a larger sequence number.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
@@ -245,10 +262,12 @@ def task_events(
     ] = None,
 ) -> Any:
     """The task's events in order. With ``Accept: text/event-stream``: Server-Sent Events (id = sequence
-    number, event = type), resumable with ``Last-Event-ID``, ending after the final state."""
+    number, event = type), resumable with ``Last-Event-ID``, ending after the final state; a keep-alive comment
+    goes out every OVERNIGHT_SSE_PING_SECONDS."""
     _task_or_404(session, task_id, user)
     if "text/event-stream" in request.headers.get("accept", ""):
-        return event_stream(request.app.state.sessions, task_id, after=max(after, int(last_event_id or 0)))
+        resume = max(after, int(last_event_id or 0))
+        return event_stream(request.app.state.sessions, task_id, after=resume, ping_seconds=settings.sse_ping_seconds)
     events = store.list_events(session, task_id, after=after, limit=limit)
     return EventList(events=[EventPublic.model_validate(event) for event in events])
 

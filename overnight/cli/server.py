@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,7 +26,9 @@ STOP_GRACE_SECONDS = 10
 def _settings_for_up(host: str | None, port: int | None) -> Settings:
     overrides: dict[str, object] = {}
     if "OVERNIGHT_ALLOW_LOCAL_REPOS" not in os.environ:
-        overrides["allow_local_repos"] = True  # embedded default: a laptop's own checkouts are fair game
+        overrides["allow_local_repos"] = True  # embedded default: the admin's own checkouts are fair game...
+    if "OVERNIGHT_LOCAL_REPO_ROOTS" not in os.environ:
+        overrides["local_repo_roots"] = [Path.home()]  # ...those under their home (never the data folder)
     if host:
         overrides["api_host"] = host
     if port:
@@ -88,6 +91,13 @@ def _unworkable(settings: Settings, say: Say) -> bool:
     return bool(found)
 
 
+def _say_local_repos(settings: Settings, say: Say) -> None:
+    if not settings.allow_local_repos:
+        return
+    roots = ", ".join(str(root) for root in settings.local_repo_roots) or "none (OVERNIGHT_LOCAL_REPO_ROOTS)"
+    say(f"local repositories: admins' tasks may name paths under {roots}")
+
+
 def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) -> int:
     from migrations.store import make_engine, migrate
 
@@ -106,6 +116,7 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
     backend = _choose_sandbox(settings, say)
     ca_bundle = _choose_ca_bundle(settings, say)
     say(f"model: {settings.llm_model} at {settings.llm_base_url}")
+    _say_local_repos(settings, say)
 
     env = dict(os.environ)
     env.update(
@@ -113,6 +124,7 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
         OVERNIGHT_DATABASE_URL=database_url,
         OVERNIGHT_BROKER_URL=broker_url,
         OVERNIGHT_ALLOW_LOCAL_REPOS="true" if settings.allow_local_repos else "false",
+        OVERNIGHT_LOCAL_REPO_ROOTS=json.dumps([str(root) for root in settings.local_repo_roots]),
         OVERNIGHT_SANDBOX_BACKEND=backend,
     )
     if ca_bundle is not None:
@@ -253,12 +265,19 @@ def _check_image(image: str, rootfs: Path, client: Any, commands: dict[str, str]
     import tempfile
 
     from sandbox.base import SandboxError, SandboxSpec
+    from sandbox.disk import remove_folder
     from worker.sandboxes import sandbox_backend
 
     backend = sandbox_backend(Settings(), docker_available=client is not None)
     failures = 0
-    with tempfile.TemporaryDirectory() as workspace:
-        sandbox = backend.start(SandboxSpec(task_id="image-check", workspace=Path(workspace), image=None))
+    with tempfile.TemporaryDirectory() as folder:
+        workspace = Path(folder) / "workspace"
+        backend.create_workspace(workspace)
+        try:
+            sandbox = backend.start(SandboxSpec(task_id="image-check", workspace=workspace, image=None))
+        except BaseException:
+            remove_folder(workspace)
+            raise
         try:
             for toolchain, command in commands.items():
                 try:
@@ -273,5 +292,6 @@ def _check_image(image: str, rootfs: Path, client: Any, commands: dict[str, str]
                 say(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {toolchain}: {text}")
         finally:
             sandbox.close()
+            remove_folder(workspace)
     say(f"{backend.name} sandbox from {image}: {len(commands) - failures}/{len(commands)} toolchains work")
     return 1 if failures else 0

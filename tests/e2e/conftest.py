@@ -24,8 +24,13 @@ def free_port() -> int:
 
 @contextmanager
 def overnight_up(
-    tmp_path: Path, scripted_model: ScriptedModelServer, *, broker: str | None = None
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    *,
+    broker: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Iterator[dict[str, str]]:
+    """``extra``: more server settings (OVERNIGHT_*) for this server."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("OVERNIGHT_")} | {
         "OVERNIGHT_DATA_DIR": str(tmp_path / "data"),
@@ -35,9 +40,12 @@ def overnight_up(
         "OVERNIGHT_LLM_BASE_URL": scripted_model.base_url,
         "OVERNIGHT_LLM_RETRIES": "0",
         "OVERNIGHT_SANDBOX_IMAGE": SANDBOX_IMAGE,
+        # The tests' repositories are in tmp_path, not the home folder `overnight up` allows by default.
+        "OVERNIGHT_LOCAL_REPO_ROOTS": json.dumps([str(tmp_path)]),
     }
     if broker:
         env["OVERNIGHT_BROKER_URL"] = broker
+    env |= extra or {}
     log = (tmp_path / "up.log").open("w")
     up = subprocess.Popen(["overnight", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
