@@ -29,7 +29,12 @@ def _read(sessions: sessionmaker[Session], task_id: str, after: int) -> tuple[li
         return events, final
 
 
-def event_stream(sessions: sessionmaker[Session], task_id: str, *, after: int) -> EventSourceResponse:
+def event_stream(
+    sessions: sessionmaker[Session], task_id: str, *, after: int, ping_seconds: float
+) -> EventSourceResponse:
+    """A keep-alive comment goes out every ``ping_seconds`` (clients skip it), so that proxies keep the
+    connection of a quiet task open."""
+
     async def generate() -> AsyncIterator[dict[str, Any]]:
         position = after
         while True:
@@ -42,4 +47,4 @@ def event_stream(sessions: sessionmaker[Session], task_id: str, *, after: int) -
             if not events:
                 await anyio.sleep(POLL_SECONDS)
 
-    return EventSourceResponse(generate(), ping=15, headers={"Cache-Control": "no-cache"})
+    return EventSourceResponse(generate(), ping=ping_seconds, headers={"Cache-Control": "no-cache"})

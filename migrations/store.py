@@ -306,38 +306,7 @@ def get_trajectory(session: Session, task_id: str) -> Trajectory | None:
     return session.get(Trajectory, task_id)
 
 
-# --- claiming, heartbeats, reconciling -------------------------------------------------------------
-
-
-def claim(session: Session, task_id: str, *, worker: str, max_active_per_user: int) -> str:
-    """Try to start task ``task_id`` on ``worker``: "claimed", "busy" (its user is at the concurrency
-    limit: leave it queued), or "gone" (not queued any more)."""
-    task = session.get(Task, task_id)
-    if task is None or task.state != TaskState.queued.value:
-        return "gone"
-    if task.user_id is not None:
-        # Touching the user's row serialises concurrent claims of one user (a row lock; SQLite: the write lock).
-        session.execute(update(User).where(User.id == task.user_id).values(updated_at=utcnow()))
-        active = session.scalar(
-            select(func.count())
-            .select_from(Task)
-            .where(Task.user_id == task.user_id, Task.state.in_([s.value for s in ACTIVE_STATES]))
-        )
-        if (active or 0) >= max_active_per_user:
-            return "busy"
-    claimed = transition(
-        session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing,
-        attempt=Task.attempt + 1, worker=worker, heartbeat_at=utcnow(), cancel_requested=False,
-    )  # fmt: skip
-    return "claimed" if claimed else "gone"
-
-
-def heartbeat(session: Session, task_id: str, worker: str) -> None:
-    session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.worker == worker, Task.state.in_([s.value for s in ACTIVE_STATES]))
-        .values(heartbeat_at=utcnow())
-    )
+# --- queues and reconciling (claims and fencing: attempt_store.py) ---------------------------------
 
 
 def mark_enqueued(session: Session, task_id: str) -> None:
@@ -360,18 +329,6 @@ def lost_queued_tasks(session: Session, *, older_than: timedelta) -> Sequence[Ta
             Task.state == TaskState.queued.value, (Task.enqueued_at < limit) | (Task.enqueued_at.is_(None))
         )
     ).all()
-
-
-def requeue_or_fail(session: Session, task: Task, *, max_attempts: int, reason: str) -> str:
-    """A task whose worker died: back to queued for a clean new attempt, or failed after ``max_attempts``."""
-    states = [s for s in ACTIVE_STATES if s.value == task.state]
-    if task.attempt >= max_attempts:
-        transition(session, task.id, from_states=states, to_state=TaskState.failed,
-                   reason=f"worker lost: {reason} (after {task.attempt} attempts)")  # fmt: skip
-        return "failed"
-    if transition(session, task.id, from_states=states, to_state=TaskState.queued, reason=reason):
-        return "requeued"
-    return "unchanged"
 
 
 def add_sandbox_seconds(session: Session, task_id: str, seconds: float) -> None:

@@ -23,8 +23,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(str(exc))
     broker_url, description = resolve_broker_url(settings)
     logging.getLogger("overnight.worker").info(description)
-    # Sandboxes a crashed worker left behind, and their folders on this host: now, then periodically.
-    start_reaper(settings.reap_seconds, (settings.data_dir / "control", settings.environments_dir))
+    # Sandboxes a crashed worker left behind, their folders and its workspaces on this host: now, then periodically.
+    start_reaper(
+        settings.reap_seconds, (settings.data_dir / "control", settings.environments_dir, settings.workspaces_dir)
+    )
     app = create_celery(broker_url, queue=settings.queue, task_time_limit=settings.task_time_limit)
     start_reconciler(settings, TaskQueue(broker_url, queue=settings.queue))
     register_tasks(app)

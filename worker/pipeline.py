@@ -3,40 +3,45 @@
 The database is the source of truth; a message from the broker only says "look at this task". So the body
 is idempotent: a task already ended, or running on a live worker, is left alone; one whose worker stopped
 beating starts a clean new attempt (or fails with "worker lost" after the last one). Every way out leaves
-the task in a final state with a one-line reason, and the sandbox removed.
+the task in a final state with a one-line reason, and the sandbox and workspace removed — except for an
+attempt that was superseded (the reconciler gave the task to another): its writes are refused (see
+``worker/attempt.py``), and it stops without writing anything more.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.base import AgentError, AssistantTurn, Cancelled, LimitsExceeded, ModelClient, Submitted
+from agent.base import AgentError, Cancelled, LimitsExceeded, ModelClient, Submitted
 from agent.loop import AgentConfig, Trajectory, run_agent
 from agent.tools import ToolContext
-from migrations import store
+from migrations import attempt_store, store
 from migrations.models import TaskState
+from overnight.access import Requester
 from sandbox.base import Sandbox, SandboxBackend, SandboxDiskFullError, SandboxError, SandboxSpec
 from sandbox.environments import EnvironmentCache
-from worker.environment import SetupPolicy, enter_environment, prepare_environment
-from worker.patch import changed_files, commit_message, extract_patch, tests_run
-from worker.repo import Checkout, TaskFailure, apply_to_workspace, clone_repository, format_patch
+from sandbox.reaper import mark_owned, remove_owned
+from worker.attempt import Attempt, Superseded, Watch, database_unreachable
+from worker.environment import Environment, SetupPolicy, enter_environment, prepare_environment
+from worker.hostgit import DataLimits
+from worker.patch import changed_files
+from worker.records import UsageRecorder, event_sink, store_patch, store_trajectory
+from worker.repo import Checkout, TaskFailure, apply_to_workspace, clone_repository, task_owner
 
 log = logging.getLogger(__name__)
 Outcome = Literal["ran", "busy", "skipped"]
-TRAJECTORY_EVERY_SECONDS = 10.0
-"""While a task runs, its transcript is stored before the second model call, then at most this often."""
 
 
 class TaskHooks(Protocol):
@@ -70,43 +75,10 @@ class WorkerContext:
     stale_after: timedelta = timedelta(seconds=60)
     author: tuple[str, str] = ("Overnight", "overnight@localhost")
     hooks: TaskHooks | None = None
-
-
-class _Watch:
-    """Beats the task's heartbeat and, when the user cancels, kills the command running in its sandbox."""
-
-    def __init__(self, ctx: WorkerContext, task_id: str) -> None:
-        self.ctx, self.task_id = ctx, task_id
-        self.sandbox: Sandbox | None = None
-        self.cancelled = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"watch-{task_id}", daemon=True)
-
-    def __enter__(self) -> _Watch:
-        self._thread.start()
-        return self
-
-    def attach(self, sandbox: Sandbox | None) -> None:
-        self.sandbox = sandbox
-        if sandbox is not None and self.cancelled.is_set():
-            sandbox.interrupt()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(min(self.ctx.heartbeat_seconds, 1.0)):
-            try:
-                with self.ctx.sessions.begin() as session:
-                    store.heartbeat(session, self.task_id, self.ctx.worker_name)
-                    cancel = store.cancel_requested(session, self.task_id)
-                if cancel and not self.cancelled.is_set():
-                    self.cancelled.set()
-                    if self.sandbox is not None:
-                        self.sandbox.interrupt()
-            except Exception:  # a missed beat is not worth the task
-                log.exception("heartbeat of task %s failed", self.task_id)
+    database_retry_seconds: float = 300.0
+    """How long writes (the final state included) are retried while the database cannot be reached."""
+    limits: DataLimits = field(default_factory=DataLimits)
+    """What a task's bytes may cost the worker: the patch's size, git's memory over uploads and patches."""
 
 
 def run_task(task_id: str, ctx: WorkerContext) -> Outcome:
@@ -120,263 +92,258 @@ def run_task(task_id: str, ctx: WorkerContext) -> Outcome:
             if beat is not None and store.age(beat) < ctx.stale_after.total_seconds():
                 log.info("task %s is %s on live worker %s; leaving it", task_id, task.state, task.worker)
                 return "skipped"
-            if store.requeue_or_fail(session, task, max_attempts=ctx.max_attempts, reason="redelivered") != "requeued":
+            outcome = attempt_store.requeue_or_fail(session, task, max_attempts=ctx.max_attempts, reason="redelivered")
+            if outcome != "requeued":
                 return "skipped"
-        claim = store.claim(session, task_id, worker=ctx.worker_name, max_active_per_user=ctx.max_active_per_user)
-    if claim != "claimed":
-        return "busy" if claim == "busy" else "skipped"
-    with _Watch(ctx, task_id) as watch:
-        _execute(task_id, ctx, watch)
+        claim = attempt_store.claim(
+            session, task_id, worker=ctx.worker_name, max_active_per_user=ctx.max_active_per_user
+        )
+    if claim == "busy":
+        return "busy"
+    if claim == "gone":
+        return "skipped"
+    attempt = Attempt(ctx.sessions, task_id, claim, retry_seconds=ctx.database_retry_seconds)
+    with Watch(attempt, ctx.heartbeat_seconds) as watch:
+        _execute(ctx, attempt, watch)
     return "ran"
 
 
-def _execute(task_id: str, ctx: WorkerContext, watch: _Watch) -> None:
-    with ctx.sessions() as session:
-        task = store.get_task(session, task_id)
-        assert task is not None
-        parent_patch = store.get_patch(session, task.parent_id) if task.kind == "follow-up" and task.parent_id else None
-        repo, ref, instruction, max_steps, setup_path = (
-            task.repo,
-            task.ref,
-            task.instruction,
-            task.max_steps,
-            task.setup,
-        )
-        start_diff = parent_patch.diff if parent_patch else task.start_diff
-    deadline = time.monotonic() + ctx.setup.lifetime
-    workspace = ctx.workspaces / task_id
+EXPECTED_ENDINGS = (Cancelled, LimitsExceeded, TaskFailure, AgentError, SandboxError, SoftTimeLimitExceeded)
+
+
+@dataclass(kw_only=True, frozen=True)
+class _Inputs:
+    repo: str
+    ref: str | None
+    instruction: str
+    max_steps: int | None
+    setup: str | None
+    start_diff: str | None
+    owner: Requester | None
+    """Whose task: what it may clone, with whose credentials."""
+    user_id: int | None = None
+    """Whose set-up snapshots it may reuse when it starts from an upload or a parent's patch."""
+    start_from: str = "the uploaded local changes"
+
+
+@dataclass(kw_only=True)
+class _Run:
+    """What one attempt holds while it runs; all of it is let go whatever happens."""
+
+    workspace: Path
+    deadline: float
     sandbox: Sandbox | None = None
     base_sha: str | None = None
     mirror: Path | None = None
-    emit = _event_sink(ctx.sessions, task_id)
-    trajectory = Trajectory()
+    trajectory: Trajectory = field(default_factory=Trajectory)
+
+
+def _execute(ctx: WorkerContext, attempt: Attempt, watch: Watch) -> None:
+    """Run the attempt, then end the task with a final state and a reason, whatever raised; a superseded
+    attempt only lets go of what it holds."""
+    run = _Run(
+        workspace=ctx.workspaces / f"{attempt.task_id}.{attempt.number}",
+        deadline=time.monotonic() + ctx.setup.lifetime,
+    )
+    with ExitStack() as lease:  # keeps the mirror from being pruned until the result is published
+        try:
+            state, reason = _outcome(ctx, attempt, watch, run, lease)
+            if run.trajectory.messages:
+                store_trajectory(attempt, run.trajectory)
+        except Superseded:
+            log.warning("task %s: attempt %d was superseded; it writes nothing more", attempt.task_id, attempt.number)
+            return
+        finally:
+            _release(attempt.task_id, watch, run)
+        _publish_and_finish(ctx, attempt, run.mirror, state, reason)
+
+
+def _outcome(
+    ctx: WorkerContext, attempt: Attempt, watch: Watch, run: _Run, lease: ExitStack
+) -> tuple[TaskState, str | None]:
+    """How the run ends; only :class:`Superseded` passes through."""
     try:
-        if ctx.hooks is not None:
-            ctx.hooks.started(task_id)
-        emit("phase", {"phase": "clone", "repo": repo, "ref": ref})
-        credentials = ctx.hooks.git_credentials(task_id, repo) if ctx.hooks is not None else None
-        base_sha, mirror = clone_repository(repo, ref, workspace, checkout=ctx.checkout, credentials=credentials)
-        if start_diff:
-            apply_to_workspace(workspace, start_diff)
-            emit("phase", {"phase": "start-diff", "files": len(changed_files(start_diff))})
-        with ctx.sessions.begin() as session:
-            store.get_task(session, task_id).base_sha = base_sha  # type: ignore[union-attr]
-        emit("phase", {"phase": "setup", "base_sha": base_sha})
-        environment = prepare_environment(
-            task_id=task_id, repository=repo, workspace=workspace, setup_path=setup_path, backend=ctx.backend,
-            cache=ctx.environments, policy=ctx.setup, emit=emit, on_sandbox=watch.attach,
-        )  # fmt: skip
-        _raise_if_cancelled(watch)
-        sandbox = ctx.backend.start(
-            SandboxSpec(
-                task_id=task_id,
-                workspace=workspace,
-                image=environment.ref,
-                network=ctx.agent_network,
-                lifetime=max(deadline - time.monotonic(), 1.0),
-            )
-        )
-        watch.attach(sandbox)
-        enter_environment(sandbox, environment.ref)
-        with ctx.sessions.begin() as session:
-            store.transition(session, task_id, from_states=[TaskState.preparing], to_state=TaskState.running)
-        emit("phase", {"phase": "agent", "environment": environment.ref})
-        config = ctx.agent
-        if max_steps:
-            config = replace(config, budget=replace(config.budget, max_steps=max_steps))
-        result = run_agent(
-            instruction=instruction,
-            model=_UsageRecorder(ctx.model_factory(task_id), ctx.sessions, task_id, watch.cancelled, trajectory),
-            ctx=ToolContext(
-                sandbox=sandbox, output_limit=config.tool_output_limit, command_timeout=config.command_timeout
-            ),
-            config=config,
-            on_event=_timed(emit, ctx.sessions, task_id),
-            should_stop=lambda: watch.cancelled.is_set() or _cancel_requested(ctx.sessions, task_id),
-            trajectory=trajectory,
-            environment_note=environment.note,
-        )
-        _store_patch(ctx, task_id, sandbox, base_sha, mirror, result.submission, trajectory, complete=True)
-        outcome: tuple[TaskState, str | None] = (TaskState.succeeded, None)
-    except (Cancelled, LimitsExceeded, TaskFailure, AgentError, SandboxError) as exc:
-        cancelled = isinstance(exc, Cancelled) or watch.cancelled.is_set() or _cancel_requested(ctx.sessions, task_id)
-        reason = "cancelled by user" if cancelled else _reason(exc)
-        if cancelled or isinstance(exc, LimitsExceeded | SandboxDiskFullError):
-            _store_partial(ctx, task_id, sandbox, base_sha, mirror, trajectory, reason)
-        outcome = (TaskState.cancelled if cancelled else TaskState.failed, reason)
-    except SoftTimeLimitExceeded:
-        _store_partial(ctx, task_id, sandbox, base_sha, mirror, trajectory, "task time limit exceeded")
-        outcome = (TaskState.failed, "task time limit exceeded")
+        _run_to_patch(ctx, attempt, watch, run, lease)
+        return TaskState.succeeded, None
+    except Superseded:
+        raise
     except Exception as exc:
-        log.error("task %s crashed:\n%s", task_id, traceback.format_exc())
-        outcome = (TaskState.failed, f"internal error: {type(exc).__name__}: {exc}")
-    finally:
-        if trajectory.messages:
-            _store_trajectory(ctx.sessions, task_id, trajectory)
-        if sandbox is not None:
-            watch.sandbox = None
-            try:
-                sandbox.close()
-            except SandboxError:
-                log.exception("could not remove the sandbox of task %s", task_id)
-        shutil.rmtree(workspace, ignore_errors=True)
+        try:
+            return _cut_short(ctx, attempt, watch, run, exc)
+        except Superseded:
+            raise
+        except Exception:  # raised while handling the first (the time limit while keeping the partial diff)
+            log.exception("task %s: ending it after %s failed", attempt.task_id, type(exc).__name__)
+            return TaskState.failed, _reason(exc)
+
+
+def _run_to_patch(ctx: WorkerContext, attempt: Attempt, watch: Watch, run: _Run, lease: ExitStack) -> None:
+    task_id = attempt.task_id
+    mark_owned(run.workspace)  # if this process dies, a live worker's reaper removes the workspace
+    ctx.backend.create_workspace(run.workspace)  # before the clone: the kernel keeps all of it within the limit
+    inputs = attempt.read(lambda session: _inputs(session, task_id))
+    emit = event_sink(attempt)
     if ctx.hooks is not None:
-        ctx.hooks.finished(task_id, outcome[0], outcome[1], mirror)
-    # The final state last: when a task reads as ended, its sandbox is already gone (and its result published).
-    _finish(ctx.sessions, task_id, *outcome)
+        ctx.hooks.started(task_id)
+    environment = _prepare(ctx, attempt, watch, run, lease, inputs, emit)
+    if watch.stopping:
+        raise Cancelled("cancelled by user")
+    run.sandbox = sandbox = ctx.backend.start(
+        SandboxSpec(
+            task_id=task_id,
+            workspace=run.workspace,
+            image=environment.ref,
+            network=ctx.agent_network,
+            lifetime=max(run.deadline - time.monotonic(), 1.0),
+        )
+    )
+    watch.attach(sandbox)
+    enter_environment(sandbox, environment.ref)
+    attempt.write(lambda session: store.transition(session, task_id, from_states=[TaskState.preparing],
+                                                   to_state=TaskState.running))  # fmt: skip
+    emit("phase", {"phase": "agent", "environment": environment.ref})
+    config = ctx.agent
+    if inputs.max_steps:
+        config = replace(config, budget=replace(config.budget, max_steps=inputs.max_steps))
+    result = run_agent(
+        instruction=inputs.instruction,
+        model=UsageRecorder(ctx.model_factory(task_id), attempt, watch, run.trajectory),
+        ctx=ToolContext(sandbox=sandbox, output_limit=config.tool_output_limit, command_timeout=config.command_timeout),
+        config=config,
+        on_event=emit,
+        should_stop=lambda: watch.stopping or _cancel_requested(attempt),
+        trajectory=run.trajectory,
+        environment_note=environment.note,
+    )
+    _store_patch(ctx, attempt, run, result.submission, complete=True)
+
+
+def _inputs(session: Session, task_id: str) -> _Inputs:
+    task = store.get_task(session, task_id)
+    assert task is not None
+    parent_patch = store.get_patch(session, task.parent_id) if task.kind == "follow-up" and task.parent_id else None
+    return _Inputs(
+        repo=task.repo, ref=task.ref, instruction=task.instruction, max_steps=task.max_steps, setup=task.setup,
+        start_diff=parent_patch.diff if parent_patch else task.start_diff, owner=task_owner(session, task.user_id),
+        user_id=task.user_id,
+        start_from="the previous task's patch" if parent_patch else "the uploaded local changes",
+    )  # fmt: skip
+
+
+def _prepare(
+    ctx: WorkerContext,
+    attempt: Attempt,
+    watch: Watch,
+    run: _Run,
+    lease: ExitStack,
+    inputs: _Inputs,
+    emit: Callable[[str, dict[str, Any]], None],
+) -> Environment:
+    """Clone, start from the uploaded or parent diff, run the set-up: where the agent's sandbox starts."""
+    task_id = attempt.task_id
+    emit("phase", {"phase": "clone", "repo": inputs.repo, "ref": inputs.ref})
+    credentials = ctx.hooks.git_credentials(task_id, inputs.repo) if ctx.hooks is not None else None
+    run.base_sha, run.mirror = base_sha, _ = clone_repository(
+        inputs.repo, inputs.ref, run.workspace, checkout=ctx.checkout, owner=inputs.owner, credentials=credentials,
+        lease=lease,
+    )  # fmt: skip
+    if inputs.start_diff:
+        apply_to_workspace(run.workspace, inputs.start_diff, what=inputs.start_from, memory=ctx.limits.git_memory)
+        emit("phase", {"phase": "start-diff", "files": len(changed_files(inputs.start_diff))})
+    attempt.write(lambda session: setattr(store.get_task(session, task_id), "base_sha", base_sha))
+    emit("phase", {"phase": "setup", "base_sha": base_sha})
+    return prepare_environment(
+        task_id=task_id, repository=inputs.repo, workspace=run.workspace, setup_path=inputs.setup,
+        backend=ctx.backend, cache=ctx.environments, policy=ctx.setup, emit=emit, on_sandbox=watch.attach,
+        owner=None if inputs.user_id is None else str(inputs.user_id), git_memory=ctx.limits.git_memory,
+    )  # fmt: skip
+
+
+def _cut_short(
+    ctx: WorkerContext, attempt: Attempt, watch: Watch, run: _Run, exc: Exception
+) -> tuple[TaskState, str | None]:
+    """The state and reason of a run that raised ``exc``; keeps the partial diff where that helps."""
+    if watch.superseded.is_set():
+        raise Superseded(f"attempt {attempt.number} of task {attempt.task_id} was superseded") from exc
+    if not isinstance(exc, EXPECTED_ENDINGS):
+        log.error("task %s crashed:\n%s", attempt.task_id, "".join(traceback.format_exception(exc)))
+    cancelled = isinstance(exc, Cancelled) or watch.cancelled.is_set() or _cancel_requested(attempt)
+    reason = "cancelled by user" if cancelled else _reason(exc)
+    if cancelled or isinstance(exc, LimitsExceeded | SandboxDiskFullError | SoftTimeLimitExceeded):
+        _store_partial(ctx, attempt, run, reason)
+    return (TaskState.cancelled if cancelled else TaskState.failed), reason
 
 
 def _reason(exc: Exception) -> str:
-    return f"sandbox: {exc}" if isinstance(exc, SandboxError) else str(exc)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "task time limit exceeded"
+    if isinstance(exc, SandboxError):
+        return f"sandbox: {exc}"
+    if isinstance(exc, EXPECTED_ENDINGS):
+        return str(exc)
+    if isinstance(exc, DBAPIError) and database_unreachable(exc):
+        return f"internal error: the database could not be reached ({str(exc.orig).strip().splitlines()[0]})"
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
-def _cancel_requested(sessions: sessionmaker[Session], task_id: str) -> bool:
-    with sessions() as session:
-        return store.cancel_requested(session, task_id)
+def _cancel_requested(attempt: Attempt) -> bool:
+    """Asked between steps and on the way out; when the database does not answer, the watcher's flag decides."""
+    try:
+        with attempt.sessions() as session:
+            return store.cancel_requested(session, attempt.task_id)
+    except Exception:
+        return False
 
 
-def _raise_if_cancelled(watch: _Watch) -> None:
-    if watch.cancelled.is_set():
-        raise Cancelled("cancelled by user")
+def _release(task_id: str, watch: Watch, run: _Run) -> None:
+    if run.sandbox is not None:
+        watch.sandbox = None
+        try:
+            run.sandbox.close()
+        except Exception:  # the reaper removes it later; the task still ends
+            log.exception("could not remove the sandbox of task %s", task_id)
+    remove_owned(run.workspace)
 
 
-def _store_patch(
-    ctx: WorkerContext,
-    task_id: str,
-    sandbox: Sandbox,
-    base_sha: str,
-    mirror: Path,
-    submission: Submitted,
-    trajectory: Trajectory,
-    *,
-    complete: bool,
+def _publish_and_finish(
+    ctx: WorkerContext, attempt: Attempt, mirror: Path | None, state: TaskState, reason: str | None
 ) -> None:
-    patch = extract_patch(sandbox, base_sha, mirror)
-    files = changed_files(patch.diff)
-    message = commit_message(
-        title=submission.pr_title, summary=submission.summary, files=files, tests=tests_run(trajectory.messages)
-    )
-    diffstat, mbox = format_patch(mirror, base_sha, patch.diff, message, author=ctx.author[0], email=ctx.author[1])
-    body = submission.pr_body.strip() or submission.summary.strip()
-    with ctx.sessions.begin() as session:
-        stored = store.store_patch(
-            session, task_id, base_sha=base_sha, diff=patch.diff, title=submission.pr_title, body=body,
-            files_changed=patch.files_changed, complete=complete, excluded=patch.excluded,
-        )  # fmt: skip
-        stored.diffstat, stored.commit_message, stored.mbox = diffstat, message, mbox
-        store.append_event(
-            session, task_id, "patch",
-            {"files_changed": patch.files_changed, "bytes": len(patch.diff), "complete": complete,
-             "excluded": patch.excluded, "empty": not patch.diff},
-        )  # fmt: skip
+    """Tell where the task came from, then write its final state (last: when a task reads as ended, its
+    sandbox is gone and its result published). A superseded attempt publishes nothing."""
+    task_id = attempt.task_id
+    try:
+        attempt.write(lambda session: None)  # still this attempt's task?
+        if ctx.hooks is not None:
+            try:
+                ctx.hooks.finished(task_id, state, reason, mirror)
+            except Exception:  # publishing is the hook's business; the task still ends
+                log.exception("publishing the result of task %s failed", task_id)
+        attempt.write(lambda session: _finish(session, task_id, state, reason))
+    except Superseded:
+        log.warning("task %s: attempt %d was superseded; its end (%s) is not written", task_id, attempt.number, state)
+    except Exception:  # the database stayed away: the reconciler takes the task up once its heartbeat is stale
+        log.exception("could not write the end (%s: %s) of task %s", state, reason, task_id)
 
 
-def _store_partial(
-    ctx: WorkerContext,
-    task_id: str,
-    sandbox: Sandbox | None,
-    base_sha: str | None,
-    mirror: Path | None,
-    trajectory: Trajectory,
-    reason: str,
-) -> None:
+def _finish(session: Session, task_id: str, state: TaskState, reason: str | None) -> None:
+    store.transition(session, task_id, from_states=[TaskState.preparing, TaskState.running], to_state=state,
+                     reason=reason)  # fmt: skip
+
+
+def _store_patch(ctx: WorkerContext, attempt: Attempt, run: _Run, submission: Submitted, *, complete: bool) -> None:
+    assert run.sandbox is not None and run.base_sha is not None and run.mirror is not None
+    store_patch(attempt, run.sandbox, run.base_sha, run.mirror, submission, run.trajectory, complete=complete,
+                author=ctx.author, limits=ctx.limits)  # fmt: skip
+
+
+def _store_partial(ctx: WorkerContext, attempt: Attempt, run: _Run, reason: str) -> None:
     """Keep what the agent did before the run was cut short, marked incomplete."""
-    if sandbox is None or base_sha is None or mirror is None:
+    if run.sandbox is None or run.base_sha is None or run.mirror is None:
         return
     try:
         partial = Submitted(summary=reason, pr_title=f"Incomplete: {reason}"[:200], pr_body=reason)
-        _store_patch(ctx, task_id, sandbox, base_sha, mirror, partial, trajectory, complete=False)
-    except (TaskFailure, SandboxError):
-        log.exception("could not store the partial diff of task %s", task_id)
-
-
-def _store_trajectory(sessions: sessionmaker[Session], task_id: str, trajectory: Trajectory) -> None:
-    try:
-        with sessions.begin() as session:
-            store.store_trajectory(
-                session,
-                task_id,
-                {"tools": trajectory.tools, "messages": trajectory.messages, "steps": trajectory.steps},
-            )
-    except Exception:  # the task's outcome matters more than its transcript
-        log.exception("could not store the trajectory of task %s", task_id)
-
-
-def _finish(sessions: sessionmaker[Session], task_id: str, state: TaskState, reason: str | None = None) -> None:
-    with sessions.begin() as session:
-        store.transition(
-            session, task_id, from_states=[TaskState.preparing, TaskState.running], to_state=state, reason=reason
-        )
-
-
-def _event_sink(sessions: sessionmaker[Session], task_id: str) -> Callable[[str, dict[str, Any]], None]:
-    def emit(type_: str, data: dict[str, Any]) -> None:
-        with sessions.begin() as session:
-            store.append_event(session, task_id, type_, data)
-            if type_ == "setup" and data.get("duration"):
-                store.add_sandbox_seconds(session, task_id, float(data["duration"]))
-
-    return emit
-
-
-def _timed(emit: Callable[[str, dict[str, Any]], None], sessions: sessionmaker[Session], task_id: str) -> Any:
-    """The agent's event sink, also adding each tool's seconds to the task's sandbox time."""
-
-    def sink(type_: str, data: dict[str, Any]) -> None:
-        emit(type_, data)
-        if type_ == "tool_result" and data.get("duration"):
-            with sessions.begin() as session:
-                store.add_sandbox_seconds(session, task_id, float(data["duration"]))
-
-    return sink
-
-
-class _UsageRecorder:
-    """Adds each model call's token usage to the task row; keeps the stored trajectory current before model
-    calls (readable while the task runs, kept if its worker dies); and lets a cancel end the task while a model
-    call is still streaming: the call runs in a thread of its own, and the task stops waiting for it when the
-    user cancels (the abandoned request ends at its own timeout; its answer is dropped)."""
-
-    def __init__(
-        self,
-        model: ModelClient,
-        sessions: sessionmaker[Session],
-        task_id: str,
-        cancelled: threading.Event,
-        trajectory: Trajectory,
-    ) -> None:
-        self.model, self.sessions, self.task_id, self.cancelled = model, sessions, task_id, cancelled
-        self.trajectory = trajectory
-        self._stored_at: float | None = None
-
-    def history_message(self, turn: AssistantTurn) -> dict[str, Any]:
-        return self.model.history_message(turn)
-
-    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> AssistantTurn:
-        if len(self.trajectory.messages) > 2 and (
-            self._stored_at is None or time.monotonic() - self._stored_at >= TRAJECTORY_EVERY_SECONDS
-        ):
-            self._stored_at = time.monotonic()
-            _store_trajectory(self.sessions, self.task_id, self.trajectory)
-        result: dict[str, Any] = {}
-        done = threading.Event()
-
-        def call() -> None:
-            try:
-                result["turn"] = self.model.complete(messages, tools)
-            except BaseException as exc:  # handed to the task's thread, which decides
-                result["error"] = exc
-            finally:
-                done.set()
-
-        threading.Thread(target=call, name=f"model-{self.task_id}", daemon=True).start()
-        while not done.wait(0.2):
-            if self.cancelled.is_set():
-                raise Cancelled("cancelled by user")
-        if "error" in result:
-            raise result["error"]
-        turn: AssistantTurn = result["turn"]
-        with self.sessions.begin() as session:
-            store.add_usage(session, self.task_id, prompt=turn.usage.prompt_tokens,
-                            cached=turn.usage.cached_tokens, completion=turn.usage.completion_tokens)  # fmt: skip
-        return turn
+        _store_patch(ctx, attempt, run, partial, complete=False)
+    except Superseded:
+        raise
+    except Exception:  # the task's end matters more than its partial diff
+        log.exception("could not store the partial diff of task %s", attempt.task_id)

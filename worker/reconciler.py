@@ -1,5 +1,10 @@
 """Keeping the database's promises when the broker or a worker lets go: every queued task has a message,
-and no task stays preparing or running once its worker stopped beating."""
+and no task stays preparing or running once its worker stopped beating.
+
+Nobody can beat while the database is down, so right after an outage every heartbeat looks stale: the
+reconciler takes tasks away from their workers only once the database has answered it for
+``OVERNIGHT_WORKER_STALE_SECONDS`` in a row (the workers beat again meanwhile). A worker that lost its task
+all the same (a long pause, a skewed clock) finds its writes refused and stops (``worker/attempt.py``)."""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrations import store
+from migrations import attempt_store, store
 from migrations.store import make_engine, make_sessionmaker
 from overnight.settings import Settings
+from worker.attempt import database_unreachable
 from worker.celery_app import TaskQueue
 
 log = logging.getLogger(__name__)
@@ -25,12 +31,14 @@ def reconcile(
     stale_after: timedelta,
     lost_after: timedelta,
     max_attempts: int,
+    recover_stale: bool = True,
 ) -> dict[str, list[str]]:
-    """One pass: recover tasks of dead workers, then re-send every queued task not sent for a while."""
-    done: dict[str, list[str]] = {"requeued": [], "failed": [], "resent": []}
+    """One pass: recover tasks of dead workers (unless ``recover_stale`` is False: the database was just
+    down), then re-send every queued task not sent for a while."""
+    done: dict[str, list[str]] = {"requeued": [], "failed": [], "cancelled": [], "resent": []}
     with sessions.begin() as session:
-        for task in store.stale_active_tasks(session, older_than=stale_after):
-            outcome = store.requeue_or_fail(
+        for task in store.stale_active_tasks(session, older_than=stale_after) if recover_stale else ():
+            outcome = attempt_store.requeue_or_fail(
                 session, task, max_attempts=max_attempts, reason=f"worker {task.worker} stopped beating"
             )
             if outcome in done:
@@ -59,18 +67,26 @@ def start_reconciler(settings: Settings, queue: TaskQueue) -> threading.Thread:
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
 
     def loop() -> None:
+        answering_since: float | None = time.monotonic()  # since when the database has answered every pass
         while True:
             time.sleep(settings.reconcile_seconds)
+            now = time.monotonic()
             try:
                 done = reconcile(
                     sessions, queue,
                     stale_after=timedelta(seconds=settings.worker_stale_seconds),
                     lost_after=timedelta(seconds=max(settings.reconcile_seconds * 2, 30)),
                     max_attempts=settings.task_max_attempts,
+                    recover_stale=answering_since is not None
+                    and now - answering_since >= settings.worker_stale_seconds,
                 )  # fmt: skip
+                if answering_since is None:
+                    answering_since = now
                 if any(done.values()):
                     log.warning("reconciled: %s", done)
-            except Exception:  # the reconciler must outlive a broker or database outage
+            except Exception as exc:  # the reconciler must outlive a broker or database outage
+                if database_unreachable(exc):
+                    answering_since = None
                 log.exception("reconciler pass failed")
 
     thread = threading.Thread(target=loop, name="overnight-reconciler", daemon=True)

@@ -223,4 +223,12 @@ def bench_llm(
 
 
 def main() -> None:
-    app()
+    """The ``overnight`` command. Known failures end in a one-line error (exit 2 or 3) where they happen; this is
+    the last line of defence, so that nothing else ends in a traceback either: one line naming the exception,
+    exit 4 (a database the server commands cannot reach, a bug)."""
+    try:
+        app()
+    except Exception as exc:
+        message = " ".join(str(exc).split()) or "(no message)"
+        err.print(f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(message)}")
+        raise SystemExit(4) from None

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import uvicorn
 from pydantic import SecretStr
 
@@ -83,3 +84,38 @@ def test_following_events_survives_an_api_restart_and_ends_only_with_the_task(tm
     assert [e["seq"] for e in seen] == list(range(1, 9))  # queued, six notes, cancelled: each once, in order
     assert [e["data"].get("n") for e in seen if e["type"] == "note"] == list(range(6))
     assert seen[-1]["data"]["state"] == "cancelled"
+
+
+def test_a_quiet_task_gets_keepalives_at_the_set_interval_and_the_follower_skips_them(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, broker_url=REDIS_URL, queue="test-sse-ping", sse_ping_seconds=0.2)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        token = store.create_token(session, "alice")
+        user = store.user_for_token(session, token)
+        task_id = store.create_task(session, repo="https://example.com/a/b.git", ref="main", instruction="x",
+                                    user_id=user.id if user else None).id  # fmt: skip
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = APIClient(ClientSettings(server=f"http://127.0.0.1:{port}", token=SecretStr(token)))
+    seen: list[dict] = []
+    follower = threading.Thread(target=lambda: seen.extend(client.follow_events(task_id)), daemon=True)
+    headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {token}"}
+    with _API(settings, port):
+        follower.start()
+        keepalives = 0
+        url = f"http://127.0.0.1:{port}/v1/tasks/{task_id}/events"
+        with httpx.stream("GET", url, headers=headers, timeout=30) as raw:  # the task stays queued: silent
+            for line in raw.iter_lines():
+                keepalives += line.startswith(": ping")
+                if keepalives == 5:
+                    break
+        assert follower.is_alive()  # the follower has had the same keep-alives and is still following
+        with sessions.begin() as session:
+            store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.cancelled,
+                             reason="cancelled by user")  # fmt: skip
+        follower.join(timeout=30)
+    assert not follower.is_alive()
+    assert [(e["seq"], e["data"]["state"]) for e in seen] == [(1, "queued"), (2, "cancelled")]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -13,11 +13,13 @@ from sqlalchemy import Engine
 
 from agent.client import ChatClient, LLMConfig
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
-from migrations import store
+from migrations import attempt_store, store
+from migrations.attempt_store import Superseded
 from migrations.store import make_sessionmaker
 from sandbox.docker import DockerBackend
 from tests.conftest import git
-from tests.worker.conftest import make_context, outcome, submit
+from tests.worker.conftest import make_context, outcome, run_and_meanwhile, submit
+from worker.attempt import Attempt
 from worker.pipeline import run_task
 
 
@@ -32,25 +34,6 @@ def _submit(engine: Engine, repo: str, ref: str | None = None) -> str:
 def _task(engine: Engine, task_id: str):
     task, patch, _ = outcome(engine, task_id)
     return task, patch
-
-
-def _run_and_meanwhile(task_id: str, context, condition, action, *, settle: float) -> None:  # type: ignore[no-untyped-def]
-    """run_task, while a thread waits (up to 60 s) for ``condition``, lets ``settle`` seconds pass and runs
-    ``action`` — what a user does while the task is under way."""
-
-    def meanwhile() -> None:
-        deadline = time.monotonic() + 60
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(settle)
-        action()
-
-    thread = threading.Thread(target=meanwhile)
-    thread.start()
-    try:
-        run_task(task_id, context)
-    finally:
-        thread.join()
 
 
 def test_step_budget_exhausted_fails_and_keeps_the_partial_diff(
@@ -80,7 +63,7 @@ def test_step_budget_exhausted_fails_and_keeps_the_partial_diff(
     assert task.failure_reason == "step budget exhausted (2 steps) before the model called finish"
     assert patch is not None and not patch.complete and "+    return a + b" in patch.diff
     assert docker_client.containers.list(all=True, filters={"label": f"dev.overnight.task={task_id}"}) == []
-    assert not (tmp_path / "workspaces" / task_id).exists()
+    assert list((tmp_path / "workspaces").iterdir()) == []  # the workspace and its owner sidecar are gone
     with make_sessionmaker(sqlite_engine)() as session:
         trajectory = store.get_trajectory(session, task_id)
     assert trajectory is not None and len(trajectory.data["steps"]) == 2
@@ -207,7 +190,7 @@ def test_cancel_during_set_up_kills_it_and_ends_cancelled_without_calling_the_mo
 
     started = time.monotonic()
     context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
-    _run_and_meanwhile(task_id, context, setting_up, cancel, settle=1)  # the set-up command is running then
+    run_and_meanwhile(task_id, context, setting_up, cancel, settle=1)  # the set-up command is running then
     task, _ = _task(sqlite_engine, task_id)
     assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
     assert time.monotonic() - started < 60  # not the set-up's 120 s
@@ -230,7 +213,7 @@ def test_cancel_while_the_model_is_still_answering_ends_the_task_in_seconds(
             store.request_cancel(session, task_id)
 
     context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
-    _run_and_meanwhile(task_id, context, lambda: bool(scripted_model.state.requests), cancel, settle=0.5)
+    run_and_meanwhile(task_id, context, lambda: bool(scripted_model.state.requests), cancel, settle=0.5)
     task, patch = _task(sqlite_engine, task_id)
     assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
     assert (task.finished_at - task.started_at).total_seconds() < 30  # not the model's 60 s
@@ -261,7 +244,7 @@ def test_the_trajectory_is_readable_while_the_task_runs(
                 seen_while_running.append(len(stored.data["messages"]))
 
     context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
-    _run_and_meanwhile(task_id, context, lambda: len(scripted_model.state.requests) >= 2, look, settle=0.5)
+    run_and_meanwhile(task_id, context, lambda: len(scripted_model.state.requests) >= 2, look, settle=0.5)
     # system, user, the read_file call and its result: stored after the first step, while the task ran
     assert seen_while_running == [4]
     with sessions() as session:
@@ -294,3 +277,75 @@ def test_the_task_time_limit_fails_the_task_with_that_reason(
     task, _ = _task(sqlite_engine, task_id)
     assert task.state == "failed" and task.failure_reason == "task time limit exceeded"
     assert docker_client.containers.list(all=True, filters={"label": f"dev.overnight.task={task_id}"}) == []
+
+
+EDIT_CALC = ScriptedTurn(tool_calls=[ScriptedCall(name="edit", arguments={
+    "file_path": "calc.py", "old_string": "a - b", "new_string": "a + b"})])  # fmt: skip
+SLEEP = ScriptedTurn(tool_calls=[ScriptedCall(name="bash", arguments={"command": "sleep 600"})])
+
+
+def test_an_unexpected_error_while_a_cancelled_run_ends_still_ends_it_cancelled(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    """The repository's mirror vanishes under the task (an operator cleaning the disk), so keeping the
+    cancelled run's partial diff fails with an error of git's, not one of the expected kinds."""
+    scripted_model.state.extend([EDIT_CALC, SLEEP])
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    sessions = make_sessionmaker(sqlite_engine)
+
+    def vanish_and_cancel() -> None:
+        for mirror in (tmp_path / "mirrors").glob("*.git"):
+            shutil.rmtree(mirror)
+        with sessions.begin() as session:
+            store.request_cancel(session, task_id)
+
+    context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+    run_and_meanwhile(task_id, context, lambda: len(scripted_model.state.requests) >= 2, vanish_and_cancel, settle=1)
+    task, patch = _task(sqlite_engine, task_id)
+    assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
+    assert patch is None  # it could not be made without the mirror; the task ended all the same
+    assert docker_client.containers.list(all=True, filters={"label": f"dev.overnight.task={task_id}"}) == []
+    assert list((tmp_path / "workspaces").iterdir()) == []
+
+
+def test_a_superseded_attempt_stops_itself_and_its_writes_are_refused(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    scripted_model.state.extend([SLEEP])
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    sessions = make_sessionmaker(sqlite_engine)
+    handed_over: dict[str, object] = {}
+
+    def give_it_to_another_worker() -> None:
+        """What another worker's reconciler does when this worker's heartbeat looks stale (a long pause, a
+        skewed clock), and the claim of that other worker."""
+        with sessions.begin() as session:
+            task = store.get_task(session, task_id)
+            assert task is not None
+            assert attempt_store.requeue_or_fail(session, task, max_attempts=3, reason="stopped beating") == "requeued"
+            handed_over["attempt"] = attempt_store.claim(session, task_id, worker="other", max_active_per_user=4)
+        handed_over["events"] = len(outcome(sqlite_engine, task_id)[2])
+
+    context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+    asked = lambda: bool(scripted_model.state.requests)  # noqa: E731 - the sleep is running a second later
+    run_and_meanwhile(task_id, context, asked, give_it_to_another_worker, settle=1)
+    task, patch, events = outcome(sqlite_engine, task_id)
+    assert handed_over["attempt"] == 2 and task.attempt == 2
+    assert task.state == "preparing" and task.worker == "other"  # the new attempt's, untouched
+    assert len(events) == handed_over["events"]  # attempt 1 wrote nothing more: no tool result, no end
+    assert patch is None and len(scripted_model.state.requests) == 1
+    assert docker_client.containers.list(all=True, filters={"label": f"dev.overnight.task={task_id}"}) == []
+    assert list((tmp_path / "workspaces").iterdir()) == []
+    old = Attempt(sessions, task_id, 1, retry_seconds=0)
+    with pytest.raises(Superseded):
+        old.write(lambda session: store.add_sandbox_seconds(session, task_id, 1))
