@@ -27,6 +27,7 @@ from agent.tools import ToolContext
 from migrations import store
 from migrations.store import make_engine, make_sessionmaker, migrate
 from sandbox.base import SandboxSpec
+from sandbox.disk import remove_folder
 from sandbox.docker import DockerConfig
 
 
@@ -68,8 +69,9 @@ def prefix_share(requests: list[dict[str, Any]]) -> float:
 
 
 def run_once(tmp: Path, index: int) -> dict[str, Any]:
+    backend = DockerConfig().build()
     workspace = tmp / f"ws{index}"
-    workspace.mkdir()
+    backend.create_workspace(workspace)
     for name, text in EXAMPLE_REPOSITORY.items():
         (workspace / name).write_text(text)
     engine = make_engine(f"sqlite:///{tmp / 'bench.db'}")
@@ -86,7 +88,7 @@ def run_once(tmp: Path, index: int) -> dict[str, Any]:
         with sessions.begin() as session:
             store.append_event(session, task_id, kind, data)
 
-    sandbox = DockerConfig().build().start(SandboxSpec(task_id=f"bench-{index}", workspace=workspace))
+    sandbox = backend.start(SandboxSpec(task_id=f"bench-{index}", workspace=workspace))
     try:
         with ScriptedModelServer(ScriptedModel(example_session())) as server:
             client = TimedClient(ChatClient(LLMConfig(base_url=server.base_url, model="mistral-medium-3.5")))
@@ -104,6 +106,7 @@ def run_once(tmp: Path, index: int) -> dict[str, Any]:
             requests = server.state.requests
     finally:
         sandbox.close()
+        remove_folder(workspace)
     boundaries = [*client.step_starts, ended]
     overheads = [
         (boundaries[i + 1] - boundaries[i]) - client.model_seconds[i] for i in range(len(client.model_seconds))

@@ -43,4 +43,17 @@ echo "== sandbox image"
 command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
 command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
 command -v tmux >/dev/null 2>&1 || apt_install tmux
+
+echo "== workspace disks"
+# Each workspace and set-up environment is a loop-mounted ext4 filesystem as large as the disk limit
+# (sandbox/disk.py, docs/sandbox.md "Disk"); a worker that cannot make one refuses to start.
+command -v mkfs.ext4 >/dev/null 2>&1 || apt_install e2fsprogs
+python3 - <<'PY'
+import tempfile
+from pathlib import Path
+from sandbox.disk import probe_kernel_disks
+with tempfile.TemporaryDirectory(prefix="overnight-disk-probe-") as folder:
+    reason = probe_kernel_disks(Path(folder))
+print(f"kernel disk limits: {reason} (workers need OVERNIGHT_SANDBOX_DISK_ENFORCEMENT=poll)" if reason else "kernel disk limits: ok")
+PY
 overnight image build

@@ -79,8 +79,8 @@ def make_disk(folder: Path, size: int, *, owner: tuple[int, int] = (0, 0)) -> No
 def _run(argv: list[str]) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [f"exit {result.returncode}"]
-        raise SandboxUnavailableError(f"{argv[0]} failed: {detail[0]}")
+        detail = (result.stderr or result.stdout).strip().splitlines()[:1] or [f"exit {result.returncode}"]
+        raise SandboxUnavailableError(f"{argv[0]} failed: {detail[0].strip()}")
 
 
 def remove_disk(folder: Path) -> None:

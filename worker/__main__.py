@@ -9,9 +9,10 @@ import sys
 from overnight.broker import resolve_broker_url
 from overnight.github.config import ConfigError, refuse_unworkable
 from overnight.settings import Settings
+from sandbox.base import SandboxUnavailableError
 from worker.celery_app import TaskQueue, create_celery, register_tasks
 from worker.reconciler import start_reconciler
-from worker.sandboxes import start_reaper
+from worker.sandboxes import check_disk_enforcement, start_reaper
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,11 +22,17 @@ def main(argv: list[str] | None = None) -> None:
         refuse_unworkable(settings, "the worker")
     except ConfigError as exc:
         sys.exit(str(exc))
+    try:
+        check_disk_enforcement(settings)
+    except SandboxUnavailableError as exc:
+        sys.exit(str(exc))
     broker_url, description = resolve_broker_url(settings)
     logging.getLogger("overnight.worker").info(description)
     # Sandboxes a crashed worker left behind, their folders and its workspaces on this host: now, then periodically.
+    environments = [settings.environments_dir / backend for backend in ("docker", "bwrap")]
     start_reaper(
-        settings.reap_seconds, (settings.data_dir / "control", settings.environments_dir, settings.workspaces_dir)
+        settings.reap_seconds,
+        (settings.data_dir / "control", settings.environments_dir, *environments, settings.workspaces_dir),
     )
     app = create_celery(broker_url, queue=settings.queue, task_time_limit=settings.task_time_limit)
     start_reconciler(settings, TaskQueue(broker_url, queue=settings.queue))

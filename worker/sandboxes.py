@@ -72,8 +72,9 @@ def check_disk_enforcement(settings: Settings) -> None:
     reason = probe_kernel_disks(settings.workspaces_dir)
     if reason is not None:
         raise SandboxUnavailableError(
-            f"kernel-enforced disk limits are not possible here: {reason}. Run the worker as root on a host with "
-            "loop devices, or set OVERNIGHT_SANDBOX_DISK_ENFORCEMENT=poll to accept a limit a fast writer passes"
+            f"kernel-enforced disk limits are not possible here: {reason.rstrip('.')}. Run the worker as root on a "
+            "host with loop devices, or set OVERNIGHT_SANDBOX_DISK_ENFORCEMENT=poll to accept a limit a fast writer "
+            "passes"
         )
 
 

@@ -130,16 +130,22 @@ def _image(settings: Settings) -> str:
 
 def _sandbox(settings: Settings) -> str:
     from sandbox.base import SandboxSpec
+    from sandbox.disk import remove_folder
     from worker.sandboxes import sandbox_backend
 
     backend = sandbox_backend(settings)
-    with tempfile.TemporaryDirectory(prefix="overnight-doctor-") as workspace:
+    with tempfile.TemporaryDirectory(prefix="overnight-doctor-") as folder:
+        workspace = Path(folder) / "workspace"
+        backend.create_workspace(workspace)  # a disk of its own, as a task's
         started = time.monotonic()
-        box = backend.start(SandboxSpec(task_id="doctor", workspace=Path(workspace)))
         try:
-            result = box.run("echo sandbox-ok", timeout=30)
+            box = backend.start(SandboxSpec(task_id="doctor", workspace=workspace))
+            try:
+                result = box.run("echo sandbox-ok", timeout=30)
+            finally:
+                box.close()
         finally:
-            box.close()
+            remove_folder(workspace)
     if result.stdout.strip() != "sandbox-ok":
         raise RuntimeError(f"the command printed {result.stdout!r} (exit {result.exit_code})")
     return f"{backend.name}, ready and ran a command in {time.monotonic() - started:.2f} s"
