@@ -49,7 +49,8 @@ def sse(seq: int, state: str) -> str:
 
 class FakeAPI:
     """Answers as the mode (the first segment of the path) says. In mode "resumable", a good stream: the first
-    connection brings event 1 among keep-alives and is then dropped; the next must ask from 1 on."""
+    connection brings event 1 among keep-alives and is then dropped; the next must ask from 1 on. In mode
+    "restarting", the first connection gets a gateway's 502."""
 
     def __init__(self) -> None:
         self.resume_points: list[str | None] = []
@@ -65,6 +66,10 @@ class FakeAPI:
         if mode in GARBAGE_STREAMS:
             return Response(": ping\n\n" + GARBAGE_STREAMS[mode], media_type="text/event-stream")
         self.resume_points.append(request.headers.get("last-event-id"))
+        if mode == "restarting" and len(self.resume_points) == 1:  # a gateway while the API restarts
+            return HTMLResponse("<html>502 Bad Gateway</html>", status_code=502)
+        if mode == "restarting":
+            return Response(sse(1, "succeeded"), media_type="text/event-stream")
         return StreamingResponse(self.resumable(request.headers.get("last-event-id")), media_type="text/event-stream")
 
     async def resumable(self, last: str | None) -> AsyncIterator[str]:
@@ -143,3 +148,14 @@ def test_keepalives_comments_and_empty_events_are_skipped_and_a_dropped_stream_r
     plain = overnight(f"{url}/resumable", "logs", "t1", "-f", cwd=checkout, config=tmp_path)
     assert plain.returncode == 0 and "● succeeded" in plain.stderr and "Traceback" not in plain.stderr
     assert api.resume_points == ["0", "1"]
+
+
+def test_a_gateways_502_while_the_api_restarts_is_retried(
+    fake_api: tuple[FakeAPI, str], checkout: Path, tmp_path: Path
+) -> None:
+    api, url = fake_api
+    api.resume_points.clear()
+    followed = overnight(f"{url}/restarting", "logs", "t1", "-f", "--json", cwd=checkout, config=tmp_path)
+    assert followed.returncode == 0, followed.stderr
+    assert [json.loads(line)["seq"] for line in followed.stdout.splitlines()] == [1]
+    assert api.resume_points == ["0", "0"]
