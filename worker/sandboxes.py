@@ -15,6 +15,7 @@ from sandbox.base import SandboxBackend, SandboxUnavailableError
 from sandbox.bwrap import BwrapConfig
 from sandbox.disk import probe_kernel_disks
 from sandbox.docker import DockerConfig
+from sandbox.egress import EgressPolicy
 from sandbox.reaper import reap
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def sandbox_config(settings: Settings, *, docker_available: bool | None = None) 
         "tmp_size": settings.sandbox_tmp_size,
         "home_size": settings.sandbox_home_size,
         "control_root": settings.data_dir / "control",
+        "setup_egress": setup_egress(settings),
     }
     if choice == "docker":
         return DockerConfig(
@@ -56,6 +58,14 @@ def sandbox_config(settings: Settings, *, docker_available: bool | None = None) 
         rootfs=settings.sandbox_rootfs_for(settings.sandbox_image),
         environments=settings.environments_dir / "bwrap",
         **common,  # type: ignore[arg-type]
+    )
+
+
+def setup_egress(settings: Settings) -> EgressPolicy:
+    return EgressPolicy(
+        allowed_networks=tuple(settings.sandbox_setup_allowed_networks),
+        proxy=settings.sandbox_proxy,
+        install=settings.sandbox_setup_firewall == "install",
     )
 
 

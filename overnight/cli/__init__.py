@@ -65,6 +65,17 @@ def image_build(
     raise typer.Exit(build_image(name=name, force=force, check=check, say=err.print, dockerfile=source))
 
 
+@app.command(rich_help_panel=SERVER)
+def firewall(
+    watch: Annotated[float, typer.Option(min=0, help="Re-apply every this many seconds (0: once).")] = 0,
+    check: Annotated[bool, typer.Option(help="Only say whether it is in place (exit 1 if not).")] = False,
+) -> None:
+    """Install the set-up network's firewall where the Docker engine runs (SANDBOX_SETUP_FIREWALL=external)."""
+    from overnight.cli.firewall import run_firewall
+
+    raise typer.Exit(run_firewall(watch=watch, check=check, say=err.print))
+
+
 @token_app.command("create")
 def token_create(
     user: Annotated[str, typer.Option(help="User name (created on first use).")],
