@@ -44,6 +44,15 @@ command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
 command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
 command -v tmux >/dev/null 2>&1 || apt_install tmux
 
+echo "== set-up network"
+# bubblewrap's set-up sandboxes get their network from a slirp4netns relay; both backends' set-up traffic
+# passes iptables rules the worker installs (OUTPUT for the relays' group, DOCKER-USER/INPUT for Docker's bridge).
+command -v slirp4netns >/dev/null 2>&1 || apt_install slirp4netns
+command -v iptables >/dev/null 2>&1 || apt_install iptables
+if [ "$(id -u)" = 0 ] && ! getent group overnight-egress >/dev/null; then
+    groupadd --system overnight-egress
+fi
+
 echo "== workspace disks"
 # Each workspace and set-up environment is a loop-mounted ext4 filesystem as large as the disk limit
 # (sandbox/disk.py, docs/sandbox.md "Disk"); a worker that cannot make one refuses to start.
