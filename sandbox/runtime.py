@@ -98,6 +98,7 @@ class SocketRuntime:
     ) -> None:
         self.socket_path = socket_path
         self.socket_owner = socket_owner
+        self._folder: int | None = None
         self.default_timeout = default_timeout
         self.output_limit = output_limit
         self._on_close = on_close
@@ -190,13 +191,22 @@ class SocketRuntime:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._folder is not None:
+                os.close(self._folder)
+                self._folder = None
             self._on_close()
 
-    def _check_socket(self) -> None:
+    def _check_socket(self) -> str:
         """Only the socket the exec server made: no symlink (to a host path the sandbox names), no socket of
-        another owner (a command's). The folder it is in is the server's, which commands cannot write."""
+        another owner (a command's). The folder it is in is the server's, which commands cannot write.
+
+        Returns the address to connect to: through the folder's descriptor, so that it stays short (a Unix
+        socket's path may not pass 107 bytes, and a data dir can be deep) and cannot be swapped for a link."""
         try:
-            info = self.socket_path.lstat()
+            if self._folder is None:
+                flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                self._folder = os.open(self.socket_path.parent, flags)
+            info = os.lstat(self.socket_path.name, dir_fd=self._folder)
         except OSError as exc:
             raise SandboxError(f"the sandbox's exec server is not there: {exc}") from exc
         if not stat.S_ISSOCK(info.st_mode) or info.st_uid != self.socket_owner:
@@ -204,6 +214,7 @@ class SocketRuntime:
                 f"refusing {self.socket_path}: not a socket owned by uid {self.socket_owner} "
                 f"(mode {stat.filemode(info.st_mode)}, uid {info.st_uid})"
             )
+        return f"/proc/self/fd/{self._folder}/{self.socket_path.name}"
 
     def _abs(self, path: str) -> str:
         return posixpath.normpath(posixpath.join(WORKDIR, path))
@@ -211,11 +222,11 @@ class SocketRuntime:
     def _call(self, request: BaseModel, *, timeout: float = 60.0) -> dict[str, Any]:
         if self._closed:
             raise SandboxError("the sandbox is closed")
-        self._check_socket()
+        address = self._check_socket()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
-                sock.connect(str(self.socket_path))
+                sock.connect(address)
                 sock.sendall(request.model_dump_json().encode() + b"\n")
                 with sock.makefile("rb") as reader:
                     line = reader.readline(ANSWER_LIMIT + 1)
