@@ -34,7 +34,7 @@ DIFF = "/tmp/overnight-task.diff"
 EXCLUDED = "/tmp/overnight-excluded"
 SCRIPT = """set -e
 cd /workspace
-G="git -c core.fsmonitor=false -c core.hooksPath=/dev/null"
+G="/usr/bin/git -c core.fsmonitor=false -c core.hooksPath=/dev/null"  # never a git the set-up put on the PATH
 printf '%s\\n' {patterns} > /tmp/overnight-exclude
 $G -c core.excludesFile=/tmp/overnight-exclude add -A -- .
 : > {setup_changed}
