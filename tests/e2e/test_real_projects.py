@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from sandbox.base import SandboxBackend, SandboxSpec
+from sandbox.disk import remove_folder
 from tests.conftest import SANDBOX_IMAGE, git
 from tests.worker.conftest import make_context, outcome, submit
 from worker.environment import SetupPolicy, enter_environment, prepare_environment
@@ -159,6 +160,7 @@ def test_real_project_fixed_in_the_sandbox_and_the_patch_holds(
     docker_backend: SandboxBackend,
     scripted_model: ScriptedModelServer,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     repo = release_repository(project, tmp_path)
     context = make_context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
@@ -182,6 +184,8 @@ def test_real_project_fixed_in_the_sandbox_and_the_patch_holds(
     # A fresh checkout of the base with the patch applied passes the suite again, in a sandbox started from
     # an environment of its own (the patched tree is not the one the task's set-up ran on: no cache hit).
     fresh = tmp_path / "fresh"
+    docker_backend.create_workspace(fresh)  # a disk of its own, as a task's workspace
+    request.addfinalizer(lambda: remove_folder(fresh))
     git(tmp_path, "clone", "-q", str(repo), str(fresh))
     (tmp_path / "task.diff").write_text(patch.diff)
     git(fresh, "apply", str(tmp_path / "task.diff"))
