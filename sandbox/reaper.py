@@ -105,7 +105,8 @@ def reap(client: docker.DockerClient | None = None, folders: Iterable[Path] = ()
     sandboxes (under ``folders``); return what went."""
     removed: list[str] = [str(path) for path in reap_folders(folders)]
     if client is not None:
-        for container in client.containers.list(all=True, filters={"label": f"{LABEL}.task"}):
+        # ignore_removed: a sandbox its worker removes between the listing and the look at it is no failure
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL}.task"}, ignore_removed=True):
             reason = orphaned(container.labels)
             if reason is None:
                 continue

@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import timedelta
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
 from migrations import attempt_store, store
 from migrations.store import make_engine, make_sessionmaker
@@ -65,6 +65,9 @@ def _depth(queue: TaskQueue) -> int:
 
 def start_reconciler(settings: Settings, queue: TaskQueue) -> threading.Thread:
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    # Now, before the thread: SQLAlchemy configures its mappers on the first query, under a global lock, and
+    # a Celery pool process forked while this thread held that lock would wait for it forever.
+    configure_mappers()
 
     def loop() -> None:
         answering_since: float | None = time.monotonic()  # since when the database has answered every pass
@@ -85,9 +88,12 @@ def start_reconciler(settings: Settings, queue: TaskQueue) -> threading.Thread:
                 if any(done.values()):
                     log.warning("reconciled: %s", done)
             except Exception as exc:  # the reconciler must outlive a broker or database outage
-                if database_unreachable(exc):
-                    answering_since = None
-                log.exception("reconciler pass failed")
+                if not database_unreachable(exc):
+                    log.exception("reconciler pass failed")
+                    continue
+                if answering_since is not None:  # once per outage
+                    log.warning("reconciler: the database is unreachable (%s); waiting for it", type(exc).__name__)
+                answering_since = None
 
     thread = threading.Thread(target=loop, name="overnight-reconciler", daemon=True)
     thread.start()

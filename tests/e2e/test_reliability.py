@@ -1,152 +1,27 @@
 """Reliability with real worker processes, a real Redis server of the test's own (so it can be restarted),
 the scripted model, and each database (a SQLite file; a PostgreSQL database of the test's own): a worker
-killed with -9 mid-task, Redis restarted empty with tasks queued, a cancel during a long command, and the
-per-user concurrency limit (claims serialised on the user's row)."""
+killed with -9 mid-task (its container and workspace reaped), Redis restarted empty with tasks queued, a
+cancel during a long command, the per-user concurrency limit (claims serialised on the user's row), a
+cancel while the worker is dead (never run again), a paused worker whose task was given to another (the old
+attempt stops itself), a mirror pruned under a running task, and — on a PostgreSQL server of the test's own
+— the database stopped for 90 s in the middle of a run."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import signal
-import socket
-import subprocess
-import sys
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
-from sqlalchemy import create_engine, text
 
-from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
+from agent.scripted import ScriptedModelServer
 from migrations import store
-from migrations.models import TaskState
-from migrations.store import make_engine, make_sessionmaker, migrate
-from tests.conftest import POSTGRES_URL, SANDBOX_IMAGE
-from worker.celery_app import TaskQueue
-
-ROOT = Path(__file__).parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def bash(command: str, timeout: int = 300) -> ScriptedTurn:
-    return ScriptedTurn(tool_calls=[ScriptedCall(name="bash", arguments={"command": command, "timeout": timeout})])
-
-
-EDIT = ScriptedTurn(tool_calls=[ScriptedCall(name="edit", arguments={
-    "file_path": "calc.py", "old_string": "a - b", "new_string": "a + b"})])  # fmt: skip
-FINISH = ScriptedTurn(tool_calls=[ScriptedCall(name="finish", arguments={
-    "summary": "fixed", "pr_title": "Fix add", "pr_body": "Fixed."})])  # fmt: skip
-
-
-@dataclass(kw_only=True)
-class Cluster:
-    tmp: Path
-    env: dict[str, str]
-    redis_port: int
-    queue: TaskQueue
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    redis: subprocess.Popen[bytes] | None = None
-
-    def start_redis(self) -> None:
-        self.redis = subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.redis_port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("redis did not start")
-
-    def stop_redis(self) -> None:
-        assert self.redis is not None
-        self.redis.kill()
-        self.redis.wait()
-
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"worker-{len(self.workers)}.log").open("wb")
-        worker = subprocess.Popen([sys.executable, "-m", "worker", "1"], env=self.env, cwd=ROOT, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        self.workers.append(worker)
-        return worker
-
-    def kill_worker(self, worker: subprocess.Popen[bytes]) -> None:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
-
-    def sessions(self) -> Any:
-        return make_sessionmaker(make_engine(self.env["OVERNIGHT_DATABASE_URL"]))
-
-    def submit(self, repo: Path, user: str = "alice") -> str:
-        with self.sessions().begin() as session:
-            token = store.create_token(session, user)
-            user_id = store.user_for_token(session, token).id  # type: ignore[union-attr]
-            task_id = store.create_task(session, repo=str(repo), ref=None, instruction="fix", user_id=user_id).id
-        self.queue.enqueue(task_id)
-        with self.sessions().begin() as session:
-            store.mark_enqueued(session, task_id)
-        return task_id
-
-    def task(self, task_id: str) -> Any:
-        with self.sessions()() as session:
-            return store.get_task(session, task_id)
-
-    def events(self, task_id: str) -> list[tuple[str, dict[str, Any], Any]]:
-        with self.sessions()() as session:
-            return [(e.type, e.data, e.created_at) for e in store.list_events(session, task_id)]
-
-    def wait_final(self, task_id: str, timeout: float = 120) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            task = self.task(task_id)
-            if TaskState(task.state).is_final:
-                return task
-            time.sleep(0.3)
-        raise AssertionError(f"task {task_id} still {self.task(task_id).state}; logs: {self.logs()}")
-
-    def wait_state(self, task_id: str, state: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self.task(task_id).state != state:
-            assert time.monotonic() < deadline, f"task never reached {state}"
-            time.sleep(0.1)
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(self.tmp.glob("worker-*.log")))
-
-
-@contextmanager
-def _database(kind: str, tmp_path: Path) -> Iterator[str]:
-    """A migrated database of the test's own: a SQLite file, or a fresh PostgreSQL database."""
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'overnight.db'}"
-        migrate(make_engine(url))
-        yield url
-        return
-    name = f"reliability_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    engine = make_engine(url)
-    try:
-        migrate(engine)
-        yield url
-    finally:
-        engine.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+from tests.e2e.cluster import EDIT, FINISH, Cluster, bash, database, own_postgres, run_cluster
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -154,40 +29,8 @@ def cluster(
     request: pytest.FixtureRequest, tmp_path: Path, scripted_model: ScriptedModelServer,
     docker_client: docker.DockerClient,
 ) -> Iterator[Cluster]:  # fmt: skip
-    with _database(request.param, tmp_path) as database:
-        yield from _cluster(database, tmp_path, scripted_model)
-
-
-def _cluster(database: str, tmp_path: Path, scripted_model: ScriptedModelServer) -> Iterator[Cluster]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")} | {
-        "OVERNIGHT_DATA_DIR": str(tmp_path / "data"),
-        "OVERNIGHT_DATABASE_URL": database,
-        "OVERNIGHT_BROKER_URL": f"redis://127.0.0.1:{port}/0",
-        "OVERNIGHT_QUEUE": "reliability",
-        "OVERNIGHT_ALLOW_LOCAL_REPOS": "true",
-        "OVERNIGHT_LLM_BASE_URL": scripted_model.base_url,
-        "OVERNIGHT_LLM_RETRIES": "0",
-        "OVERNIGHT_SANDBOX_IMAGE": SANDBOX_IMAGE,
-        "OVERNIGHT_SANDBOX_BACKEND": "docker",
-        "OVERNIGHT_WORKER_HEARTBEAT_SECONDS": "0.5",
-        "OVERNIGHT_WORKER_STALE_SECONDS": "3",
-        "OVERNIGHT_RECONCILE_SECONDS": "1",
-        "OVERNIGHT_REAP_SECONDS": "1",
-        "OVERNIGHT_MAX_ACTIVE_TASKS_PER_USER": "1",
-    }
-    cluster = Cluster(
-        tmp=tmp_path, env=env, redis_port=port, queue=TaskQueue(env["OVERNIGHT_BROKER_URL"], queue="reliability")
-    )
-    cluster.start_redis()
-    try:
-        yield cluster
-    finally:
-        for worker in cluster.workers:
-            if worker.poll() is None:
-                cluster.kill_worker(worker)
-        if cluster.redis is not None and cluster.redis.poll() is None:
-            cluster.stop_redis()
+    with database(request.param, tmp_path) as url:
+        yield from run_cluster(url, tmp_path, scripted_model)
 
 
 def test_a_worker_killed_mid_task_does_not_lose_the_task(
@@ -211,6 +54,10 @@ def test_a_worker_killed_mid_task_does_not_lose_the_task(
     while docker_client.containers.list(all=True, filters={"label": label}) and time.monotonic() < deadline:
         time.sleep(0.5)  # the reaper of the live worker removes the dead worker's container
     assert docker_client.containers.list(all=True, filters={"label": label}) == []
+    deadline = time.monotonic() + 15
+    while cluster.folder("workspaces") and time.monotonic() < deadline:
+        time.sleep(0.5)  # the dead worker's workspace (attempt 1) and its owner sidecar go the same way
+    assert cluster.folder("workspaces") == []
 
 
 def test_redis_restarted_empty_with_tasks_queued_loses_none(
@@ -263,3 +110,99 @@ def test_a_user_at_the_concurrency_limit_waits_queued(
 
     (_a_start, a_end), (b_start, _b_end) = sorted([window(first), window(second)])
     assert b_start >= a_end, "the second task of the same user started while the first still ran"
+
+
+def test_a_task_cancelled_while_its_worker_is_dead_never_runs_again(
+    cluster: Cluster, scripted_model: ScriptedModelServer, buggy_repo: Path
+) -> None:
+    scripted_model.state.extend([bash("sleep 600"), EDIT, FINISH])
+    first = cluster.start_worker()
+    task_id = cluster.submit(buggy_repo)
+    cluster.wait_state(task_id, "running")
+    while len(scripted_model.state.requests) < 1:
+        time.sleep(0.1)
+    cluster.kill_worker(first)
+    with cluster.sessions().begin() as session:
+        store.request_cancel(session, task_id)  # nobody is left to see the flag
+    cluster.start_worker()  # its reconciler finds the task's heartbeat stale
+    task = cluster.wait_final(task_id)
+    assert task.state == "cancelled" and task.failure_reason == "cancelled by user", cluster.logs()
+    assert task.attempt == 1 and len(scripted_model.state.requests) == 1  # no second attempt ran
+
+
+def test_a_paused_worker_whose_task_went_to_another_stops_its_attempt_and_writes_nothing(
+    cluster: Cluster, scripted_model: ScriptedModelServer, buggy_repo: Path, docker_client: docker.DockerClient
+) -> None:
+    scripted_model.state.extend([bash("sleep 600"), EDIT, FINISH])
+    first = cluster.start_worker()
+    task_id = cluster.submit(buggy_repo)
+    cluster.wait_state(task_id, "running")
+    while len(scripted_model.state.requests) < 1:
+        time.sleep(0.1)
+    time.sleep(1)  # the sleep 600 is running in attempt 1's sandbox
+    cluster.pause_worker(first, task_id)
+    cluster.start_worker()  # its reconciler sees attempt 1's heartbeat go stale and hands the task on
+    task = cluster.wait_final(task_id)
+    assert task.state == "succeeded" and task.attempt == 2, cluster.logs()
+    events = cluster.events(task_id)
+    cluster.resume_worker(first)  # attempt 1 wakes up mid-command, believing it still owns the task
+    label = {"label": f"dev.overnight.task={task_id}"}
+    deadline = time.monotonic() + 60
+    while "writes nothing more" not in cluster.logs() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert "attempt 1 was superseded" in cluster.logs()
+    assert docker_client.containers.list(all=True, filters=label) == []  # it removed its own sandbox
+    assert cluster.events(task_id) == events and cluster.task(task_id).state == "succeeded"
+    assert len(scripted_model.state.requests) == 3 and first.poll() is None  # no model call; the worker lives on
+
+
+def test_a_mirror_pruned_under_a_running_task_stays_until_the_task_is_done(
+    cluster: Cluster, scripted_model: ScriptedModelServer, buggy_repo: Path, tmp_path: Path
+) -> None:
+    cluster.env["OVERNIGHT_MIRROR_MAX_BYTES"] = "1"  # every clone prunes every other mirror it can
+    other_repo = tmp_path / "other-repo"
+    shutil.copytree(buggy_repo, other_repo)
+    waits = bash("while [ ! -e go ]; do sleep 0.2; done; rm go")
+    scripted_model.state.extend([EDIT, waits, FINISH, FINISH])
+    cluster.start_worker()
+    cluster.start_worker()
+    first = cluster.submit(buggy_repo, user="dora")
+    while len(scripted_model.state.requests) < 2:
+        time.sleep(0.1)
+    second = cluster.submit(other_repo, user="erin")  # its clone prunes while the first task runs
+    assert cluster.wait_final(second).state == "succeeded", cluster.logs()
+    mirrors = [path for path in cluster.folder("mirrors") if path.suffix == ".git"]
+    assert len(mirrors) == 2  # the second task's prune left the first task's mirror: it was in use
+    (cluster.tmp / "data" / "workspaces" / f"{first}.1" / "go").touch()
+    task = cluster.wait_final(first)
+    assert task.state == "succeeded", f"{task.failure_reason}\n{cluster.logs()}"
+    with cluster.sessions()() as session:
+        patch = store.get_patch(session, first)
+    assert patch is not None and "+    return a + b" in patch.diff and "Subject: [PATCH] Fix add" in patch.mbox
+
+
+def test_the_database_stopped_for_90_s_mid_run_loses_nothing(
+    tmp_path: Path, scripted_model: ScriptedModelServer, buggy_repo: Path, docker_client: docker.DockerClient
+) -> None:
+    """On a PostgreSQL server of the test's own: the workers' writes wait for it (OVERNIGHT_DATABASE_RETRY_SECONDS),
+    and the reconciler does not mistake the heartbeats nobody could write for dead workers."""
+    scripted_model.state.extend([EDIT, bash("sleep 5"), FINISH])
+    with own_postgres() as server, contextmanager(run_cluster)(server.url, tmp_path, scripted_model) as cluster:
+        cluster.start_worker()
+        task_id = cluster.submit(buggy_repo)
+        while len(scripted_model.state.requests) < 2:
+            time.sleep(0.1)
+        server.stop()  # while the sleep runs: its result, the model's usage, the patch and the end must wait
+        stopped = datetime.now(UTC)
+        time.sleep(90)
+        server.start()
+        task = cluster.wait_final(task_id, timeout=300)
+        assert task.state == "succeeded" and task.attempt == 1, f"{task.failure_reason}\n{cluster.logs()}"
+        events = cluster.events(task_id)
+        results = [at for kind, data, at in events if kind == "tool_result" and data["step"] == 2]
+        assert len(results) == 1 and results[0] >= stopped + timedelta(seconds=90)  # written once it was back
+        assert [data["state"] for kind, data, _ in events if kind == "state"][-1] == "succeeded"
+        assert "retrying for up to 300 s" in (tmp_path / "worker-0.log").read_text()  # the task's writes waited
+        with cluster.sessions()() as session:
+            patch = store.get_patch(session, task_id)
+        assert patch is not None and "+    return a + b" in patch.diff
