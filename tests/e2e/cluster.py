@@ -27,6 +27,7 @@ from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from migrations import store
 from migrations.models import TaskState
 from migrations.store import make_engine, make_sessionmaker, migrate
+from sandbox.reaper import reap_folders
 from tests.conftest import POSTGRES_URL, SANDBOX_IMAGE
 from tests.e2e.conftest import free_port
 from worker.celery_app import TaskQueue
@@ -209,6 +210,9 @@ def run_cluster(database: str, tmp_path: Path, scripted_model: ScriptedModelServ
                 cluster.kill_worker(worker)
         if cluster.redis is not None and cluster.redis.poll() is None:
             cluster.stop_redis()
+        # No live worker is left to reap what the killed ones held (workspace disks stay mounted otherwise).
+        data = tmp_path / "data"
+        reap_folders([data / "workspaces", data / "control", data / "environments", *(data / "environments").glob("*")])
 
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
