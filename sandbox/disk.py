@@ -154,11 +154,11 @@ def check_workspace(path: Path, limits: SandboxLimits) -> None:
 def keep_environment(staging: Path, final: Path) -> int:
     """Copy a set-up's environment folder (``opt``, which may be a disk, and the files beside it) to
     ``final``, a plain folder, with no setuid or setgid bit left; return its size in bytes."""
-    temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    temporary = staging / ".kept"  # inside the staging folder: if the worker dies now, the reaper takes both
     remove_folder(temporary)
-    temporary.mkdir(parents=True)
+    temporary.mkdir()
     for entry in staging.iterdir():
-        if entry.name.endswith(DISK_SUFFIX):
+        if entry.name.endswith(DISK_SUFFIX) or entry == temporary:
             continue
         # cp -a: symlinks stay links, a FIFO stays a FIFO (never read), hard links and holes are kept.
         _run(["cp", "-a", "--", str(entry), str(temporary / entry.name)])
@@ -170,7 +170,12 @@ def keep_environment(staging: Path, final: Path) -> int:
             if not stat.S_ISLNK(info.st_mode) and info.st_mode & (stat.S_ISUID | stat.S_ISGID):
                 os.chmod(os.path.join(root, name), stat.S_IMODE(info.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
     remove_folder(final)
-    temporary.rename(final)
+    try:
+        temporary.rename(final)
+    except OSError:  # another set-up of the same key was kept at the same moment: its copy serves
+        remove_folder(temporary)
+        if not final.is_dir():
+            raise
     return size
 
 
