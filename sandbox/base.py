@@ -116,7 +116,7 @@ class SandboxSpec(BaseModel):
     )
     purpose: Literal["agent", "setup"] = Field(
         default="agent",
-        description="agent: read-only root, tmpfs home. setup: writable root so the result can be snapshotted.",
+        description="agent: /opt/overnight read-only. setup: /opt/overnight writable, kept as the environment.",
     )
 
 

@@ -3,8 +3,9 @@ set-up would have read exactly the same inputs (base image, repository, set-up s
 and whose uploaded or follow-up work that tree holds), expired by age and evicted by total size, least
 recently used first.
 
-Each backend knows how to snapshot and remove (Docker: ``docker commit`` to an image; bubblewrap: the
-environment's folder); this module keeps the index, shared by the workers of one host under a file lock.
+Each backend knows how to snapshot and remove (both: a folder holding a copy of the set-up's
+/opt/overnight, ``sandbox.disk.keep_environment``); this module keeps the index, shared by the workers of
+one host under a file lock.
 """
 
 from __future__ import annotations

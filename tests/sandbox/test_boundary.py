@@ -35,7 +35,7 @@ KERNEL_KNOBS = ("kernel/core_pattern", "kernel/hostname", "vm/drop_caches", "ker
 def box(
     backend: SandboxBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[Sandbox]:
-    """An agent sandbox, and a set-up sandbox (writable root, its environment kept: a set-up script is as
+    """An agent sandbox, and a set-up sandbox (its /opt/overnight writable and kept: a set-up script is as
     hostile as any command)."""
     for name, value in SECRETS.items():  # the worker's own environment holds secrets
         monkeypatch.setenv(name, value)
