@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -88,7 +89,7 @@ def test_dd_and_a_million_files_stop_at_the_limit(small: SandboxBackend, new_wor
 
 @pytest.mark.parametrize("purpose", ["agent", "setup"])
 def test_every_writable_place_is_bounded(
-    small: SandboxBackend, new_workspace: Callable[..., Path], purpose: str
+    small: SandboxBackend, new_workspace: Callable[..., Path], purpose: Literal["agent", "setup"]
 ) -> None:
     workspace = new_workspace(small)
     sandbox = small.start(SandboxSpec(task_id="writable", workspace=workspace, purpose=purpose))
