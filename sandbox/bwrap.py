@@ -27,15 +27,14 @@ from sandbox.reaper import owned_tempdir, remove_owned
 from sandbox.runtime import (
     CA_PATH,
     CONTROL_DIR,
-    EXECSERVER,
     HOME_SEED,
     WORKDIR,
     SocketRuntime,
+    control_folder,
     disk_paths_option,
     sandbox_environment,
     sandbox_ids,
 )
-from sandbox.seccomp import write_filter
 from sandbox.slirp import SlirpNetwork
 
 ENV_OPT = "/opt/overnight"
@@ -91,13 +90,7 @@ class BwrapBackend:
                 remove_owned(environment)
                 raise
             spec = spec.model_copy(update={"image": str(environment)})
-        if self.config.control_root is not None:
-            self.config.control_root.mkdir(parents=True, exist_ok=True)
-        control = owned_tempdir("overnight-ctl-", self.config.control_root)
-        shutil.copy(EXECSERVER, control / "execserver.py")
-        write_filter(control)
-        os.chown(control, SERVER_UID, SERVER_UID)
-        os.chmod(control, 0o755)
+        control = control_folder(self.config.control_root)
         if network is not None:
             network.resolv_conf(control)
         group = CGroup(

@@ -11,7 +11,6 @@ when asked, a network. Nothing is ever written to a container's own layer (never
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 from datetime import UTC, datetime
@@ -31,15 +30,14 @@ from sandbox.reaper import owned_tempdir, process_identity, remove_owned
 from sandbox.runtime import (
     CA_PATH,
     CONTROL_DIR,
-    EXECSERVER,
     HOME_SEED,
     WORKDIR,
     SocketRuntime,
+    control_folder,
     disk_paths_option,
     sandbox_environment,
     sandbox_ids,
 )
-from sandbox.seccomp import write_filter
 
 LABEL = "dev.overnight"
 ENV_OPT = "/opt/overnight"
@@ -103,13 +101,7 @@ class DockerBackend:
             else {"network_mode": "none"}
         )
         check_workspace(spec.workspace, self.config)
-        if self.config.control_root is not None:
-            self.config.control_root.mkdir(parents=True, exist_ok=True)
-        control = owned_tempdir("overnight-ctl-", self.config.control_root)
-        shutil.copy(EXECSERVER, control / "execserver.py")
-        write_filter(control)
-        os.chown(control, SERVER_UID, SERVER_UID)
-        os.chmod(control, 0o755)
+        control = control_folder(self.config.control_root)
         setup = spec.purpose == "setup"
         staging = self._staging(image, uid, gid) if setup else None
         # The container starts as root only for setpriv, which becomes SERVER_UID keeping the three

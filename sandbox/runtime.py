@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import posixpath
+import shutil
 import socket
 import stat
 import time
@@ -46,6 +47,8 @@ from sandbox.protocol import (
     RunRequest,
     WriteFileRequest,
 )
+from sandbox.reaper import owned_tempdir
+from sandbox.seccomp import write_filter
 
 WORKDIR = "/workspace"
 CONTROL_DIR = "/overnight"
@@ -77,7 +80,8 @@ def disk_paths_option(purpose: str, limits: SandboxLimits) -> str:
 
 
 """An environment's home-directory contents, copied into the tmpfs home when a sandbox starts."""
-EXECSERVER = Path(__file__).with_name("execserver.py")
+EXECSERVER_FILES = ("execserver.py", "execsupport.py")
+"""The exec server, copied into every sandbox's control folder (standard library only)."""
 DEFAULT_OUTPUT_LIMIT = 1_000_000
 SOCKET_MARGIN = 30.0
 ANSWER_LIMIT = 32 * 2**20
@@ -292,3 +296,17 @@ def sandbox_environment(spec: SandboxSpec) -> dict[str, str]:
         env.update(dict.fromkeys(CA_ENV, CA_PATH))
     env.update(spec.env)
     return env
+
+
+def control_folder(root: Path | None) -> Path:
+    """A new control folder (under ``root``, else the system temp dir) for one sandbox: the exec server, its
+    seccomp filter, and later its socket, in a folder only the server's uid may write."""
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    control = owned_tempdir("overnight-ctl-", root)
+    for name in EXECSERVER_FILES:
+        shutil.copy(Path(__file__).with_name(name), control / name)
+    write_filter(control)
+    os.chown(control, SERVER_UID, SERVER_UID)
+    os.chmod(control, 0o755)
+    return control
