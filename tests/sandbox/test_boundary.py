@@ -10,7 +10,7 @@ import os
 import socket
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -204,3 +204,22 @@ def test_an_oversized_answer_is_refused_without_reading_it(tmp_path: Path) -> No
     thread.join(timeout=10)
     listener.close()
     assert sum(sent) < ANSWER_LIMIT + 64 * 2**20  # it stopped reading: the rest never left the server
+
+
+def test_one_sandbox_cannot_see_or_signal_another(backend: SandboxBackend, new_workspace: Callable[..., Path]) -> None:
+    """Two tasks on one worker: neither sees the other's workspace, files, processes or temporary files."""
+    first = backend.start(SandboxSpec(task_id="tenant-a", workspace=new_workspace(backend, name="a")))
+    second = backend.start(SandboxSpec(task_id="tenant-b", workspace=new_workspace(backend, name="b")))
+    try:
+        second.run("echo secret > marker-of-b && echo secret > /tmp/tmp-of-b && sleep 60 > /dev/null &", timeout=5)
+        background = threading.Thread(target=second.run, args=("sleep 3",), daemon=True)
+        background.start()
+        seen = first.run(
+            "find / -xdev \\( -name marker-of-b -o -name tmp-of-b \\) 2>/dev/null; find /tmp /workspace"
+            " /home -name '*-of-b' 2>/dev/null; ps -eo args | grep -c '[s]leep 3'"
+        ).stdout.split()
+        assert seen == ["0"], seen  # no file of b's anywhere, and none of b's processes
+        background.join()
+    finally:
+        first.close()
+        second.close()
