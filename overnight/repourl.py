@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 MAX_URL_LENGTH = 2048
 MAX_REF_LENGTH = 255
@@ -44,7 +44,8 @@ def validate_repo_url(value: str, *, allow_local: bool) -> str:
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise InvalidRepoError(f"unsupported scheme {scheme!r}: use https://, ssh:// or git@host:path")
-    if SCP_LIKE.match(url):
+    if match := SCP_LIKE.match(url):
+        _check_path(match.group("path"))
         return url
     if url.startswith("/"):
         if not allow_local:
@@ -70,7 +71,19 @@ def _check_url(url: str) -> str:
         raise InvalidRepoError("repository URL has no path")
     if parts.query or parts.fragment:
         raise InvalidRepoError("repository URL must not have a query or fragment")
+    _check_path(parts.path)
     return url
+
+
+def _check_path(path: str) -> None:
+    """No '.' or '..' segment and no empty one, plain or percent-encoded: git's HTTP client resolves them
+    before it asks the server, so ``/mine/../theirs`` would be matched against access rules as ``mine`` and
+    fetched as ``theirs``."""
+    segments = unquote(path).strip("/").split("/")
+    if any(segment in (".", "..") for segment in segments):
+        raise InvalidRepoError("repository address must not contain '.' or '..' path segments")
+    if "" in segments:
+        raise InvalidRepoError("repository address must not contain empty path segments ('//')")
 
 
 def validate_ref(value: str) -> str:

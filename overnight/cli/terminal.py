@@ -11,8 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-"""C0 controls but tab and newline, DEL, C1 controls, and the Unicode bidirectional marks and overrides."""
+INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+"""C0 controls but tab and newline, DEL, C1 controls, the Unicode bidirectional marks and overrides, zero-width
+characters (which hide text between what looks adjacent) and the line and paragraph separators (which break a
+line where the reader sees none)."""
 
 
 def visible(text: str) -> str:

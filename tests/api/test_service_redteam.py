@@ -1,5 +1,5 @@
-"""Red-team findings against the API served as in production (uvicorn in a process of its own), issue 22. Each
-is marked ``xfail(strict=True)`` until fixed: flip the mark once the hole is closed."""
+"""Red-team findings against the API served as in production (uvicorn in a process of its own), issue 22: each
+was a hole, and is now a test that it stays closed."""
 
 from __future__ import annotations
 
@@ -43,17 +43,16 @@ def bob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
         redis.Redis.from_url(REDIS_URL).delete(queue)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OVERNIGHT_REPO_ACCESS matches the URL with its '..' segments, which "
-    "git (curl) removes: bob's pattern lets him name alice's repository with the worker's token",
-)
 @pytest.mark.parametrize(
     "spelling",
     ["https://git.example.com/bob/../acme/private", "https://git.example.com/bob/x/../../acme/private.git",
-     "https://git.example.com/bob/./../acme/private"],
+     "https://git.example.com/bob/./../acme/private", "https://git.example.com/bob/%2e%2e/acme/private",
+     "https://git.example.com/bob%2F..%2Facme/private", "https://git.example.com/bob//../acme/private",
+     "git@git.example.com:bob/../acme/private"],
 )  # fmt: skip
 def test_dot_segments_do_not_reach_a_repository_mapped_to_others(bob: httpx.Client, spelling: str) -> None:
     response = bob.post("/v1/tasks", json={"repo": spelling, "instruction": "print the secrets"})
-    assert response.status_code == 403, response.text
-    assert response.json()["error"]["code"] == "repository_forbidden"
+    # Refused as an address before any access rule is matched: git would resolve the dot segments first.
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_repo" and "segments" in response.json()["error"]["message"]
+    assert bob.get("/v1/tasks").json()["tasks"] == []
