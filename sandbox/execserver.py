@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import queue
 import selectors
 import signal
 import socket
@@ -40,6 +41,11 @@ READ_CHUNK = 2**20
 LINE_SCAN = 64 * 2**20
 """Bytes read past a window of lines to count the file's lines; a longer file's count is left open."""
 DRAIN_SECONDS = 0.2
+STRAY_PASSES = 20
+FORK_RETRIES = 30
+HANDLERS = 16
+"""Threads started before any command runs: a command that fills the pid limit cannot stop the server from
+answering (an interrupt must get through)."""
 STATE_DIR = "/tmp/.overnight-session"
 # Session wrapper: restore the previous call's working directory and exported variables, save them on exit
 # (also when the command calls `exit`). Killed commands save nothing: the previous state stays.
@@ -59,6 +65,8 @@ trap __ov_save EXIT
 class Server:
     def __init__(self, args):
         self.running = set()
+        self.starting = 0
+        """Commands being started: not yet in ``running``, but no longer strays to kill."""
         self.running_lock = threading.Lock()
         self.workdir = args.workdir
         self.disk_limit = args.disk_limit
@@ -101,16 +109,27 @@ class Server:
         if not self.separate:
             return
         with self.running_lock:
+            if not self.running and not self.starting:
+                # No command runs: every process of the namespace but init and this server goes, in one call
+                # the kernel makes under a lock that fork also needs, so nothing can fork its way past it.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(-1, signal.SIGKILL)
+                return
             sessions = set(self.running)
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                owner, sid = process_owner_and_session(name)
-                if owner == self.command_uid and sid not in sessions:
-                    os.kill(int(name), signal.SIGKILL)
-            except (OSError, ValueError, IndexError):
-                continue
+        for _ in range(STRAY_PASSES):  # another command runs: spare its session, scan until a pass finds none
+            found = False
+            for name in os.listdir("/proc"):
+                if not name.isdigit():
+                    continue
+                try:
+                    owner, sid = process_owner_and_session(name)
+                    if owner == self.command_uid and sid not in sessions:
+                        os.kill(int(name), signal.SIGKILL)
+                        found = True
+                except (OSError, ValueError, IndexError):
+                    continue
+            if not found:
+                return
 
     def do_ping(self, request):
         return {"ok": True, "pid": os.getpid(), "uid": os.getuid()}
@@ -190,16 +209,29 @@ class Server:
         started = time.monotonic()
 
         identity = {"user": self.command_uid, "group": self.command_gid, "extra_groups": []} if self.separate else {}
-        process = subprocess.Popen(
-            ["bash", "-c", command],
-            cwd=request.get("cwd") or self.workdir,
-            env=env,
-            stdin=subprocess.PIPE if request.get("stdin") is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            **identity,
-        )
+        with self.running_lock:
+            self.starting += 1
+        try:
+            for attempt in range(FORK_RETRIES):
+                try:
+                    process = subprocess.Popen(
+                        ["bash", "-c", command],
+                        cwd=request.get("cwd") or self.workdir,
+                        env=env,
+                        stdin=subprocess.PIPE if request.get("stdin") is not None else subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        start_new_session=True,
+                        **identity,
+                    )
+                    break
+                except BlockingIOError:  # the pid limit is full: killed processes may still be on their way out
+                    if attempt == FORK_RETRIES - 1:
+                        raise
+                    time.sleep(0.1)
+        finally:
+            with self.running_lock:
+                self.starting -= 1
         with self.running_lock:
             self.running.add(process.pid)
         if request.get("stdin") is not None:
@@ -268,6 +300,7 @@ class Server:
 
 
 def serve(args):
+    os.closerange(3, 65536)  # nothing the backend left open (bubblewrap's pipes) reaches a command
     if os.getpid() == 1:
         reap_as_init()
     lock_down(args.seccomp)
@@ -284,14 +317,25 @@ def serve(args):
     act_as(os.geteuid(), os.getegid())
     os.rename(args.socket + ".tmp", args.socket)  # appears only once it accepts
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    connections = queue.Queue()
+    for _ in range(HANDLERS):  # several at once: an interrupt must get through while a command runs
+        threading.Thread(target=handle_connections, args=(server, connections), daemon=True).start()
     while True:
-        connection, _ = listener.accept()
-        # One thread a connection: an interrupt must get through while a command runs.
-        threading.Thread(target=answer, args=(server, connection), daemon=True).start()
+        connections.put(listener.accept()[0])
+
+
+def handle_connections(server, connections):
+    act_as(server.command_uid, server.command_gid)
+    while True:
+        connection = connections.get()
+        try:
+            answer(server, connection)
+        except Exception:  # one bad request must not take a handler away
+            with contextlib.suppress(OSError):
+                connection.close()
 
 
 def answer(server, connection):
-    act_as(server.command_uid, server.command_gid)
     with connection:
         line = connection.makefile("rb").readline()
         try:
