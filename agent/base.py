@@ -45,6 +45,11 @@ class ToolCall(BaseModel):
     id: str
     name: str
     arguments: str = Field(description="The JSON text of the arguments, exactly as the model produced it.")
+    problem: str | None = Field(
+        default=None,
+        description="Why the call cannot run, found when the turn was read (a name or arguments vLLM would refuse "
+        "in the history, replaced by valid ones); the call then becomes a tool error that says so.",
+    )
 
     def to_message(self) -> dict[str, Any]:
         return {

@@ -151,6 +151,7 @@ class ChatClient:
             if response.status_code >= 400:
                 raise ModelResponseError(
                     f"model endpoint rejected the request (HTTP {response.status_code}): {_error_text(response)}"
+                    + self._misconfiguration(response.status_code, body)
                 )
             accumulator = _TurnAccumulator()
             # httpx's read timeout bounds each read; a server that keeps trickling must not outlast the request's.
@@ -165,6 +166,16 @@ class ChatClient:
             except (SSEError, json.JSONDecodeError) as exc:
                 raise ModelResponseError(f"malformed stream from the model endpoint: {exc}") from exc
             return accumulator.turn()
+
+    def _misconfiguration(self, status: int, body: dict[str, Any]) -> str:
+        """A hint when the 400 is what vLLM answers to Mistral's API form (thinking chunks in ``content``)."""
+        chunks = any(isinstance(message.get("content"), list) for message in body.get("messages", []))
+        if status != 400 or self.config.provider != "mistral" or not chunks:
+            return ""
+        return (
+            " — the history carries reasoning as Mistral API thinking chunks (OVERNIGHT_LLM_PROVIDER=mistral), "
+            "which a vLLM server refuses: set OVERNIGHT_LLM_PROVIDER=vllm when the endpoint is vLLM"
+        )
 
 
 class _TurnAccumulator:
@@ -217,12 +228,11 @@ class _TurnAccumulator:
                     self.reasoning.extend(part.get("text") or "" for part in thinking or [])
 
     def turn(self) -> AssistantTurn:
-        calls = []
-        for index in sorted(self.calls):
-            call = self.calls[index]
-            if not call["id"] or not call["name"]:
-                raise ModelResponseError(f"tool call {index} in the stream has no id or no name")
-            calls.append(ToolCall(id=call["id"], name=call["name"], arguments=call["arguments"] or "{}"))
+        # A call without an id or a name is kept: normalize_tool_calls gives it valid ones and a tool error.
+        calls = [
+            ToolCall(id=call["id"] or "", name=call["name"], arguments=call["arguments"] or "{}")
+            for _, call in sorted(self.calls.items())
+        ]
         return AssistantTurn(
             content="".join(self.content) or None,
             reasoning="".join(self.reasoning) or None,

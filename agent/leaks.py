@@ -1,5 +1,7 @@
 """Repairs to a model turn before the loop sees it: tool calls leaked into ``content`` as raw Mistral
-tokens, and tool-call ids the Mistral tokenizer would reject."""
+tokens, and tool-call ids and names the Mistral tokenizer would reject in the next request's history (vLLM
+checks names against ``^[a-zA-Z0-9_-]{1,64}$`` and ids against 9 alphanumerics). A call whose name had to
+be replaced carries a ``problem``: the loop answers it with a tool error, under a name the history can hold."""
 
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ from agent.base import AssistantTurn, ToolCall
 TOOL_CALLS_TOKEN = "[TOOL_CALLS]"
 ARGS_TOKEN = "[ARGS]"
 ID_PATTERN = re.compile(r"[A-Za-z0-9]{9}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+INVALID_NAME = "invalid_tool_name"
+"""The name a call with an unusable name keeps in the history (valid for vLLM, never a real tool)."""
+QUOTE_LIMIT = 200
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -21,14 +27,36 @@ def new_tool_call_id() -> str:
 
 
 def normalize_tool_calls(turn: AssistantTurn) -> AssistantTurn:
-    """Replace ids that are not 9 alphanumeric characters (vLLM would truncate or reject them)."""
-    if all(ID_PATTERN.fullmatch(call.id) for call in turn.tool_calls):
+    """Ids that are not 9 alphanumerics are replaced; names are stripped of whitespace, and a name that is
+    still not a function name is replaced by ``INVALID_NAME`` with a ``problem`` (the call does not run).
+    Arguments stay as the model wrote them (vLLM takes any text back); cut off by ``length``, they get a
+    ``problem`` that says so."""
+    calls = [_normalize_call(call, cut=turn.finish_reason == "length") for call in turn.tool_calls]
+    if calls == turn.tool_calls:
         return turn
-    calls = [
-        call if ID_PATTERN.fullmatch(call.id) else call.model_copy(update={"id": new_tool_call_id()})
-        for call in turn.tool_calls
-    ]
     return turn.model_copy(update={"tool_calls": calls})
+
+
+def _normalize_call(call: ToolCall, *, cut: bool) -> ToolCall:
+    update: dict[str, str] = {}
+    if not ID_PATTERN.fullmatch(call.id):
+        update["id"] = new_tool_call_id()
+    name = call.name.strip()
+    if not NAME_PATTERN.fullmatch(name):
+        update["problem"] = f"{_quote(call.name)} is not a tool name (letters, digits, _ and -, at most 64)"
+        name = INVALID_NAME
+    if name != call.name:
+        update["name"] = name
+    if cut and "problem" not in update:  # vLLM takes any argument text back; the reason is what helps the model
+        try:
+            json.loads(call.arguments)
+        except json.JSONDecodeError:
+            update["problem"] = f"the output was cut off at max_tokens inside the arguments {_quote(call.arguments)}"
+    return call.model_copy(update=update) if update else call
+
+
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "...")
 
 
 def recover_leaked_tool_calls(turn: AssistantTurn) -> AssistantTurn:
@@ -50,7 +78,7 @@ def _parse_v11(text: str) -> list[ToolCall]:
     calls = []
     for segment in text.split(TOOL_CALLS_TOKEN):
         name, sep, arguments = segment.partition(ARGS_TOKEN)
-        if not sep or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name.strip()):
+        if not sep or not NAME_PATTERN.fullmatch(name.strip()):
             return []
         try:
             parsed, _ = decoder.raw_decode(arguments.strip())

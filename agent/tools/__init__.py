@@ -62,6 +62,8 @@ class Toolbox:
         self.schemas = [tool.schema() for tool in tools]
 
     def execute(self, call: ToolCall, ctx: ToolContext) -> str:
+        if call.problem:  # a name or arguments the client had to replace (agent/leaks.py)
+            raise ToolError(f"{call.problem}. Call one of {', '.join(self.tools)} with a JSON object of arguments.")
         tool = self.tools.get(call.name)
         if tool is None:
             raise ToolError(f"unknown tool {call.name!r}; available tools: {', '.join(self.tools)}")

@@ -12,6 +12,8 @@ from agent.tools.base import ToolArgs, ToolContext, ToolError, instructions_alon
 from sandbox.base import SandboxError, SandboxFileTooLargeError
 
 READ_MAX_BYTES = 64_000
+HINT_ROOM = 200
+"""Characters of a read_file result kept for the paging hint (beside the file's name)."""
 WRITE_MAX_BYTES = 64_000
 EDIT_MAX_BYTES = 4 * 2**20
 """Files edit reads whole into the worker; larger ones are changed with bash (sed, python) in the sandbox."""
@@ -46,11 +48,14 @@ class EditArgs(ToolArgs):
 
 
 def read_file(args: ReadFileArgs, ctx: ToolContext) -> str:
-    """The lines are picked inside the sandbox: only the page shown crosses into the worker."""
+    """The lines are picked inside the sandbox: only the page shown crosses into the worker. A page holds what
+    fits in the loop's cut of a tool result (``ctx.output_limit``), so the hint names exactly the lines shown."""
     path = resolve_path(ctx, args.file_path)
+    extra = _fitting_instructions(ctx, path)
+    budget = max(ctx.output_limit - len(extra) - len(args.file_path) - HINT_ROOM, ctx.output_limit // 4)
     first = args.offset or 1
     try:
-        page = ctx.sandbox.read_lines(path, first=first, count=args.limit, max_bytes=READ_MAX_BYTES)
+        page = ctx.sandbox.read_lines(path, first=first, count=args.limit, max_bytes=min(READ_MAX_BYTES, budget))
     except SandboxError as exc:
         raise ToolError(f"cannot read {args.file_path}: {exc}") from exc
     if page.binary:
@@ -58,23 +63,40 @@ def read_file(args: ReadFileArgs, ctx: ToolContext) -> str:
     if page.count == 0 and page.total:
         raise ToolError(f"offset {args.offset} is past the end of {args.file_path} ({page.total} lines)")
     lines = page.content.split(b"\n")[: page.count]  # numbered as grep -n and editors do: by newlines only
+    if page.cut and page.count > 1:
+        lines.pop()  # a line the bytes ran out in: the next page starts with it
     shown: list[str] = []
-    size = 0
+    size, line_cut = 0, page.cut and page.count == 1
     for number, line in enumerate(lines, start=first):
-        text = line.decode("utf-8", errors="replace").removesuffix("\r")
-        rendered = f"{number:6}\u2192{text}"
-        size += len(rendered) + 1
-        if size > READ_MAX_BYTES and shown:
+        rendered = f"{number:6}\u2192{line.decode('utf-8', errors='replace').removesuffix(chr(13))}"
+        if size + len(rendered) + 1 > budget:
+            if not shown:  # one line longer than a page: its start
+                shown.append(rendered[:budget])
+                line_cut = True
             break
-        shown.append(rendered[:READ_MAX_BYTES])
+        shown.append(rendered)
+        size += len(rendered) + 1
     end = first + len(shown) - 1
-    if page.cut and end == first + page.count - 1:
-        shown.append(f"[line {end} is longer than {READ_MAX_BYTES} bytes; only its start is shown (bash reads on).]")
+    if line_cut and len(shown) == 1:
+        shown.append(f"[line {end} is longer than a page ({budget} characters); only its start is shown (bash "
+                     f"reads on, e.g. cut -c). The next line is at offset {end + 1}.]")  # fmt: skip
     elif page.total is None:
-        shown.append(f"[{args.file_path} goes on ({page.size} bytes); showing {first}-{end}. Use offset to read on.]")
+        shown.append(f"[{args.file_path} goes on ({page.size} bytes); showing lines {first}-{end}. "
+                     f"Use offset={end + 1} to read on.]")  # fmt: skip
     elif end < page.total:
-        shown.append(f"[{args.file_path} has {page.total} lines; showing {first}-{end}. Use offset to read on.]")
-    return _with_instructions(ctx, path, "\n".join(shown) if shown else f"[{args.file_path} is empty]")
+        shown.append(f"[{args.file_path} has {page.total} lines; showing lines {first}-{end}. "
+                     f"Use offset={end + 1} to read on.]")  # fmt: skip
+    output = "\n".join(shown) if shown else f"[{args.file_path} is empty]"
+    return f"{output}\n\n{extra}" if extra else output
+
+
+def _fitting_instructions(ctx: ToolContext, path: str) -> str:
+    """The AGENTS.md files along ``path`` not yet shown, at most half a tool result (the page needs the rest)."""
+    extra = instructions_along(ctx, path)
+    half = ctx.output_limit // 2
+    if len(extra) <= half:
+        return extra
+    return extra[:half] + "\n[the instructions go on: read the AGENTS.md files above for the rest]"
 
 
 def write_file(args: WriteFileArgs, ctx: ToolContext) -> str:

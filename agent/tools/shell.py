@@ -11,6 +11,9 @@ from sandbox.output import truncate_middle
 
 GREP_DEFAULT_MATCHES = 100
 GREP_MAX_BYTES = 64_000
+GREP_HINT_ROOM = 100
+BASH_ROOM = 300
+"""Characters of a bash result kept for its headers and the omission markers of stdout and stderr."""
 
 
 class BashArgs(ToolArgs):
@@ -30,12 +33,15 @@ def run_bash(args: BashArgs, ctx: ToolContext) -> str:
         raise ToolError("command is empty")
     timeout = ctx.command_limit(args.timeout)
     result = ctx.sandbox.run(args.command, timeout=timeout, session=True, output_limit=ctx.output_limit)
-    half = ctx.output_limit // 2
+    # stdout and stderr share what the loop shows of a tool result; either may use what the other leaves.
+    room = max(ctx.output_limit - BASH_ROOM, 2)
+    stderr_limit = max(room - len(result.stdout), room // 2)
+    stdout_limit = room - min(len(result.stderr), stderr_limit)
     parts = [f"returncode: {result.exit_code}"]
     if result.timed_out:
         parts.append(f"timed out: the command was killed after {timeout:g} seconds")
-    parts.append("stdout:\n" + truncate_middle(result.stdout, half))
-    parts.append("stderr:\n" + truncate_middle(result.stderr, half))
+    parts.append("stdout:\n" + truncate_middle(result.stdout, stdout_limit))
+    parts.append("stderr:\n" + truncate_middle(result.stderr, stderr_limit))
     return "\n".join(parts)
 
 
@@ -56,9 +62,10 @@ def grep(args: GrepArgs, ctx: ToolContext) -> str:
         raise ToolError(f"grep failed: {message}")
     lines = result.stdout.splitlines()
     shown, size = [], 0
+    budget = min(GREP_MAX_BYTES, ctx.output_limit - GREP_HINT_ROOM)  # what the loop shows of a result
     for line in lines[:limit]:
         size += len(line) + 1
-        if size > GREP_MAX_BYTES:
+        if size > budget:
             break
         shown.append(line)
     if len(shown) < len(lines):

@@ -135,3 +135,35 @@ def test_output_cut_off_at_max_tokens_is_retried_with_a_larger_budget(scripted_m
     )
     turn = _client(scripted_model, max_tokens=100).complete([{"role": "user", "content": "u"}], TOOLS)
     assert turn.tool_calls and [r["max_tokens"] for r in scripted_model.state.requests] == [100, 200]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected", "problem"),
+    [
+        ("  \t bash", "bash", None),  # what vLLM streams for a named tool choice on the CPU
+        ("bash\n", "bash", None),
+        ("", "invalid_tool_name", "'' is not a tool name"),
+        ('""""', "invalid_tool_name", '\'""""\' is not a tool name'),
+        ("read file", "invalid_tool_name", "'read file' is not a tool name"),
+        ("x" * 65, "invalid_tool_name", "is not a tool name"),
+        ("vim", "vim", None),  # a valid name no tool has: the toolbox answers "unknown tool"
+    ],
+)
+def test_tool_names_are_normalized_so_the_history_stays_valid(name: str, expected: str, problem: str | None) -> None:
+    from agent.base import AssistantTurn, ToolCall
+    from agent.leaks import normalize_tool_calls
+
+    turn = normalize_tool_calls(AssistantTurn(tool_calls=[ToolCall(id="abcABC123", name=name, arguments="{}")]))
+    (call,) = turn.tool_calls
+    assert call.name == expected and call.id == "abcABC123"
+    assert (call.problem is None) if problem is None else (problem in (call.problem or ""))
+
+
+def test_a_call_cut_off_by_length_says_so() -> None:
+    from agent.base import AssistantTurn, ToolCall
+    from agent.leaks import normalize_tool_calls
+
+    cut = AssistantTurn(finish_reason="length", tool_calls=[ToolCall(id="", name="todo", arguments='{"act')])
+    (call,) = normalize_tool_calls(cut).tool_calls
+    assert len(call.id) == 9 and call.arguments == '{"act'
+    assert call.problem == "the output was cut off at max_tokens inside the arguments '{\"act'"

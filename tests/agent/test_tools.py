@@ -65,7 +65,34 @@ def test_read_file_numbers_lines_and_pages(ctx: ToolContext) -> None:
     page = call(ctx, "read_file", file_path="notes.txt", offset=2999, limit=5)
     assert page.splitlines() == ["  2999\u2192line 2999", "  3000\u2192line 3000"]
     first = call(ctx, "read_file", file_path="/workspace/notes.txt")
-    assert "showing 1-2000. Use offset to read on." in first.splitlines()[-1]
+    shown = first.splitlines()
+    # The page is what fits in what the loop shows of a tool result (2,000 characters here), and says so.
+    assert len(first) <= ctx.output_limit
+    last = len(shown) - 1
+    assert (
+        shown[-1] == f"[/workspace/notes.txt has 3000 lines; showing lines 1-{last}. Use offset={last + 1} to read on.]"
+    )
+    assert shown[-2] == f"{last:6}\u2192line {last}"
+
+
+def test_read_file_pages_within_what_the_loop_shows(ctx: ToolContext) -> None:
+    """A model that follows the hints sees every line of a long module exactly once, and never a cut page."""
+    module = "".join(f"def function_{n}(value):  # line {n}\n    return value + {n}\n" for n in range(1, 2501))
+    ctx.sandbox.write_file("big.py", module.encode())
+    seen: list[str] = []
+    offset = None
+    while True:
+        page = call(ctx, "read_file", file_path="big.py", **({"offset": offset} if offset else {}))
+        assert len(page) <= ctx.output_limit and "omitted" not in page
+        lines = page.splitlines()
+        if not lines[-1].startswith("[big.py has 5000 lines; showing lines "):
+            seen += lines
+            break
+        first, last = map(int, lines[-1].split("showing lines ")[1].split(".")[0].split("-"))
+        assert lines[-1].endswith(f"Use offset={last + 1} to read on.]") and len(lines) - 1 == last - first + 1
+        seen += lines[:-1]
+        offset = last + 1
+    assert [line.split("\u2192", 1)[1] for line in seen] == module.splitlines()
 
 
 def test_read_file_pages_inside_the_sandbox(ctx: ToolContext) -> None:
@@ -77,8 +104,8 @@ def test_read_file_pages_inside_the_sandbox(ctx: ToolContext) -> None:
         call(ctx, "read_file", file_path="crlf.txt", offset=5)
     ctx.sandbox.write_file("minified.js", b"x" * 200_000 + b"\nsecond\n")
     page = call(ctx, "read_file", file_path="minified.js")
-    assert page.startswith("     1\u2192xxx") and len(page) < 65_000
-    assert page.endswith("[line 1 is longer than 64000 bytes; only its start is shown (bash reads on).]")
+    assert page.startswith("     1\u2192xxx") and len(page) <= ctx.output_limit
+    assert page.endswith("only its start is shown (bash reads on, e.g. cut -c). The next line is at offset 2.]")
     assert call(ctx, "read_file", file_path="minified.js", offset=2) == "     2\u2192second"
     ctx.sandbox.write_file("data.bin", b"\x7fELF\x00\x01")
     with pytest.raises(ToolError, match=r"data\.bin looks like a binary file"):
