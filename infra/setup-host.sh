@@ -43,6 +43,9 @@ echo "== sandbox image"
 command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
 command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
 command -v tmux >/dev/null 2>&1 || apt_install tmux
+# The sandboxes' seccomp filter is compiled with libseccomp (pyseccomp loads it through ctypes).
+ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || apt_install libseccomp2
+command -v setpriv >/dev/null 2>&1 || apt_install util-linux
 
 echo "== set-up network"
 # bubblewrap's set-up sandboxes get their network from a slirp4netns relay; both backends' set-up traffic
