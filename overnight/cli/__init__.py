@@ -180,7 +180,12 @@ def bench_llm(
     base_url: Annotated[str, typer.Option(help="OpenAI-compatible base URL (…/v1).")],
     model: Annotated[str, typer.Option(help="Served model name.")] = "mistral-medium-3.5",
     api_key: Annotated[str | None, typer.Option(envvar="OVERNIGHT_LLM_API_KEY", help="Bearer key.")] = None,
-    compare: Annotated[str | None, typer.Option(help="A second base URL to measure in the same run.")] = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another base URL to measure in the same run, side by side (repeat it: EAGLE, suffix, none)."
+        ),
+    ] = None,
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,4,16,64",
     steps: Annotated[int, typer.Option(help="Requests of the trajectory each session replays.")] = 40,
     max_tokens: Annotated[int, typer.Option(help="max_tokens of each request.")] = 1024,
@@ -209,7 +214,7 @@ def bench_llm(
         except (OSError, ValueError) as exc:
             raise typer.BadParameter(f"cannot read the trajectory {trajectory}: {exc}") from exc
     report = {}
-    for url in [base_url, *([compare] if compare else [])]:
+    for url in [base_url, *(compare or [])]:
         try:
             report[url] = measure(url, model, api_key=api_key, levels=levels, sessions_steps=steps,
                                   max_tokens=max_tokens, trajectory=recorded)  # fmt: skip

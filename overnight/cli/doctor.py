@@ -2,7 +2,8 @@
 
 Server-side (it reads the server's settings): database, broker, sandbox, image, and the model endpoint —
 reachable, serving the configured model, accepting `reasoning_effort`, calling a tool for a probe request,
-reporting cached tokens — and, when vLLM's /metrics answers, speculative decoding and prefix caching; when
+reporting cached tokens — vLLM's version when /version answers, and, when vLLM's /metrics answers, speculative
+decoding and prefix caching (checks that need the model itself to act are marked as depending on its weights); when
 GitHub is configured, settings that cannot work, then who GitHub says the credentials are.
 """
 
@@ -34,19 +35,33 @@ PROBE_MESSAGES = [
 ]
 
 
+TESTED_VLLM = "0.32.0"
+"""The vLLM (with mistral_common 1.12.0) the real-vLLM suite proved (infra/vllm/constraints.txt)."""
+WEIGHTS_NOTE = (
+    "This check depends on the model's weights: with the flags set, a model that does not reason or call tools "
+    "(random or wrong weights, a model other than Medium 3.5) fails it."
+)
+
+
 @dataclass(kw_only=True)
 class Check:
     name: str
     ok: bool
     detail: str
     fix: str = ""
+    depends_on_weights: bool = False
+    """The server's flags can be right and the check still fail, because the model itself must act."""
 
 
-def _check(name: str, fix: str, run: Callable[[], str]) -> Check:
+def _check(name: str, fix: str, run: Callable[[], str], *, weights: bool = False) -> Check:
     try:
-        return Check(name=name, ok=True, detail=run())
+        return Check(name=name, ok=True, detail=run(), depends_on_weights=weights)
     except Exception as exc:  # every failure is a finding, reported with its fix
-        return Check(name=name, ok=False, detail=f"{type(exc).__name__}: {exc}"[:300], fix=fix)
+        if weights:
+            fix = f"{fix}. {WEIGHTS_NOTE}"
+        return Check(
+            name=name, ok=False, detail=f"{type(exc).__name__}: {exc}"[:300], fix=fix, depends_on_weights=weights
+        )
 
 
 def run_checks(settings: Settings) -> list[Check]:
@@ -177,11 +192,13 @@ def _model_checks(settings: Settings) -> list[Check]:
             "use a Mistral reasoning parser and a vLLM that knows the setting "
             "(--reasoning-parser mistral; vLLM >= 0.18)",
             lambda: _reasons(http, effort, responses),
+            weights=settings.llm_reasoning_effort == "high",
         ),
         _check(
             "returns a tool call for a probe request",
             "serve with --enable-auto-tool-choice --tool-call-parser mistral",
             lambda: _tool_call(http, probe, responses),
+            weights=True,
         ),
         _check(
             "reports cached tokens",
@@ -189,6 +206,9 @@ def _model_checks(settings: Settings) -> list[Check]:
             lambda: _cached(http, probe, responses),
         ),
     ]
+    version = _server_version(http, base)
+    if version is not None:
+        checks.append(version)
     metrics_url = base.removesuffix("/v1") + "/metrics"
     try:
         metrics = httpx.get(metrics_url, headers=headers, timeout=5)
@@ -212,6 +232,24 @@ def _model_checks(settings: Settings) -> list[Check]:
         ),
     ]
     return checks
+
+
+def _server_version(http: httpx.Client, base: str) -> Check | None:
+    """vLLM's version from its /version, when the server answers there (other servers are not judged)."""
+    try:
+        response = http.get(base.removesuffix("/v1") + "/version", timeout=5)
+        version = str(response.json()["version"]) if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        version = None
+    if version is None:
+        return None
+    tested = version.split("+")[0] == TESTED_VLLM
+    note = "the tested version" if tested else f"not the tested {TESTED_VLLM}: check it with tests/vllm"
+    return Check(
+        name="model server version",
+        ok=True,
+        detail=f"vLLM {version} ({note}; pair it with mistral_common 1.12.0, see infra/vllm/constraints.txt)",
+    )
 
 
 def parse_metrics(text: str) -> dict[str, float]:
