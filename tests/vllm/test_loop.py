@@ -140,6 +140,9 @@ def test_the_loop_survives_the_real_servers_junk(
     assert any(r["name"] == INVALID_NAME and "'' is not a tool name" in r["output"] for r in results)
     assert any("cut off at max_tokens inside the arguments" in o for o in outputs)
     assert trajectory.messages[-1] == {"role": "user", "content": NO_TOOL_CALL_REMINDER}
+    assistant = [m for m in trajectory.messages if m["role"] == "assistant"]
+    assert any(len(m.get("tool_calls", [])) > 1 for m in assistant)  # parallel calls and their results
+    assert any(m.get("reasoning") for m in assistant)  # reasoning goes back in the history
     names = {c["function"]["name"] for m in trajectory.messages for c in m.get("tool_calls", [])}
     assert names <= {"bash", "todo", INVALID_NAME}
     # Every request was valid for mistral-common, and the history after all that junk still is for vLLM.
