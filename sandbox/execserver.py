@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import selectors
+import shlex
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from execsupport import (  # type: ignore[import-not-found]
     CHUNK,
     Capture,
     act_as,
+    command_argv,
     disk_full,
     disk_usage,
     kill_session,
@@ -33,6 +35,7 @@ from execsupport import (  # type: ignore[import-not-found]
     open_regular,
     process_owner_and_session,
     reap_as_init,
+    safe_env,
     skip_lines,
 )
 
@@ -114,15 +117,17 @@ class Server:
                 # the kernel makes under a lock that fork also needs, so nothing can fork its way past it.
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(-1, signal.SIGKILL)
-                return
             sessions = set(self.running)
-        for _ in range(STRAY_PASSES):  # another command runs: spare its session, scan until a pass finds none
+        for _ in range(STRAY_PASSES):  # spare running commands' sessions; scan until a pass finds none
             found = False
             for name in os.listdir("/proc"):
                 if not name.isdigit():
                     continue
                 try:
-                    owner, sid = process_owner_and_session(name)
+                    found_process = process_owner_and_session(name)
+                    if found_process is None:
+                        continue
+                    owner, sid = found_process
                     if owner == self.command_uid and sid not in sessions:
                         os.kill(int(name), signal.SIGKILL)
                         found = True
@@ -208,21 +213,27 @@ class Server:
             timeout = min(timeout, max(self.deadline - time.time(), 0.1))
         started = time.monotonic()
 
-        identity = {"user": self.command_uid, "group": self.command_gid, "extra_groups": []} if self.separate else {}
+        cwd = request.get("cwd") or self.workdir
+        if self.separate:  # the server may not enter the commands' folders: setpriv starts in /, bash goes there
+            command = f"cd -- {shlex.quote(cwd)} || exit 1\n{command}"
+            cwd = "/"
+        argv = command_argv(command, self.command_uid if self.separate else None, self.command_gid)
         with self.running_lock:
             self.starting += 1
+        # setpriv must start with this thread's file uid back at the server's own: an exec whose file uid
+        # differs from its effective one drops the ambient capabilities setpriv needs.
+        act_as(os.geteuid(), os.getegid())
         try:
             for attempt in range(FORK_RETRIES):
                 try:
                     process = subprocess.Popen(
-                        ["bash", "-c", command],
-                        cwd=request.get("cwd") or self.workdir,
-                        env=env,
+                        argv,
+                        cwd=cwd,
+                        env=safe_env(env),
                         stdin=subprocess.PIPE if request.get("stdin") is not None else subprocess.DEVNULL,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE,
                         start_new_session=True,
-                        **identity,
                     )
                     break
                 except BlockingIOError:  # the pid limit is full: killed processes may still be on their way out
@@ -230,6 +241,7 @@ class Server:
                         raise
                     time.sleep(0.1)
         finally:
+            act_as(self.command_uid, self.command_gid)
             with self.running_lock:
                 self.starting -= 1
         with self.running_lock:

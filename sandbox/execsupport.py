@@ -14,8 +14,6 @@ CHUNK = 65536
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 
@@ -151,11 +149,13 @@ def _check(result, what):
 
 
 def lock_down(seccomp_path):
-    """Before anything else runs: no capability may be inherited by a command (ambient set cleared), no
-    execve may gain privileges, and the seccomp filter the worker compiled applies to this server and to
-    every process it starts."""
-    with contextlib.suppress(OSError):  # kernels without ambient capabilities have none to clear
-        _check(LIBC.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
+    """Before anything else runs: no execve may gain privileges, and the seccomp filter the worker compiled
+    applies to this server and to every process it starts.
+
+    The server's three capabilities stay ambient: every command is started through ``/usr/bin/setpriv``
+    (``command_argv``), which needs them to take the commands' uid and drops them all before it runs
+    anything else. Starting that way lets Python use vfork; switching uids in the child itself would make it
+    fork the whole server, a millisecond a command."""
     _check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     if not seccomp_path:
         return
@@ -195,6 +195,28 @@ def reap_as_init():
 
 
 def process_owner_and_session(pid):
+    """Its uid and session id, or None for a zombie (dead already, only waiting to be reaped)."""
     with open(f"/proc/{pid}/stat", "rb") as handle:
         fields = handle.read().rsplit(b")", 1)[1].split()
+    if fields[0] == b"Z":
+        return None
     return os.stat(f"/proc/{pid}").st_uid, int(fields[3])
+
+
+SETPRIV = "/usr/bin/setpriv"
+"""Absolute: never one a command's PATH names (an environment's venv comes first there)."""
+UNSAFE_ENV = ("LD_", "GCONV_PATH", "LOCPATH", "MALLOC_", "GLIBC_TUNABLES", "NLSPATH", "HOSTALIASES", "RES_OPTIONS")
+"""What the dynamic loader or libc act on: setpriv still holds the capabilities while it starts."""
+
+
+def command_argv(command, uid, gid):
+    """``bash -c command`` as ``uid``/``gid`` with no supplementary groups and no capabilities left in any set."""
+    if uid is None:
+        return ["bash", "-c", command]
+    return [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
+            "--ambient-caps=-all", "--", "bash", "-c", command]  # fmt: skip
+
+
+def safe_env(env):
+    """``env`` without the variables that would run code inside setpriv before it drops its capabilities."""
+    return {name: value for name, value in env.items() if not name.startswith(UNSAFE_ENV)}
