@@ -223,3 +223,15 @@ def test_one_sandbox_cannot_see_or_signal_another(backend: SandboxBackend, new_w
     finally:
         first.close()
         second.close()
+
+
+def test_commands_hold_no_capability_and_no_loader_variable_reaches_their_start(box: Sandbox) -> None:
+    """Commands are started by setpriv, which holds the server's capabilities while it runs: nothing the loader
+    acts on may reach it, and nothing of the capabilities may be left after it."""
+    caps = box.run("grep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status").stdout.split()
+    assert caps[1::2] == ["0000000000000000"] * 4, caps
+    result = box.run(
+        "echo ${LD_PRELOAD:-none} ${LD_LIBRARY_PATH:-none}",
+        env={"LD_PRELOAD": "/tmp/evil.so", "LD_LIBRARY_PATH": "/tmp"},
+    )
+    assert result.stdout.split() == ["none", "none"] and "evil" not in result.stderr
