@@ -45,6 +45,9 @@ LINE_SCAN = 64 * 2**20
 """Bytes read past a window of lines to count the file's lines; a longer file's count is left open."""
 DRAIN_SECONDS = 0.2
 STRAY_PASSES = 20
+_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "overnight-spawn")
+SPAWN = _HELPER if os.access(_HELPER, os.X_OK) else None
+"""overnight-spawn beside the server (the worker compiled it), else None: commands start through setpriv."""
 FORK_RETRIES = 30
 HANDLERS = 16
 """Threads started before any command runs: a command that fills the pid limit cannot stop the server from
@@ -217,7 +220,7 @@ class Server:
         if self.separate:  # the server may not enter the commands' folders: setpriv starts in /, bash goes there
             command = f"cd -- {shlex.quote(cwd)} || exit 1\n{command}"
             cwd = "/"
-        argv = command_argv(command, self.command_uid if self.separate else None, self.command_gid)
+        argv = command_argv(command, self.command_uid if self.separate else None, self.command_gid, SPAWN)
         with self.running_lock:
             self.starting += 1
         # setpriv must start with this thread's file uid back at the server's own: an exec whose file uid

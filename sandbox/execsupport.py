@@ -209,10 +209,13 @@ UNSAFE_ENV = ("LD_", "GCONV_PATH", "LOCPATH", "MALLOC_", "GLIBC_TUNABLES", "NLSP
 """What the dynamic loader or libc act on: setpriv still holds the capabilities while it starts."""
 
 
-def command_argv(command, uid, gid):
-    """``bash -c command`` as ``uid``/``gid`` with no supplementary groups and no capabilities left in any set."""
+def command_argv(command, uid, gid, spawn=None):
+    """``bash -c command`` as ``uid``/``gid`` with no supplementary groups and no capabilities left in any set:
+    through ``spawn`` (overnight-spawn, beside the server) when the worker could compile it, else setpriv."""
     if uid is None:
         return ["bash", "-c", command]
+    if spawn is not None:
+        return [spawn, str(uid), str(gid), "/bin/bash", "-c", command]
     return [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
             "--ambient-caps=-all", "--", "bash", "-c", command]  # fmt: skip
 

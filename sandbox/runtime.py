@@ -49,6 +49,7 @@ from sandbox.protocol import (
 )
 from sandbox.reaper import owned_tempdir
 from sandbox.seccomp import write_filter
+from sandbox.spawnhelper import spawn_helper
 
 WORKDIR = "/workspace"
 CONTROL_DIR = "/overnight"
@@ -306,6 +307,9 @@ def control_folder(root: Path | None) -> Path:
     control = owned_tempdir("overnight-ctl-", root)
     for name in EXECSERVER_FILES:
         shutil.copy(Path(__file__).with_name(name), control / name)
+    helper = spawn_helper()
+    if helper is not None:
+        shutil.copy(helper, control / helper.name)
     write_filter(control)
     os.chown(control, SERVER_UID, SERVER_UID)
     os.chmod(control, 0o755)

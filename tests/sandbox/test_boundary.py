@@ -235,3 +235,18 @@ def test_commands_hold_no_capability_and_no_loader_variable_reaches_their_start(
         env={"LD_PRELOAD": "/tmp/evil.so", "LD_LIBRARY_PATH": "/tmp"},
     )
     assert result.stdout.split() == ["none", "none"] and "evil" not in result.stderr
+
+
+def test_without_a_compiler_commands_start_through_setpriv_with_the_same_rights(
+    backend: SandboxBackend, new_workspace: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker host with no C compiler ships no overnight-spawn: setpriv does the same, a little slower."""
+    monkeypatch.setattr("sandbox.runtime.spawn_helper", lambda: None)
+    sandbox = backend.start(SandboxSpec(task_id="no-spawn", workspace=new_workspace(backend)))
+    try:
+        assert sandbox.run("test -e /overnight/overnight-spawn || echo absent").stdout == "absent\n"
+        result = sandbox.run("id -u; grep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status")
+        assert result.stdout.split()[0] == str(SANDBOX_UID)
+        assert result.stdout.split()[2::2] == ["0000000000000000"] * 4, result.stdout
+    finally:
+        sandbox.close()
