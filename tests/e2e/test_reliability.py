@@ -33,16 +33,22 @@ def cluster(
         yield from run_cluster(url, tmp_path, scripted_model)
 
 
-def test_a_worker_killed_mid_task_does_not_lose_the_task(
-    cluster: Cluster, scripted_model: ScriptedModelServer, buggy_repo: Path, docker_client: docker.DockerClient
-) -> None:
+def sleeping_task(cluster: Cluster, scripted_model: ScriptedModelServer, repo: Path) -> tuple[Any, str]:
+    """A new worker, and a task of it whose first command (``sleep 600``) is running in its sandbox."""
     scripted_model.state.extend([bash("sleep 600"), EDIT, FINISH])
-    first = cluster.start_worker()
-    task_id = cluster.submit(buggy_repo)
+    worker = cluster.start_worker()
+    task_id = cluster.submit(repo)
     cluster.wait_state(task_id, "running")
     while len(scripted_model.state.requests) < 1:
         time.sleep(0.1)
-    time.sleep(1)  # the sleep 600 is running in the sandbox
+    time.sleep(1)  # the sleep 600 is running
+    return worker, task_id
+
+
+def test_a_worker_killed_mid_task_does_not_lose_the_task(
+    cluster: Cluster, scripted_model: ScriptedModelServer, buggy_repo: Path, docker_client: docker.DockerClient
+) -> None:
+    first, task_id = sleeping_task(cluster, scripted_model, buggy_repo)
     cluster.kill_worker(first)
     cluster.start_worker()
     task = cluster.wait_final(task_id)
@@ -115,12 +121,7 @@ def test_a_user_at_the_concurrency_limit_waits_queued(
 def test_a_task_cancelled_while_its_worker_is_dead_never_runs_again(
     cluster: Cluster, scripted_model: ScriptedModelServer, buggy_repo: Path
 ) -> None:
-    scripted_model.state.extend([bash("sleep 600"), EDIT, FINISH])
-    first = cluster.start_worker()
-    task_id = cluster.submit(buggy_repo)
-    cluster.wait_state(task_id, "running")
-    while len(scripted_model.state.requests) < 1:
-        time.sleep(0.1)
+    first, task_id = sleeping_task(cluster, scripted_model, buggy_repo)
     cluster.kill_worker(first)
     with cluster.sessions().begin() as session:
         store.request_cancel(session, task_id)  # nobody is left to see the flag
@@ -133,13 +134,7 @@ def test_a_task_cancelled_while_its_worker_is_dead_never_runs_again(
 def test_a_paused_worker_whose_task_went_to_another_stops_its_attempt_and_writes_nothing(
     cluster: Cluster, scripted_model: ScriptedModelServer, buggy_repo: Path, docker_client: docker.DockerClient
 ) -> None:
-    scripted_model.state.extend([bash("sleep 600"), EDIT, FINISH])
-    first = cluster.start_worker()
-    task_id = cluster.submit(buggy_repo)
-    cluster.wait_state(task_id, "running")
-    while len(scripted_model.state.requests) < 1:
-        time.sleep(0.1)
-    time.sleep(1)  # the sleep 600 is running in attempt 1's sandbox
+    first, task_id = sleeping_task(cluster, scripted_model, buggy_repo)
     cluster.pause_worker(first, task_id)
     cluster.start_worker()  # its reconciler sees attempt 1's heartbeat go stale and hands the task on
     task = cluster.wait_final(task_id)
