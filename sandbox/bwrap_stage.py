@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import subprocess
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from sandbox.base import SandboxSpec, SandboxUnavailableError
 
+log = logging.getLogger(__name__)
 STAGE = Path("/run/overnight-sandbox")
 HOST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 CLONE_NEWNS = 0x00020000
@@ -75,14 +77,35 @@ class Stage:
     def start(
         self, argv: list[str], enter: Callable[[], None], *, uid_map: Sequence[tuple[int, int]]
     ) -> subprocess.Popen[bytes]:
-        """Start bubblewrap and, while it waits, write its user namespace's map (inside uid → host uid)."""
+        """Start bubblewrap and, while it waits, write its user namespace's map (inside uid → host uid).
+
+        A child whose preparation failed (``enter``) is tried once more: the reason is logged, and given in
+        the error if the second try fails too."""
+        try:
+            return self._start(argv, enter, uid_map)
+        except EnterError as exc:
+            log.warning("preparing bubblewrap failed (%s); trying once more", exc)
+            return self._start(argv, enter, uid_map)
+
+    def _start(
+        self, argv: list[str], enter: Callable[[], None], uid_map: Sequence[tuple[int, int]]
+    ) -> subprocess.Popen[bytes]:
         info_read, info_write = os.pipe()
         block_read, block_write = os.pipe()
+        error_read, error_write = os.pipe()
         argv = [argv[0], "--info-fd", str(info_write), "--userns-block-fd", str(block_read), *argv[1:]]
+
+        def guarded() -> None:  # in the child: say what failed, which subprocess alone would not
+            try:
+                enter()
+            except BaseException as exc:
+                os.write(error_write, repr(exc).encode()[:1000])
+                raise
+
         try:
             process = subprocess.Popen(
                 argv,
-                preexec_fn=enter,
+                preexec_fn=guarded,
                 start_new_session=True,
                 env=HOST_ENV,  # bubblewrap itself sees none of the worker's variables either
                 pass_fds=(info_write, block_read),
@@ -93,10 +116,20 @@ class Stage:
         except subprocess.SubprocessError as exc:  # what went wrong in enter() itself
             os.close(info_read)
             os.close(block_write)
-            raise OSError(f"could not prepare bubblewrap's mounts: {exc}") from exc
+            os.close(error_write)
+            reason = os.read(error_read, 1000).decode(errors="replace") or str(exc)
+            raise EnterError(f"could not prepare bubblewrap's mounts: {reason}") from exc
+        except OSError:  # bubblewrap itself could not be executed
+            os.close(info_read)
+            os.close(block_write)
+            os.close(error_write)
+            raise
+        else:
+            os.close(error_write)
         finally:
             os.close(info_write)
             os.close(block_read)
+            os.close(error_read)
         try:
             with os.fdopen(info_read, "rb") as info:
                 child = json.loads(_first_json(info))["child-pid"]
@@ -113,6 +146,10 @@ class Stage:
         finally:
             os.close(block_write)
         return process
+
+
+class EnterError(OSError):
+    """The child could not be prepared for bubblewrap (its mount namespace, binds or uid)."""
 
 
 def _first_json(stream: object) -> bytes:
