@@ -19,11 +19,11 @@ from pathlib import Path
 
 from sandbox.base import Sandbox, SandboxError, SandboxLimits, SandboxSpec, SandboxUnavailableError
 from sandbox.bwrap_stage import Stage
-from sandbox.cgroups import CGroup, _bytes
+from sandbox.cgroups import CGroup, _bytes, owned_name
 from sandbox.disk import check_workspace, keep_environment, make_limited_folder, remove_folder
 from sandbox.egress import EgressPolicy
 from sandbox.image import SANDBOX_HOME, SERVER_UID
-from sandbox.reaper import owned_tempdir, remove_owned
+from sandbox.reaper import owned_tempdir, process_identity, remove_owned
 from sandbox.runtime import (
     CA_PATH,
     CONTROL_DIR,
@@ -94,7 +94,7 @@ class BwrapBackend:
         if network is not None:
             network.resolv_conf(control)
         group = CGroup(
-            f"{spec.task_id}-{os.urandom(3).hex()}",
+            owned_name(f"{spec.task_id}-{os.urandom(3).hex()}", process_identity()),
             memory=self.config.memory,
             pids=self.config.pids,
             cpus=self.config.cpus,

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sandbox.base import SandboxUnavailableError
@@ -92,8 +93,17 @@ class CGroup:
                 directory.rmdir()
 
 
-def reap_empty_groups() -> int:
-    """Remove groups left behind by a worker that died (their processes died with it)."""
+OWNER_MARK = "@"
+"""A group's name ends with ``@`` and the identity of the worker process that made it (``pid.start``)."""
+
+
+def owned_name(name: str, owner: str) -> str:
+    return f"{name}{OWNER_MARK}{owner.replace(':', '.')}"
+
+
+def reap_empty_groups(alive: Callable[[str], bool]) -> int:
+    """Remove the empty groups of workers that died (their processes died with them). A living worker's group
+    stays even while it is empty: it is made before the sandbox's first process joins it."""
     removed = 0
     parents = (
         [CGROUP_ROOT / PARENT]
@@ -104,6 +114,9 @@ def reap_empty_groups() -> int:
         if not parent.is_dir():
             continue
         for group in parent.iterdir():
+            _, mark, owner = group.name.rpartition(OWNER_MARK)
+            if mark and alive(owner.replace(".", ":")):
+                continue
             if group.is_dir() and not (group / "cgroup.procs").read_text().strip():
                 with contextlib.suppress(OSError):
                     group.rmdir()

@@ -115,5 +115,5 @@ def reap(client: docker.DockerClient | None = None, folders: Iterable[Path] = ()
             log.warning("removed sandbox %s: %s", container.name, reason)
             removed.append(str(container.name))
     with contextlib.suppress(OSError):
-        reap_empty_groups()
+        reap_empty_groups(_alive)
     return removed

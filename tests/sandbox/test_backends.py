@@ -159,3 +159,21 @@ def test_orphan_rules() -> None:
     assert orphaned({**mine, "dev.overnight.expires": str(time.time() - 3600)}) == "outlived its lifetime"
     elsewhere = {**mine, "dev.overnight.worker": "another-host", "dev.overnight.worker-pid": "1:1"}
     assert orphaned(elsewhere) is None
+
+
+def test_the_reaper_leaves_a_living_worker_s_empty_cgroup_and_removes_a_dead_one_s() -> None:
+    """Two workers on one host: one's reaper must not remove the group the other has just made for a sandbox
+    and not yet joined (the sandbox then failed to start: "No such file or directory")."""
+    from sandbox.cgroups import CGroup, owned_name
+
+    fresh = CGroup(owned_name("reaper-test-live", process_identity()), memory="64m", pids=32, cpus=0.5)
+    dead = subprocess.run([sys.executable, "-c", "from sandbox.reaper import process_identity as p; print(p())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    orphan = CGroup(owned_name("reaper-test-dead", dead), memory="64m", pids=32, cpus=0.5)
+    try:
+        reap(None)
+        assert all(directory.is_dir() for directory in fresh.dirs), "a living worker's group was reaped"
+        assert not any(directory.exists() for directory in orphan.dirs), "a dead worker's group stayed"
+    finally:
+        fresh.remove()
+        orphan.remove()
