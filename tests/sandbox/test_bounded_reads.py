@@ -77,7 +77,7 @@ def test_a_three_line_read_of_a_500_mb_file_keeps_the_worker_small(
         "     2\u2192line 2 of the log",
         "     3\u2192line 3 of the log",
         "     4\u2192line 4 of the log",
-        f"[big.log goes on ({BIG} bytes); showing 2-4. Use offset to read on.]",
+        f"[big.log goes on ({BIG} bytes); showing lines 2-4. Use offset=5 to read on.]",
     ]
     assert (
         result["edit"] == f"big.log is {BIG} bytes; edit works on files up to 4194304 bytes (use bash for larger ones)"
