@@ -71,7 +71,11 @@ def mark_owned(path: Path) -> None:
     """Name this process as the owner of ``path`` (a folder it is about to make, such as a task's workspace):
     if the process dies, the reaper removes the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_name(path.name + OWNER_SUFFIX).write_text(process_identity())
+    # Written aside, then renamed: a reaper that found the sidecar empty, half-way through its writing, took
+    # its owner for dead and removed a live task's workspace.
+    partial = path.with_name(f".{path.name}{OWNER_SUFFIX}.{os.getpid()}.partial")
+    partial.write_text(process_identity())
+    os.replace(partial, path.with_name(path.name + OWNER_SUFFIX))
 
 
 def disown(path: Path) -> None:
@@ -91,7 +95,8 @@ def reap_folders(roots: Iterable[Path]) -> list[Path]:
     for root in roots:
         for owner in root.glob(f"*{OWNER_SUFFIX}") if root.is_dir() else ():
             with contextlib.suppress(OSError):
-                if _alive(owner.read_text().strip()):
+                identity = owner.read_text().strip()
+                if not identity or _alive(identity):  # empty: not one this reaper can judge
                     continue
                 folder = owner.with_name(owner.name.removesuffix(OWNER_SUFFIX))
                 remove_owned(folder)
