@@ -10,11 +10,11 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.routes import github, health, tasks
 from api.routes.health import TaskCollector
-from migrations.store import make_engine, make_sessionmaker
 from overnight.broker import resolve_broker_url
 from overnight.github.client import GitHubClient, client_from_settings
 from overnight.github.config import refuse_unworkable
 from overnight.settings import Settings
+from store.engine import make_engine, make_sessionmaker
 from worker.celery_app import TaskQueue
 
 

@@ -13,8 +13,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from migrations import user_store
-from migrations.models import User
+import store.users
+from store.models import User
 
 USER_SCOPE_KEY = "overnight.user"
 PROTECTED_PREFIX = "/v1/"
@@ -43,7 +43,7 @@ class BearerAuthMiddleware:
 
     def authenticate(self, token: str) -> User:
         with self.sessions() as session:
-            user = user_store.authenticate(session, token)
+            user = store.users.authenticate(session, token)
             session.commit()  # last_used_at, when it moved
             return user
 
@@ -60,7 +60,7 @@ class BearerAuthMiddleware:
             return
         try:
             user = await run_in_threadpool(self.authenticate, token.strip())
-        except user_store.TokenRefused as exc:
+        except store.users.TokenRefused as exc:
             await unauthorized(str(exc), has_body=has_body)(scope, receive, send)
             return
         scope[USER_SCOPE_KEY] = user

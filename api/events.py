@@ -11,20 +11,21 @@ import anyio
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
 
-from migrations import store
-from migrations.models import TaskState
+import store.events
+import store.tasks
+from store.models import TaskState
 
 POLL_SECONDS = 0.5
 
 
 def _read(sessions: sessionmaker[Session], task_id: str, after: int) -> tuple[list[dict[str, Any]], bool]:
     with sessions() as session:
-        task = store.get_task(session, task_id)
+        task = store.tasks.get_task(session, task_id)
         final = task is None or TaskState(task.state).is_final
         events = [
             {"id": str(e.seq), "event": e.type,
              "data": json.dumps({"seq": e.seq, "type": e.type, "data": e.data, "created_at": e.created_at.isoformat()})}
-            for e in store.list_events(session, task_id, after=after, limit=500)
+            for e in store.events.list_events(session, task_id, after=after, limit=500)
         ]  # fmt: skip
         return events, final
 

@@ -19,16 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import store.events
+import store.tasks
 from agent.base import AssistantTurn
 from agent.client import ChatClient, LLMConfig
 from agent.loop import AgentConfig, Trajectory, run_agent
 from agent.scripted import EXAMPLE_REPOSITORY, ScriptedModel, ScriptedModelServer, example_session
 from agent.tools import ToolContext
-from migrations import store
-from migrations.store import make_engine, make_sessionmaker, migrate
 from sandbox.base import SandboxSpec
 from sandbox.disk import remove_folder
 from sandbox.docker import DockerConfig
+from store.engine import make_engine, make_sessionmaker, migrate
 
 
 class TimedClient:
@@ -78,7 +79,7 @@ def run_once(tmp: Path, index: int) -> dict[str, Any]:
     migrate(engine)
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
-        task_id = store.create_task(session, repo="/bench", ref=None, instruction="bench").id
+        task_id = store.tasks.create_task(session, repo="/bench", ref=None, instruction="bench").id
 
     tool_seconds: dict[int, float] = {}
 
@@ -86,7 +87,7 @@ def run_once(tmp: Path, index: int) -> dict[str, Any]:
         if kind == "tool_result":
             tool_seconds[data["step"]] = tool_seconds.get(data["step"], 0.0) + data["duration"]
         with sessions.begin() as session:
-            store.append_event(session, task_id, kind, data)
+            store.events.append_event(session, task_id, kind, data)
 
     sandbox = backend.start(SandboxSpec(task_id=f"bench-{index}", workspace=workspace))
     try:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from migrations import store
-from migrations.store import make_engine, make_sessionmaker, migrate
+import store.tasks
+import store.users
+from store.engine import make_engine, make_sessionmaker, migrate
 
 OFFLINE = (["overnight", "--help"], ["overnight", "show", "--help"], ["overnight", "diff"])
 
@@ -48,9 +49,11 @@ def main() -> None:
         database = f"sqlite:///{Path(name) / 'overnight.db'}"
         migrate(make_engine(database))
         with make_sessionmaker(make_engine(database)).begin() as session:
-            token = store.create_token(session, "bench")
-            task_id = store.create_task(session, repo="https://example.com/a/b.git", ref="main", instruction="x").id
-            store.get_task(session, task_id).user_id = store.user_for_token(session, token).id  # type: ignore[union-attr]
+            token = store.users.create_token(session, "bench")
+            task_id = store.tasks.create_task(
+                session, repo="https://example.com/a/b.git", ref="main", instruction="x"
+            ).id
+            store.tasks.get_task(session, task_id).user_id = store.users.user_for_token(session, token).id  # type: ignore[union-attr]
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]

@@ -251,8 +251,8 @@ def main() -> None:
     parser.add_argument("--source", type=Path, help="Run the API from this checkout instead.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from migrations import store
-    from migrations.store import make_engine, make_sessionmaker, migrate
+    import store.users
+    from store.engine import make_engine, make_sessionmaker, migrate
 
     with tempfile.TemporaryDirectory(prefix="bench-flood-") as name:
         tmp = Path(name)
@@ -260,7 +260,7 @@ def main() -> None:
         engine = make_engine(env["OVERNIGHT_DATABASE_URL"])
         migrate(engine)
         with make_sessionmaker(engine).begin() as session:
-            token = store.create_token(session, "flood")
+            token = store.users.create_token(session, "flood")
         with serve_api(env, source=args.source, log=tmp / "api.log") as (port, pid):
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}) as c:
                 for _ in range(20):  # warm: imports, the database pool, the first requests' allocations

@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 import redis
 
-from migrations.store import make_engine, migrate
 from overnight.github.webhooks import sign
+from store.engine import make_engine, migrate
 from tests.github_fake import FakeGitHub, FakeGitHubServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "github" / "webhooks"

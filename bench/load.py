@@ -27,9 +27,9 @@ from typing import Any
 
 import httpx
 
+import store.users
 from agent.scripted import ScriptedCall, ScriptedModel, ScriptedModelServer, ScriptedTurn
-from migrations import store
-from migrations.store import make_engine, make_sessionmaker, migrate
+from store.engine import make_engine, make_sessionmaker, migrate
 
 FINISH = ScriptedTurn(
     tool_calls=[ScriptedCall(name="finish", arguments={"summary": "-", "pr_title": "load", "pr_body": "-"})]
@@ -67,7 +67,7 @@ def main() -> None:
         migrate(make_engine(database))
         with make_sessionmaker(make_engine(database)).begin() as session:
             # Admins: the repository is a local path (the API refuses those to other users).
-            tokens = [store.create_token(session, f"user{n}", admin=True) for n in range(args.users)]
+            tokens = [store.users.create_token(session, f"user{n}", admin=True) for n in range(args.users)]
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]

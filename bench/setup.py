@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from agent.scripted import ScriptedCall, ScriptedModel, ScriptedModelServer, ScriptedTurn
-from migrations.store import make_engine, migrate
 from sandbox.docker import DockerConfig
 from sandbox.environments import EnvironmentCache
 from sandbox.image import DEFAULT_IMAGE
+from store.engine import make_engine, migrate
 from tests.e2e.test_real_projects import HOST_BUNDLE, PROJECTS, release_repository
 from tests.worker.conftest import make_context, outcome, submit
 from worker.environment import SetupPolicy

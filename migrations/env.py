@@ -1,4 +1,4 @@
-"""Alembic environment: runs against the engine handed in by ``migrations.store.migrate``."""
+"""Alembic environment: runs against the engine handed in by ``store.engine.migrate``."""
 
 from typing import Any
 
@@ -6,7 +6,7 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Engine
 
-from migrations.models import Base, UTCDateTime
+from store.models import Base, UTCDateTime
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:

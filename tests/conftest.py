@@ -15,13 +15,13 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from agent.scripted import ScriptedModel, ScriptedModelServer
-from migrations.store import make_engine, migrate
 from overnight.settings import default_data_dir
 from sandbox.base import SandboxBackend
 from sandbox.bwrap import BwrapBackend, BwrapConfig
 from sandbox.disk import remove_folder
 from sandbox.docker import DockerBackend, DockerConfig
 from sandbox.image import DEFAULT_IMAGE, image_present, rootfs_complete, rootfs_path
+from store.engine import make_engine, migrate
 from tests.mistral_validation import assert_valid_mistral_request
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -14,9 +14,9 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from migrations import attempt_store
-from migrations.attempt_store import Superseded
+import store.attempts
 from sandbox.base import Sandbox
+from store.attempts import Superseded
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +44,7 @@ class Attempt:
 
         def once() -> T:
             with self.sessions.begin() as session:
-                attempt_store.fence(session, self.task_id, self.number)
+                store.attempts.fence(session, self.task_id, self.number)
                 return change(session)
 
         return self._retrying()(once)
@@ -59,7 +59,7 @@ class Attempt:
     def beat(self) -> bool:
         """One heartbeat (not retried: the watcher beats again soon); True when the user asked to cancel."""
         with self.sessions.begin() as session:
-            return attempt_store.beat(session, self.task_id, self.number)
+            return store.attempts.beat(session, self.task_id, self.number)
 
     def _retrying(self) -> Retrying:
         return Retrying(

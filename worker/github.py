@@ -17,11 +17,13 @@ from pathlib import Path
 import git
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrations import github_store, store
-from migrations.models import GitHubLink, TaskState
+import store.events
+import store.github
+import store.patches
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
 from overnight.github.webhooks import MARK, reaction_target
+from store.models import GitHubLink, TaskState
 from worker.mirrors import credential_origin, git_env
 from worker.repo import TaskFailure
 
@@ -50,7 +52,7 @@ class GitHubHooks:
 
     def _link(self, task_id: str) -> GitHubLink | None:
         with self.sessions() as session:
-            return github_store.get_link(session, task_id)
+            return store.github.get_link(session, task_id)
 
     def git_credentials(self, task_id: str, url: str) -> dict[str, str]:
         """{host or host:port: token} for cloning a GitHub task's repository over HTTPS (nothing for other
@@ -74,7 +76,7 @@ class GitHubHooks:
             self.client.react(inst, repo, reaction_target(link.source, link.number, link.trigger_comment_id), "eyes")
             comment_id = self.client.comment(inst, repo, link.number, self._body(task_id, "is working on this"))
             with self.sessions.begin() as session:
-                github_store.get_link(session, task_id).progress_comment_id = comment_id  # type: ignore[union-attr]
+                store.github.get_link(session, task_id).progress_comment_id = comment_id  # type: ignore[union-attr]
             if link.source == "label":
                 self.client.remove_label(inst, repo, link.number, self.label)
         except GitHubError as exc:  # the task runs anyway; its result is published at the end
@@ -96,7 +98,7 @@ class GitHubHooks:
         self, task_id: str, link: GitHubLink, state: TaskState, reason: str | None, mirror: Path | None
     ) -> None:
         with self.sessions() as session:
-            patch = store.get_patch(session, task_id)
+            patch = store.patches.get_patch(session, task_id)
         if state is not TaskState.succeeded:
             self._report(task_id, link, f"could not finish this: {state.value}, {reason or 'no reason given'}.")
             self._set(task_id, "skipped", None)
@@ -114,7 +116,7 @@ class GitHubHooks:
                 pull = self.client.create_pull(link.installation_id, link.repo, title=patch.title, head=link.branch,
                                                base=link.base_branch, body=body, draft=self.draft)  # fmt: skip
                 with self.sessions.begin() as session:
-                    row = github_store.get_link(session, task_id)
+                    row = store.github.get_link(session, task_id)
                     assert row is not None
                     row.pr_number, row.pr_url = pull.number, pull.html_url
                 link.pr_number, link.pr_url = pull.number, pull.html_url
@@ -164,7 +166,7 @@ class GitHubHooks:
     def _report(self, task_id: str, link: GitHubLink, what: str) -> None:
         body = self._body(task_id, what)
         with self.sessions() as session:
-            comment_id = github_store.get_link(session, task_id).progress_comment_id  # type: ignore[union-attr]
+            comment_id = store.github.get_link(session, task_id).progress_comment_id  # type: ignore[union-attr]
         try:
             if comment_id is not None:
                 self.client.update_comment(link.installation_id, link.repo, comment_id, body)
@@ -183,13 +185,13 @@ class GitHubHooks:
 
     def _set(self, task_id: str, state: str, error: str | None) -> None:
         with self.sessions.begin() as session:
-            row = github_store.get_link(session, task_id)
+            row = store.github.get_link(session, task_id)
             if row is not None:
                 row.publish_state, row.publish_error = state, error
 
     def _event(self, task_id: str, data: dict[str, object]) -> None:
         with self.sessions.begin() as session:
-            store.append_event(session, task_id, "publish", data)
+            store.events.append_event(session, task_id, "publish", data)
 
 
 def _git_error(exc: git.GitCommandError, secret: str) -> str:

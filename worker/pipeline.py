@@ -24,15 +24,17 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+import store.attempts
+import store.patches
+import store.tasks
 from agent.base import AgentError, Cancelled, LimitsExceeded, ModelClient, Submitted
 from agent.loop import AgentConfig, Trajectory, run_agent
 from agent.tools import ToolContext
-from migrations import attempt_store, store
-from migrations.models import TaskState
 from overnight.access import Requester
 from sandbox.base import Sandbox, SandboxBackend, SandboxDiskFullError, SandboxError, SandboxSpec
 from sandbox.environments import EnvironmentCache
 from sandbox.reaper import mark_owned, remove_owned
+from store.models import TaskState
 from worker.attempt import Attempt, Superseded, Watch, database_unreachable
 from worker.environment import Environment, SetupPolicy, enter_environment, prepare_environment
 from worker.hostgit import DataLimits
@@ -84,18 +86,18 @@ class WorkerContext:
 def run_task(task_id: str, ctx: WorkerContext) -> Outcome:
     """Run task ``task_id`` if nobody else is; "busy" means its user is at the concurrency limit (retry later)."""
     with ctx.sessions.begin() as session:
-        task = store.get_task(session, task_id)
+        task = store.tasks.get_task(session, task_id)
         if task is None or TaskState(task.state).is_final:
             return "skipped"
         if task.state != TaskState.queued.value:
             beat = task.heartbeat_at
-            if beat is not None and store.age(beat) < ctx.stale_after.total_seconds():
+            if beat is not None and store.tasks.age(beat) < ctx.stale_after.total_seconds():
                 log.info("task %s is %s on live worker %s; leaving it", task_id, task.state, task.worker)
                 return "skipped"
-            outcome = attempt_store.requeue_or_fail(session, task, max_attempts=ctx.max_attempts, reason="redelivered")
+            outcome = store.attempts.requeue_or_fail(session, task, max_attempts=ctx.max_attempts, reason="redelivered")
             if outcome != "requeued":
                 return "skipped"
-        claim = attempt_store.claim(
+        claim = store.attempts.claim(
             session, task_id, worker=ctx.worker_name, max_active_per_user=ctx.max_active_per_user
         )
     if claim == "busy":
@@ -199,7 +201,7 @@ def _run_to_patch(ctx: WorkerContext, attempt: Attempt, watch: Watch, run: _Run,
     )
     watch.attach(sandbox)
     enter_environment(sandbox, environment.ref)
-    attempt.write(lambda session: store.transition(session, task_id, from_states=[TaskState.preparing],
+    attempt.write(lambda session: store.tasks.transition(session, task_id, from_states=[TaskState.preparing],
                                                    to_state=TaskState.running))  # fmt: skip
     emit("phase", {"phase": "agent", "environment": environment.ref})
     config = ctx.agent
@@ -219,9 +221,11 @@ def _run_to_patch(ctx: WorkerContext, attempt: Attempt, watch: Watch, run: _Run,
 
 
 def _inputs(session: Session, task_id: str) -> _Inputs:
-    task = store.get_task(session, task_id)
+    task = store.tasks.get_task(session, task_id)
     assert task is not None
-    parent_patch = store.get_patch(session, task.parent_id) if task.kind == "follow-up" and task.parent_id else None
+    parent_patch = (
+        store.patches.get_patch(session, task.parent_id) if task.kind == "follow-up" and task.parent_id else None
+    )
     return _Inputs(
         repo=task.repo, ref=task.ref, instruction=task.instruction, max_steps=task.max_steps, setup=task.setup,
         start_diff=parent_patch.diff if parent_patch else task.start_diff, owner=task_owner(session, task.user_id),
@@ -250,7 +254,7 @@ def _prepare(
     if inputs.start_diff:
         apply_to_workspace(run.workspace, inputs.start_diff, what=inputs.start_from, memory=ctx.limits.git_memory)
         emit("phase", {"phase": "start-diff", "files": len(changed_files(inputs.start_diff))})
-    attempt.write(lambda session: setattr(store.get_task(session, task_id), "base_sha", base_sha))
+    attempt.write(lambda session: setattr(store.tasks.get_task(session, task_id), "base_sha", base_sha))
     emit("phase", {"phase": "setup", "base_sha": base_sha})
     return prepare_environment(
         task_id=task_id, repository=inputs.repo, workspace=run.workspace, setup_path=inputs.setup,
@@ -290,7 +294,7 @@ def _cancel_requested(attempt: Attempt) -> bool:
     """Asked between steps and on the way out; when the database does not answer, the watcher's flag decides."""
     try:
         with attempt.sessions() as session:
-            return store.cancel_requested(session, attempt.task_id)
+            return store.tasks.cancel_requested(session, attempt.task_id)
     except Exception:
         return False
 
@@ -326,7 +330,7 @@ def _publish_and_finish(
 
 
 def _finish(session: Session, task_id: str, state: TaskState, reason: str | None) -> None:
-    store.transition(session, task_id, from_states=[TaskState.preparing, TaskState.running], to_state=state,
+    store.tasks.transition(session, task_id, from_states=[TaskState.preparing, TaskState.running], to_state=state,
                      reason=reason)  # fmt: skip
 
 

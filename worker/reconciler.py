@@ -15,9 +15,9 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
-from migrations import attempt_store, store
-from migrations.store import make_engine, make_sessionmaker
+import store.attempts
 from overnight.settings import Settings
+from store.engine import make_engine, make_sessionmaker
 from worker.attempt import database_unreachable
 from worker.celery_app import TaskQueue
 
@@ -37,20 +37,20 @@ def reconcile(
     down), then re-send every queued task not sent for a while."""
     done: dict[str, list[str]] = {"requeued": [], "failed": [], "cancelled": [], "resent": []}
     with sessions.begin() as session:
-        for task in store.stale_active_tasks(session, older_than=stale_after) if recover_stale else ():
-            outcome = attempt_store.requeue_or_fail(
+        for task in store.attempts.stale_active_tasks(session, older_than=stale_after) if recover_stale else ():
+            outcome = store.attempts.requeue_or_fail(
                 session, task, max_attempts=max_attempts, reason=f"worker {task.worker} stopped beating"
             )
             if outcome in done:
                 done[outcome].append(task.id)
     with sessions.begin() as session:
-        waiting = [task.id for task in store.lost_queued_tasks(session, older_than=lost_after)]
+        waiting = [task.id for task in store.attempts.lost_queued_tasks(session, older_than=lost_after)]
     # Queued tasks with no message: fewer messages wait than tasks (a broker restarted empty, a failed send).
     lost = waiting if waiting and _depth(queue) < len(waiting) else []
     for task_id in lost + done["requeued"]:
         queue.enqueue(task_id)  # a duplicate message is harmless: the task body checks the database
         with sessions.begin() as session:
-            store.mark_enqueued(session, task_id)
+            store.attempts.mark_enqueued(session, task_id)
         if task_id in lost:
             done["resent"].append(task_id)
     return done

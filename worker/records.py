@@ -13,9 +13,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+import store.events
+import store.patches
+import store.tasks
 from agent.base import AssistantTurn, Cancelled, ModelClient, Submitted
 from agent.loop import Trajectory
-from migrations import store
 from sandbox.base import Sandbox
 from worker.attempt import Attempt, Superseded, Watch
 from worker.hostgit import DataLimits
@@ -52,12 +54,12 @@ def store_patch(
     body = submission.pr_body.strip() or submission.summary.strip()
 
     def save(session: Session) -> None:
-        stored = store.store_patch(
+        stored = store.patches.store_patch(
             session, task_id, base_sha=base_sha, diff=patch.diff, title=submission.pr_title, body=body,
             files_changed=patch.files_changed, complete=complete, excluded=patch.excluded,
         )  # fmt: skip
         stored.diffstat, stored.commit_message, stored.mbox = diffstat, message, mbox
-        store.append_event(
+        store.events.append_event(
             session, task_id, "patch",
             {"files_changed": patch.files_changed, "bytes": len(patch.diff), "complete": complete,
              "excluded": patch.excluded, "empty": not patch.diff},
@@ -69,7 +71,7 @@ def store_patch(
 def store_trajectory(attempt: Attempt, trajectory: Trajectory) -> None:
     data = {"tools": trajectory.tools, "messages": trajectory.messages, "steps": trajectory.steps}
     try:
-        attempt.write(lambda session: store.store_trajectory(session, attempt.task_id, data))
+        attempt.write(lambda session: store.patches.store_trajectory(session, attempt.task_id, data))
     except Superseded:
         raise
     except Exception:  # the task's outcome matters more than its transcript
@@ -81,9 +83,9 @@ def event_sink(attempt: Attempt) -> Callable[[str, dict[str, Any]], None]:
 
     def emit(type_: str, data: dict[str, Any]) -> None:
         def append(session: Session) -> None:
-            store.append_event(session, attempt.task_id, type_, data)
+            store.events.append_event(session, attempt.task_id, type_, data)
             if type_ in ("setup", "tool_result") and data.get("duration"):
-                store.add_sandbox_seconds(session, attempt.task_id, float(data["duration"]))
+                store.tasks.add_sandbox_seconds(session, attempt.task_id, float(data["duration"]))
 
         attempt.write(append)
 
@@ -128,6 +130,6 @@ class UsageRecorder:
             raise result["error"]
         turn: AssistantTurn = result["turn"]
         usage, task_id = turn.usage, self.attempt.task_id
-        self.attempt.write(lambda session: store.add_usage(session, task_id, prompt=usage.prompt_tokens,
+        self.attempt.write(lambda session: store.tasks.add_usage(session, task_id, prompt=usage.prompt_tokens,
                            cached=usage.cached_tokens, completion=usage.completion_tokens))  # fmt: skip
         return turn

@@ -13,9 +13,9 @@ from pathlib import Path
 import git
 from sqlalchemy.orm import Session
 
-from migrations.models import User
 from overnight.access import AccessDenied, RepoAccess, Requester
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
+from store.models import User
 from worker.hostgit import DEFAULT_GIT_MEMORY, GitMemoryError, bounded_git
 from worker.mirrors import MirrorCache, git_env, mirror_key
 

@@ -13,12 +13,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from agent.budget import Budget
 from agent.client import ChatClient, LLMConfig
 from agent.loop import AgentConfig
-from migrations.models import TaskState
-from migrations.store import make_engine, make_sessionmaker, mark_enqueued, transition
 from overnight.access import RepoAccess
 from overnight.github.client import client_from_settings
 from overnight.settings import Settings
 from sandbox.environments import EnvironmentCache
+from store.attempts import mark_enqueued
+from store.engine import make_engine, make_sessionmaker
+from store.models import TaskState
+from store.tasks import transition
 from worker.environment import SetupPolicy
 from worker.github import GitHubHooks
 from worker.hostgit import DataLimits

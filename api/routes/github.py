@@ -20,10 +20,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+import store.github
+import store.tasks
 from api.errors import APIError
 from api.routes.tasks import enqueue_or_fail
 from api.schemas import MAX_INSTRUCTION_BYTES, ErrorResponse
-from migrations import github_store, store
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
 from overnight.github.webhooks import (
@@ -120,7 +121,7 @@ class _Recorder:
 
     def done(self, status: int, outcome: str, task_id: str | None = None, reply: Reply | None = None) -> Outcome:
         try:
-            github_store.record_delivery(self.session, self.delivery_id, event=self.event, action=self.action,
+            store.github.record_delivery(self.session, self.delivery_id, event=self.event, action=self.action,
                                          outcome=outcome, task_id=task_id, request_key=self.request_key)  # fmt: skip
             self.session.commit()
         except IntegrityError:  # the same delivery, or the same request, handled concurrently
@@ -135,7 +136,7 @@ def _handle(state: Any, settings: Settings, event: str, delivery_id: str, payloa
     action = payload.get("action") if isinstance(payload, dict) else None
     action = action if isinstance(action, str) else None
     with state.sessions() as session:
-        if github_store.delivery_seen(session, delivery_id):
+        if store.github.delivery_seen(session, delivery_id):
             log.info("GitHub delivery %s seen before; nothing new started", delivery_id)
             return 200, {"status": "duplicate", "delivery": delivery_id}, None
         record = _Recorder(session, delivery_id, event, action)
@@ -156,10 +157,10 @@ def _handle(state: Any, settings: Settings, event: str, delivery_id: str, payloa
             return record.done(204, f"ignored: {asked}")
         if asked.source not in settings.github_triggers:
             return record.done(204, f"ignored: the {asked.source} trigger is off (OVERNIGHT_GITHUB_TRIGGERS)")
-        if asked.comment_id is not None and github_store.is_progress_comment(session, asked.comment_id):
+        if asked.comment_id is not None and store.github.is_progress_comment(session, asked.comment_id):
             return record.done(204, "ignored: Overnight's own progress comment")
         record.request_key = request_key(event, delivery)
-        first = github_store.delivery_asking(session, record.request_key) if record.request_key else None
+        first = store.github.delivery_asking(session, record.request_key) if record.request_key else None
         if first is not None:
             record.request_key = None  # the key stays with the delivery that asked first
             return record.done(200, f"duplicate: delivery {first} asked for the same")
@@ -183,7 +184,7 @@ def _decide(
         return record.done(204, f"refused: {refused}", reply=reply)
     parent = None
     if asked.on_pull_request:
-        parent = github_store.link_of_pull_request(session, asked.repo, asked.number)
+        parent = store.github.link_of_pull_request(session, asked.repo, asked.number)
         if parent is None:
             return record.done(204, "ignored: a pull request Overnight did not open")
     task_id = _create_task(session, settings, asked, installation, parent)
@@ -216,10 +217,10 @@ def _record_installation(session: Any, delivery: Delivery) -> None:
     if installation is None:
         raise APIError(400, "bad_payload", "an installation event without installation")
     if delivery.action == "deleted":
-        github_store.delete_installation(session, installation.id)
+        store.github.delete_installation(session, installation.id)
     else:
         account = installation.account.login if installation.account else ""
-        github_store.save_installation(session, installation.id, account=account,
+        store.github.save_installation(session, installation.id, account=account,
                                        suspended=delivery.action == "suspend")  # fmt: skip
 
 
@@ -237,7 +238,7 @@ def _repository_refused(
     if delivery.installation is None:
         return "the delivery names no App installation"
     installation_id = delivery.installation.id
-    if github_store.installation_known(session, installation_id):
+    if store.github.installation_known(session, installation_id):
         return None
     try:  # installed before this server listened: ask GitHub once, then remember
         found = client.installation(installation_id)
@@ -247,7 +248,7 @@ def _repository_refused(
     if found is None or found.get("suspended_at"):
         return f"installation {installation_id} is not an installation of this App"
     account = (found.get("account") or {}).get("login", "")
-    github_store.save_installation(session, installation_id, account=str(account))
+    store.github.save_installation(session, installation_id, account=str(account))
     return None
 
 
@@ -261,12 +262,12 @@ def _create_task(session: Any, settings: Settings, asked: TriggerRequest, instal
         raise APIError(500, "github_misconfigured", "this server's GitHub clone address is not usable; "
                             "see `overnight doctor`") from exc  # fmt: skip
     instruction = instruction_for(asked).encode()[:MAX_INSTRUCTION_BYTES].decode(errors="ignore")
-    user = github_store.github_user(session, asked.sender)
-    task = store.create_task(
+    user = store.github.github_user(session, asked.sender)
+    task = store.tasks.create_task(
         session, repo=repo_url, ref=parent.branch if parent else asked.default_branch, instruction=instruction,
         user_id=user.id, parent_id=parent.task_id if parent else None,
     )  # fmt: skip
-    github_store.create_link(
+    store.github.create_link(
         session, task_id=task.id, repo=asked.repo, installation_id=installation, number=asked.number,
         source=asked.source, sender=asked.sender, trigger_comment_id=asked.comment_id,
         branch=parent.branch if parent else branch_name(task.id, asked.title),

@@ -13,8 +13,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrations import store
-from migrations.models import TaskState
+import store.metrics
+from store.models import TaskState
 
 router = APIRouter(tags=["health"])
 
@@ -56,7 +56,7 @@ class TaskCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         with self.sessions() as session:
-            snapshot = store.metrics_snapshot(session)
+            snapshot = store.metrics.metrics_snapshot(session)
         tasks = GaugeMetricFamily("overnight_tasks", "Tasks by state.", labels=["state"])
         for state in TaskState:
             tasks.add_metric([state.value], snapshot["by_state"].get(state.value, 0))

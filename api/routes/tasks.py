@@ -10,6 +10,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+import store.attempts
+import store.events
+import store.patches
+import store.tasks
+import store.users
 from api.deps import CurrentUser, QueueDep, SessionDep, SettingsDep, reject_unknown_query
 from api.errors import APIError
 from api.events import event_stream
@@ -24,11 +29,10 @@ from api.schemas import (
     TaskPublic,
     TrajectoryPublic,
 )
-from migrations import store, user_store
-from migrations.models import Task, TaskState, User
 from overnight.access import AccessDenied, RepoAccess, Requester
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
 from overnight.settings import Settings
+from store.models import Task, TaskState, User
 from worker.celery_app import TaskQueue
 
 log = logging.getLogger(__name__)
@@ -52,7 +56,7 @@ LIMITED: dict[int | str, dict[str, Any]] = {
 
 
 def _task_or_404(session: SessionDep, task_id: str, user: User) -> Task:
-    task = store.get_task(session, task_id, user=user)
+    task = store.tasks.get_task(session, task_id, user=user)
     if task is None:
         raise APIError(404, "task_not_found", f"no task {task_id!r}")
     return task
@@ -65,11 +69,11 @@ def enqueue_or_fail(session: Session, queue: TaskQueue, task_id: str) -> bool:
         queue.enqueue(task_id)
     except Exception as exc:  # any broker failure
         log.exception("could not enqueue task %s", task_id)
-        store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.failed,
+        store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.failed,
                          reason=f"could not enqueue the task: broker unreachable ({type(exc).__name__})")  # fmt: skip
         session.commit()
         return False
-    store.mark_enqueued(session, task_id)
+    store.attempts.mark_enqueued(session, task_id)
     session.commit()
     return True
 
@@ -79,7 +83,7 @@ def _check_quota(session: Session, settings: Settings, user_id: int | None) -> N
     lock until the caller's commit, so two creates at once cannot both pass)."""
     if user_id is None:
         return
-    unfinished = user_store.unfinished_tasks_locked(session, user_id)
+    unfinished = store.users.unfinished_tasks_locked(session, user_id)
     if unfinished >= settings.max_queued_tasks_per_user:
         session.rollback()
         raise APIError(429, "too_many_tasks", f"you have {unfinished} unfinished tasks (queued, preparing or "
@@ -97,7 +101,7 @@ def _check_access(settings: Settings, user: User, repo: str) -> None:
 def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
     if not enqueue_or_fail(session, queue, task.id):
         raise APIError(503, "broker_unavailable", "the task queue is unreachable; the task was not started")
-    return TaskPublic.model_validate(store.get_task(session, task.id))
+    return TaskPublic.model_validate(store.tasks.get_task(session, task.id))
 
 
 @router.post(
@@ -141,19 +145,19 @@ def create_task(
         except ValueError as exc:
             details = [{"field": "local_changes", "message": str(exc)}]
             raise APIError(422, "invalid_local_changes", str(exc), details) from exc
-    if idempotency_key and (earlier := store.task_by_idempotency_key(session, user.id, idempotency_key)):
+    if idempotency_key and (earlier := store.tasks.task_by_idempotency_key(session, user.id, idempotency_key)):
         response.status_code = status.HTTP_200_OK
         return TaskPublic.model_validate(earlier)
     _check_quota(session, settings, user.id)
     try:
-        task = store.create_task(
+        task = store.tasks.create_task(
             session, repo=repo, ref=ref, instruction=body.instruction, max_steps=body.max_steps, setup=body.setup,
             user_id=user.id, idempotency_key=idempotency_key, start_diff=start_diff,
         )  # fmt: skip
         session.commit()
     except IntegrityError:  # the same key, created concurrently
         session.rollback()
-        earlier = store.task_by_idempotency_key(session, user.id, idempotency_key or "")
+        earlier = store.tasks.task_by_idempotency_key(session, user.id, idempotency_key or "")
         if earlier is None:
             raise
         response.status_code = status.HTTP_200_OK
@@ -171,7 +175,7 @@ def list_tasks(
     cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")] = None,
 ) -> TaskList:
     try:
-        tasks, next_cursor = store.list_tasks(
+        tasks, next_cursor = store.tasks.list_tasks(
             session, limit=limit, state=state.value if state else None, repo=repo, user=user, cursor=cursor
         )
     except ValueError as exc:
@@ -189,7 +193,7 @@ def cancel_task(task_id: str, session: SessionDep, user: CurrentUser) -> TaskPub
     """Cancel: a queued task ends at once; a preparing or running one within seconds (its running command is
     killed), keeping its partial diff."""
     _task_or_404(session, task_id, user)
-    store.request_cancel(session, task_id)
+    store.tasks.request_cancel(session, task_id)
     session.commit()
     return TaskPublic.model_validate(_task_or_404(session, task_id, user))
 
@@ -209,12 +213,12 @@ def retry_task(
         raise APIError(409, "task_not_finished", f"task {task_id} is {original.state}; only an ended task is retried")
     _check_access(settings, user, original.repo)
     _check_quota(session, settings, original.user_id)
-    task = store.create_task(
+    task = store.tasks.create_task(
         session, repo=original.repo, ref=original.ref, instruction=original.instruction,
         max_steps=original.max_steps, setup=original.setup, user_id=original.user_id,
         parent_id=original.parent_id, kind=original.kind, start_diff=original.start_diff,
     )  # fmt: skip
-    store.append_event(session, task.id, "retry", {"retry_of": original.id})
+    store.events.append_event(session, task.id, "retry", {"retry_of": original.id})
     session.commit()
     return _enqueue(session, queue, task)
 
@@ -231,12 +235,12 @@ def follow_up(
     """A new task that starts from this task's patch applied to its base ("now also fix X"). Its own patch
     is cumulative: it applies to the same base commit."""
     parent = _task_or_404(session, task_id, user)
-    patch = store.get_patch(session, task_id)
+    patch = store.patches.get_patch(session, task_id)
     if not TaskState(parent.state).is_final or patch is None or parent.base_sha is None:
         raise APIError(409, "no_patch_to_follow", f"task {task_id} has no stored patch to build on")
     _check_access(settings, user, parent.repo)
     _check_quota(session, settings, parent.user_id)
-    task = store.create_task(
+    task = store.tasks.create_task(
         session, repo=parent.repo, ref=parent.base_sha, instruction=body.instruction, max_steps=body.max_steps,
         setup=parent.setup, user_id=parent.user_id, parent_id=parent.id, kind="follow-up",
     )  # fmt: skip
@@ -268,7 +272,7 @@ def task_events(
     if "text/event-stream" in request.headers.get("accept", ""):
         resume = max(after, int(last_event_id or 0))
         return event_stream(request.app.state.sessions, task_id, after=resume, ping_seconds=settings.sse_ping_seconds)
-    events = store.list_events(session, task_id, after=after, limit=limit)
+    events = store.events.list_events(session, task_id, after=after, limit=limit)
     return EventList(events=[EventPublic.model_validate(event) for event in events])
 
 
@@ -294,7 +298,7 @@ def task_patch(
     format: Annotated[PatchFormat, Query(description="diff (default), mbox or json.")] = "diff",
 ) -> Response:
     task = _task_or_404(session, task_id, user)
-    patch = store.get_patch(session, task_id)
+    patch = store.patches.get_patch(session, task_id)
     if patch is None:
         if not TaskState(task.state).is_final:
             raise APIError(409, "task_not_finished", f"task {task_id} is {task.state}; it has no patch yet")
@@ -315,7 +319,7 @@ def task_patch(
 def task_trajectory(task_id: str, session: SessionDep, user: CurrentUser) -> TrajectoryPublic:
     """The full agent transcript: tools, messages as sent to the model (compaction marked), per-step usage."""
     _task_or_404(session, task_id, user)
-    trajectory = store.get_trajectory(session, task_id)
+    trajectory = store.patches.get_trajectory(session, task_id)
     if trajectory is None:
         raise APIError(404, "trajectory_not_found", f"task {task_id} has no trajectory yet")
     return TrajectoryPublic(task_id=task_id, **trajectory.data)

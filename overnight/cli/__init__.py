@@ -143,10 +143,10 @@ def token_revoke(
 @app.command(rich_help_panel=SERVER)
 def migrate(as_json: JsonFlag = False) -> None:
     """Bring the database schema to the newest revision (server side; `overnight up` does it too)."""
-    from migrations.store import make_engine
-    from migrations.store import migrate as upgrade
     from overnight.broker import redact
     from overnight.settings import Settings
+    from store.engine import make_engine
+    from store.engine import migrate as upgrade
 
     url = Settings().resolved_database_url
     upgrade(make_engine(url))

@@ -106,7 +106,7 @@ def _database(settings: Settings) -> str:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    from migrations.store import alembic_config, make_engine
+    from store.engine import alembic_config, make_engine
 
     engine = make_engine(settings.resolved_database_url)
     with engine.connect() as connection:

@@ -99,7 +99,7 @@ def _say_local_repos(settings: Settings, say: Say) -> None:
 
 
 def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) -> int:
-    from migrations.store import make_engine, migrate
+    from store.engine import make_engine, migrate
 
     settings = _settings_for_up(host, port)
     if _unworkable(settings, say):
@@ -180,14 +180,18 @@ LOCAL_ADMIN = "admin"
 def _ensure_local_admin(settings: Settings, engine: Any, base: str, say: Say) -> None:
     """On first start, an admin token for this machine's user, written to the client config (0600), so that
     `overnight submit` works with no extra step."""
-    from migrations import store
-    from migrations.store import make_sessionmaker
+    import store.users
+    from store.engine import make_sessionmaker
 
     config = read_client_config(settings.config_dir)
     with make_sessionmaker(engine).begin() as session:
-        if config.get("server") == base and config.get("token") and store.user_for_token(session, config["token"]):
+        if (
+            config.get("server") == base
+            and config.get("token")
+            and store.users.user_for_token(session, config["token"])
+        ):
             return
-        token = store.create_token(session, LOCAL_ADMIN, admin=True, label="overnight up")
+        token = store.users.create_token(session, LOCAL_ADMIN, admin=True, label="overnight up")
     path = write_client_config(settings.config_dir, server=base, token=token)
     say(f"created a local admin token; the CLI finds it in {path}")
 

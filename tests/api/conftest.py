@@ -13,9 +13,9 @@ import httpx
 import pytest
 import redis
 
+import store.users
 from bench.flood import api_env, serve_api
-from migrations import user_store
-from migrations.store import make_engine, make_sessionmaker, migrate
+from store.engine import make_engine, make_sessionmaker, migrate
 from tests.conftest import REDIS_URL
 
 SERVED_LIMITS = {
@@ -44,7 +44,7 @@ class ServedAPI:
         engine = make_engine(self.env["OVERNIGHT_DATABASE_URL"])
         try:
             with make_sessionmaker(engine).begin() as session:
-                return user_store.create_token(session, user, expires_at=expires_at)
+                return store.users.create_token(session, user, expires_at=expires_at)
         finally:
             engine.dispose()
 

@@ -16,12 +16,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
+import store.github
 from api.app import create_app
-from migrations import github_store
-from migrations.models import GitHubDelivery, Task
-from migrations.store import make_engine, make_sessionmaker, migrate
 from overnight.github.webhooks import MARK
 from overnight.settings import Settings
+from store.engine import make_engine, make_sessionmaker, migrate
+from store.models import GitHubDelivery, Task
 from tests.conftest import POSTGRES_URL
 from tests.github_fake import (
     BASE_ROLE,
@@ -109,7 +109,7 @@ def test_overnight_never_answers_its_own_comments_even_where_any_comment_asks(
     with TestClient(create_app(settings)) as api:
         first = deliver(api, "issues", labeled()).json()["task_id"]
         with sessions.begin() as session:  # as if the task had opened pull request #2
-            link = github_store.get_link(session, first)
+            link = store.github.get_link(session, first)
             assert link is not None
             link.pr_number, link.pr_url = 2, "https://github.com/Codertocat/Hello-World/pull/2"
         # A follow-up starts; the worker comments on the pull request as the token's owner, as it does.
@@ -176,13 +176,13 @@ def test_a_replayed_delivery_starts_nothing_new(settings: Settings, fake: FakeGi
 def test_the_request_key_is_unique_in_the_database(settings: Settings) -> None:
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with sessions.begin() as session:
-        github_store.record_delivery(session, "a", event="issues", action="labeled", outcome="queued",
+        store.github.record_delivery(session, "a", event="issues", action="labeled", outcome="queued",
                                      request_key="k" * 64)  # fmt: skip
     with pytest.raises(IntegrityError), sessions.begin() as session:
-        github_store.record_delivery(session, "b", event="issues", action="labeled", outcome="queued",
+        store.github.record_delivery(session, "b", event="issues", action="labeled", outcome="queued",
                                      request_key="k" * 64)  # fmt: skip
     with sessions() as session:
-        assert github_store.delivery_asking(session, "k" * 64) == "a"
+        assert store.github.delivery_asking(session, "k" * 64) == "a"
 
 
 @pytest.mark.parametrize(

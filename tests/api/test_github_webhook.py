@@ -12,12 +12,13 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+import store.github
+import store.tasks
 from api.app import create_app
-from migrations import github_store, store
-from migrations.models import GitHubDelivery, Task, User
-from migrations.store import make_engine, make_sessionmaker, migrate
 from overnight.github.webhooks import sign
 from overnight.settings import Settings
+from store.engine import make_engine, make_sessionmaker, migrate
+from store.models import GitHubDelivery, Task, User
 from tests.github_fake import (
     INSTALLATION,
     KEYS,
@@ -73,10 +74,10 @@ def test_a_labelled_issue_queues_one_task_and_a_redelivery_none(
     assert "Spelling error in the README file" in task.instruction
     assert redis.Redis.from_url(redis_url).llen(settings.queue) == 1
     with make_sessionmaker(make_engine(settings.resolved_database_url))() as session:
-        link = github_store.get_link(session, task_id)
+        link = store.github.get_link(session, task_id)
         assert link is not None and link.installation_id == INSTALLATION and link.number == 1
         assert link.branch == f"overnight/{task_id}-spelling-error-in-the-readme-file" and link.base_branch == "master"
-        user = session.get(User, store.get_task(session, task_id).user_id)  # type: ignore[union-attr]
+        user = session.get(User, store.tasks.get_task(session, task_id).user_id)  # type: ignore[union-attr]
         assert user is not None and user.name == "github:Codertocat" and not user.is_admin
     again = deliver(client, "issues", labeled(), delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
@@ -208,7 +209,7 @@ def test_comments_on_overnight_s_pull_request_become_follow_ups_on_its_branch(
     assert deliver(client, "pull_request_review_comment", review).status_code == 204  # not a PR Overnight opened
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with sessions.begin() as session:
-        link = github_store.get_link(session, first)
+        link = store.github.get_link(session, first)
         assert link is not None
         link.pr_number, link.pr_url = review["pull_request"]["number"], "https://github.com/x/pull/2"
         branch = link.branch
@@ -222,13 +223,13 @@ def test_comments_on_overnight_s_pull_request_become_follow_ups_on_its_branch(
     second = deliver(client, "issue_comment", on_pr).json()["task_id"]
     with sessions() as session:
         for task_id, source, parent in ((follow_up, "review-comment", first), (second, "pr-comment", follow_up)):
-            task = store.get_task(session, task_id)
-            row = github_store.get_link(session, task_id)
+            task = store.tasks.get_task(session, task_id)
+            row = store.github.get_link(session, task_id)
             assert task is not None and row is not None
             assert task.ref == branch and task.parent_id == parent and task.kind == "task"
             assert row.branch == branch and row.pr_number == 2 and row.source == source
-        assert "use a constant here" in store.get_task(session, follow_up).instruction  # type: ignore[union-attr]
-        assert "also update the changelog" in store.get_task(session, second).instruction  # type: ignore[union-attr]
+        assert "use a constant here" in store.tasks.get_task(session, follow_up).instruction  # type: ignore[union-attr]
+        assert "also update the changelog" in store.tasks.get_task(session, second).instruction  # type: ignore[union-attr]
 
 
 def test_a_trigger_switched_off_starts_nothing(settings: Settings) -> None:

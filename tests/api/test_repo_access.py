@@ -13,11 +13,13 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+import store.patches
+import store.tasks
+import store.users
 from api.app import create_app
-from migrations import store
-from migrations.models import TaskState
-from migrations.store import make_engine, make_sessionmaker, migrate
 from overnight.settings import Settings
+from store.engine import make_engine, make_sessionmaker, migrate
+from store.models import TaskState
 from tests.conftest import git
 
 MAPPED = "https://git.example.com/acme/private.git"
@@ -38,7 +40,9 @@ def settings(tmp_path: Path, redis_url: str) -> Iterator[Settings]:
 @pytest.fixture
 def api(settings: Settings) -> Iterator[TestClient]:
     with make_sessionmaker(make_engine(settings.resolved_database_url)).begin() as session:
-        tokens = {name: store.create_token(session, name, admin=name == "root") for name in ("alice", "bob", "root")}
+        tokens = {
+            name: store.users.create_token(session, name, admin=name == "root") for name in ("alice", "bob", "root")
+        }
     with TestClient(create_app(settings)) as client:
         client.tokens = tokens  # type: ignore[attr-defined]
         yield client
@@ -53,7 +57,7 @@ def post(api: TestClient, user: str, repo: str, path: str = "/v1/tasks") -> tupl
 
 def nothing_filed(settings: Settings, redis_url: str) -> bool:
     with make_sessionmaker(make_engine(settings.resolved_database_url))() as session:
-        tasks, _ = store.list_tasks(session, limit=10)
+        tasks, _ = store.tasks.list_tasks(session, limit=10)
     return tasks == [] and redis.Redis.from_url(redis_url).llen(settings.queue) == 0
 
 
@@ -122,14 +126,14 @@ def test_retry_and_follow_up_check_again(api: TestClient, settings: Settings) ->
     """A task filed before the operator mapped its repository to someone else is not run again for bob."""
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with sessions.begin() as session:
-        bob = store.user_for_token(session, api.tokens["bob"])  # type: ignore[attr-defined]
-        task_id = store.create_task(session, repo=MAPPED, ref="main", instruction="x", user_id=bob.id).id  # type: ignore[union-attr]
-        store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing)
-        store.get_task(session, task_id).base_sha = "a" * 40  # type: ignore[union-attr]
-        store.store_patch(session, task_id, base_sha="a" * 40, diff="", title="t", body="b", files_changed=0)
-        store.transition(session, task_id, from_states=[TaskState.preparing], to_state=TaskState.succeeded)
+        bob = store.users.user_for_token(session, api.tokens["bob"])  # type: ignore[attr-defined]
+        task_id = store.tasks.create_task(session, repo=MAPPED, ref="main", instruction="x", user_id=bob.id).id  # type: ignore[union-attr]
+        store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing)
+        store.tasks.get_task(session, task_id).base_sha = "a" * 40  # type: ignore[union-attr]
+        store.patches.store_patch(session, task_id, base_sha="a" * 40, diff="", title="t", body="b", files_changed=0)
+        store.tasks.transition(session, task_id, from_states=[TaskState.preparing], to_state=TaskState.succeeded)
     for path in (f"/v1/tasks/{task_id}/retry", f"/v1/tasks/{task_id}/follow-up"):
         status, body = post(api, "bob", MAPPED, path)
         assert status == 403 and json.dumps(body).count("repository_forbidden") == 1, (path, body)
     with sessions() as session:
-        assert len(store.list_tasks(session, limit=10)[0]) == 1
+        assert len(store.tasks.list_tasks(session, limit=10)[0]) == 1

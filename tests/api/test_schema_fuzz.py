@@ -13,10 +13,10 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
+import store.users
 from api.app import create_app
-from migrations import store
-from migrations.store import make_engine, make_sessionmaker, migrate
 from overnight.settings import Settings
+from store.engine import make_engine, make_sessionmaker, migrate
 from tests.conftest import REDIS_URL
 
 TOKEN: dict[str, str] = {}
@@ -30,7 +30,7 @@ def api_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     engine = make_engine(config.resolved_database_url)
     migrate(engine)
     with make_sessionmaker(engine).begin() as session:
-        TOKEN["value"] = store.create_token(session, "fuzzer")
+        TOKEN["value"] = store.users.create_token(session, "fuzzer")
     yield create_app(config)
     redis.Redis.from_url(REDIS_URL).delete(queue)
 

@@ -12,9 +12,9 @@ import httpx
 import pytest
 import redis
 
+import store.users
 from bench.flood import api_env, serve_api
-from migrations import user_store
-from migrations.store import make_engine, make_sessionmaker, migrate
+from store.engine import make_engine, make_sessionmaker, migrate
 from tests.conftest import REDIS_URL
 
 ACCESS = {"https://git.example.com/acme/*": ["alice"], "https://git.example.com/bob/*": ["bob"]}
@@ -29,7 +29,7 @@ def bob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     engine = make_engine(env["OVERNIGHT_DATABASE_URL"])
     migrate(engine)
     with make_sessionmaker(engine).begin() as session:
-        token = user_store.create_token(session, "bob")
+        token = store.users.create_token(session, "bob")
     engine.dispose()
     try:
         with (

@@ -14,11 +14,13 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+import store.patches
+import store.tasks
+import store.users
 from api.app import create_app
-from migrations import store
-from migrations.models import TaskState
-from migrations.store import make_engine, make_sessionmaker, migrate
 from overnight.settings import Settings
+from store.engine import make_engine, make_sessionmaker, migrate
+from store.models import TaskState
 from worker.celery_app import TaskQueue
 
 REPO = "https://github.com/acme/widgets.git"
@@ -40,9 +42,9 @@ def settings(tmp_path: Path, redis_url: str, queue_name: str) -> Settings:
 def tokens(settings: Settings) -> dict[str, str]:
     with make_sessionmaker(make_engine(settings.resolved_database_url)).begin() as session:
         return {
-            "alice": store.create_token(session, "alice"),
-            "bob": store.create_token(session, "bob"),
-            "root": store.create_token(session, "root", admin=True),
+            "alice": store.users.create_token(session, "alice"),
+            "bob": store.users.create_token(session, "bob"),
+            "root": store.users.create_token(session, "root", admin=True),
         }
 
 
@@ -71,12 +73,12 @@ def create(client: TestClient, **body: Any) -> dict[str, Any]:
 
 def finish(settings: Settings, task_id: str, state: TaskState = TaskState.failed, patch: bool = False) -> None:
     with make_sessionmaker(make_engine(settings.resolved_database_url)).begin() as session:
-        store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing)
+        store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing)
         if patch:
-            store.get_task(session, task_id).base_sha = "a" * 40  # type: ignore[union-attr]
-            store.store_patch(session, task_id, base_sha="a" * 40, diff="diff --git a/x b/x\n", title="t", body="b",
-                              files_changed=1)  # fmt: skip
-        store.transition(session, task_id, from_states=[TaskState.preparing], to_state=state, reason="test")
+            store.tasks.get_task(session, task_id).base_sha = "a" * 40  # type: ignore[union-attr]
+            store.patches.store_patch(session, task_id, base_sha="a" * 40, diff="diff --git a/x b/x\n", title="t",
+                                      body="b", files_changed=1)  # fmt: skip
+        store.tasks.transition(session, task_id, from_states=[TaskState.preparing], to_state=state, reason="test")
 
 
 def test_create_task_stores_it_queued_and_enqueues_its_id(client: TestClient, redis_url: str, queue_name: str) -> None:
@@ -307,10 +309,10 @@ def test_an_empty_patch_says_no_changes_were_needed(client: TestClient, settings
     empty, changed = create(client)["id"], create(client)["id"]
     for task_id, diff in ((empty, ""), (changed, "diff --git a/x b/x\n")):
         with make_sessionmaker(make_engine(settings.resolved_database_url)).begin() as session:
-            store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.running)
-            store.store_patch(session, task_id, base_sha="a" * 40, diff=diff, title="t", body="b",
+            store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.running)
+            store.patches.store_patch(session, task_id, base_sha="a" * 40, diff=diff, title="t", body="b",
                               files_changed=1 if diff else 0)  # fmt: skip
-            store.transition(session, task_id, from_states=[TaskState.running], to_state=TaskState.succeeded)
+            store.tasks.transition(session, task_id, from_states=[TaskState.running], to_state=TaskState.succeeded)
     assert client.get(f"/v1/tasks/{empty}/patch", params={"format": "json"}).json()["no_changes"] is True
     assert client.get(f"/v1/tasks/{changed}/patch", params={"format": "json"}).json()["no_changes"] is False
     assert client.get(f"/v1/tasks/{empty}/patch").text == ""

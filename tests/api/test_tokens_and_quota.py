@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import update
 
-from migrations.models import Token
-from migrations.store import make_engine, make_sessionmaker
-from migrations.user_store import hash_token
+from store.engine import make_engine, make_sessionmaker
+from store.models import Token
+from store.users import hash_token
 from tests.api.conftest import ServedAPI
 
 REPO = "https://github.com/acme/widgets.git"

@@ -23,11 +23,14 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
+import store.attempts
+import store.events
+import store.tasks
+import store.users
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
-from migrations import store
-from migrations.models import TaskState
-from migrations.store import make_engine, make_sessionmaker, migrate
 from sandbox.reaper import reap_folders
+from store.engine import make_engine, make_sessionmaker, migrate
+from store.models import TaskState
 from tests.conftest import POSTGRES_URL, SANDBOX_IMAGE
 from tests.e2e.conftest import free_port
 from worker.celery_app import TaskQueue
@@ -120,21 +123,21 @@ class Cluster:
 
     def submit(self, repo: Path, user: str = "alice") -> str:
         with self.sessions().begin() as session:
-            token = store.create_token(session, user)
-            user_id = store.user_for_token(session, token).id  # type: ignore[union-attr]
-            task_id = store.create_task(session, repo=str(repo), ref=None, instruction="fix", user_id=user_id).id
+            token = store.users.create_token(session, user)
+            user_id = store.users.user_for_token(session, token).id  # type: ignore[union-attr]
+            task_id = store.tasks.create_task(session, repo=str(repo), ref=None, instruction="fix", user_id=user_id).id
         self.queue.enqueue(task_id)
         with self.sessions().begin() as session:
-            store.mark_enqueued(session, task_id)
+            store.attempts.mark_enqueued(session, task_id)
         return task_id
 
     def task(self, task_id: str) -> Any:
         with self.sessions()() as session:
-            return store.get_task(session, task_id)
+            return store.tasks.get_task(session, task_id)
 
     def events(self, task_id: str) -> list[tuple[str, dict[str, Any], Any]]:
         with self.sessions()() as session:
-            return [(e.type, e.data, e.created_at) for e in store.list_events(session, task_id)]
+            return [(e.type, e.data, e.created_at) for e in store.events.list_events(session, task_id)]
 
     def wait_final(self, task_id: str, timeout: float = 120) -> Any:
         deadline = time.monotonic() + timeout

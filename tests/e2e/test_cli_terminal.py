@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 import redis
 
+import store.events
+import store.patches
+import store.tasks
+import store.users
 from api.app import create_app
-from migrations import store
-from migrations.models import TaskState
-from migrations.store import make_engine, make_sessionmaker, migrate
 from overnight.loopback import LoopbackServer
 from overnight.settings import Settings
+from store.engine import make_engine, make_sessionmaker, migrate
+from store.models import TaskState
 
 ERASE = "\x1b[2K\r"  # erase the line, back to its start: what follows covers what came before
 TITLE = "\x1b]0;pwned\x07"  # rewrites the terminal window's title
@@ -40,20 +43,20 @@ def server(tmp_path: Path, redis_url: str) -> Iterator[dict[str, str]]:
     settings = Settings(data_dir=tmp_path / "data", broker_url=redis_url, queue=f"test-tty-{secrets.token_hex(4)}")
     migrate(make_engine(settings.resolved_database_url))
     with make_sessionmaker(make_engine(settings.resolved_database_url)).begin() as session:
-        token = store.create_token(session, "alice")
-        user = store.user_for_token(session, token)
-        task_id = store.create_task(session, repo="https://example.com/a/b.git", ref="main", user_id=user.id,  # type: ignore[union-attr]
+        token = store.users.create_token(session, "alice")
+        user = store.users.user_for_token(session, token)
+        task_id = store.tasks.create_task(session, repo="https://example.com/a/b.git", ref="main", user_id=user.id,  # type: ignore[union-attr]
                                     instruction=f"fix add{TITLE} {OVERRIDE}gnp.x").id  # fmt: skip
-        store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing)
-        store.append_event(session, task_id, "model_response", {"step": 1, "content": f"I will{HIDE} delete it"})
-        store.append_event(session, task_id, "tool_call", {"step": 1, "name": "bash", "arguments": f"ls{TITLE}"})
-        store.append_event(
+        store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing)
+        store.events.append_event(session, task_id, "model_response", {"step": 1, "content": f"I will{HIDE} delete it"})
+        store.events.append_event(session, task_id, "tool_call", {"step": 1, "name": "bash", "arguments": f"ls{TITLE}"})
+        store.events.append_event(
             session, task_id, "tool_result", {"step": 1, "output": f"a.py{ERASE}nothing", "error": False}
         )
-        store.get_task(session, task_id).base_sha = "a" * 40  # type: ignore[union-attr]
-        store.store_patch(session, task_id, base_sha="a" * 40, diff=DIFF, title=f"Fix add{TITLE}", body="b",
+        store.tasks.get_task(session, task_id).base_sha = "a" * 40  # type: ignore[union-attr]
+        store.patches.store_patch(session, task_id, base_sha="a" * 40, diff=DIFF, title=f"Fix add{TITLE}", body="b",
                           files_changed=1)  # fmt: skip
-        store.transition(session, task_id, from_states=[TaskState.preparing], to_state=TaskState.succeeded)
+        store.tasks.transition(session, task_id, from_states=[TaskState.preparing], to_state=TaskState.succeeded)
     with LoopbackServer(create_app(settings), name="API") as api:
         yield {"OVERNIGHT_SERVER": api.url, "OVERNIGHT_TOKEN": token, "OVERNIGHT_CONFIG_DIR": str(tmp_path / "config"),
                "task": task_id}  # fmt: skip

@@ -12,13 +12,15 @@ import httpx
 import uvicorn
 from pydantic import SecretStr
 
+import store.events
+import store.tasks
+import store.users
 from api.app import create_app
-from migrations import store
-from migrations.models import TaskState
-from migrations.store import make_engine, make_sessionmaker, migrate
 from overnight.cli.client import APIClient
 from overnight.client_settings import ClientSettings
 from overnight.settings import Settings
+from store.engine import make_engine, make_sessionmaker, migrate
+from store.models import TaskState
 from tests.conftest import REDIS_URL
 
 
@@ -47,9 +49,9 @@ def test_following_events_survives_an_api_restart_and_ends_only_with_the_task(tm
     migrate(engine)
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
-        token = store.create_token(session, "alice")
-        user = store.user_for_token(session, token)
-        task = store.create_task(session, repo="https://example.com/a/b.git", ref="main", instruction="x",
+        token = store.users.create_token(session, "alice")
+        user = store.users.user_for_token(session, token)
+        task = store.tasks.create_task(session, repo="https://example.com/a/b.git", ref="main", instruction="x",
                                  user_id=user.id if user else None)  # fmt: skip
         task_id = task.id
     with socket.socket() as sock:
@@ -61,7 +63,7 @@ def test_following_events_survives_an_api_restart_and_ends_only_with_the_task(tm
 
     def append(kind: str, n: int) -> None:
         with sessions.begin() as session:
-            store.append_event(session, task_id, kind, {"n": n})
+            store.events.append_event(session, task_id, kind, {"n": n})
 
     with _API(settings, port):
         follower.start()
@@ -77,7 +79,7 @@ def test_following_events_survives_an_api_restart_and_ends_only_with_the_task(tm
     assert follower.is_alive()  # still following: the task has not ended
     with _API(settings, port):
         with sessions.begin() as session:
-            store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.cancelled,
+            store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.cancelled,
                              reason="cancelled by user")  # fmt: skip
         follower.join(timeout=30)
     assert not follower.is_alive()
@@ -92,9 +94,9 @@ def test_a_quiet_task_gets_keepalives_at_the_set_interval_and_the_follower_skips
     migrate(engine)
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
-        token = store.create_token(session, "alice")
-        user = store.user_for_token(session, token)
-        task_id = store.create_task(session, repo="https://example.com/a/b.git", ref="main", instruction="x",
+        token = store.users.create_token(session, "alice")
+        user = store.users.user_for_token(session, token)
+        task_id = store.tasks.create_task(session, repo="https://example.com/a/b.git", ref="main", instruction="x",
                                     user_id=user.id if user else None).id  # fmt: skip
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -114,7 +116,7 @@ def test_a_quiet_task_gets_keepalives_at_the_set_interval_and_the_follower_skips
                     break
         assert follower.is_alive()  # the follower has had the same keep-alives and is still following
         with sessions.begin() as session:
-            store.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.cancelled,
+            store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.cancelled,
                              reason="cancelled by user")  # fmt: skip
         follower.join(timeout=30)
     assert not follower.is_alive()

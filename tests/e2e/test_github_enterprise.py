@@ -17,13 +17,14 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+import store.github
+import store.tasks
 from agent.scripted import ScriptedModelServer
 from api.app import create_app
-from migrations import github_store, store
-from migrations.store import make_engine, make_sessionmaker, migrate
 from overnight.github.client import client_from_settings
 from overnight.settings import Settings
 from sandbox.docker import DockerBackend
+from store.engine import make_engine, make_sessionmaker, migrate
 from tests.conftest import git
 from tests.e2e.test_submit_to_patch import FIX_SCRIPT
 from tests.github_fake import INSTALLATION, KEYS, SECRET, FakeGitHub, deliver, labeled
@@ -75,7 +76,7 @@ def test_a_label_becomes_a_draft_pull_request_on_github_enterprise_on_its_own_po
         task_id = response.json()["task_id"]
         run_task(task_id, context)
         with make_sessionmaker(engine)() as session:
-            task, link = store.get_task(session, task_id), github_store.get_link(session, task_id)
+            task, link = store.tasks.get_task(session, task_id), store.github.get_link(session, task_id)
         assert task is not None and link is not None
         assert task.repo == f"{enterprise.url}/{REPO}.git"
         assert task.state == "succeeded", task.failure_reason

@@ -16,13 +16,17 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+import store.events
+import store.github
+import store.patches
+import store.tasks
+import store.users
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from api.app import create_app
-from migrations import github_store, store
-from migrations.store import make_engine, make_sessionmaker, migrate
 from overnight.github.client import client_from_settings
 from overnight.settings import Settings
 from sandbox.docker import DockerBackend
+from store.engine import make_engine, make_sessionmaker, migrate
 from tests.conftest import git
 from tests.e2e.test_submit_to_patch import FIX_SCRIPT
 from tests.github_fake import INSTALLATION, KEYS, SECRET, FakeGitHub, FakeGitHubServer, deliver, fixture, labeled
@@ -44,9 +48,9 @@ class World:
 
     def outcome(self, task_id: str):  # type: ignore[no-untyped-def]
         with make_sessionmaker(self.engine)() as session:
-            task = store.get_task(session, task_id)
-            return (task, store.get_patch(session, task_id), github_store.get_link(session, task_id),
-                    [(e.type, e.data) for e in store.list_events(session, task_id)])  # fmt: skip
+            task = store.tasks.get_task(session, task_id)
+            return (task, store.patches.get_patch(session, task_id), store.github.get_link(session, task_id),
+                    [(e.type, e.data) for e in store.events.list_events(session, task_id)])  # fmt: skip
 
 
 @pytest.fixture
@@ -110,7 +114,7 @@ def test_a_labelled_issue_ends_as_a_draft_pull_request_and_a_review_comment_adds
     assert ("publish", {"state": "published", "branch": link.branch, "pull_request": pull["html_url"]}) in events
     # The API shows where the task came from and went (to an admin: GitHub tasks belong to github:LOGIN).
     with make_sessionmaker(world.engine).begin() as session:
-        admin = store.create_token(session, "root", admin=True)
+        admin = store.users.create_token(session, "root", admin=True)
     shown = world.api.get(f"/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {admin}"}).json()
     expected = {"repo": REPO, "number": 1, "source": "label", "branch": link.branch, "pr_number": 1,
                 "pr_url": pull["html_url"], "publish_state": "published", "publish_error": None}  # fmt: skip

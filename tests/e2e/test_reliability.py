@@ -19,8 +19,9 @@ from typing import Any
 import docker
 import pytest
 
+import store.patches
+import store.tasks
 from agent.scripted import ScriptedModelServer
-from migrations import store
 from tests.e2e.cluster import EDIT, FINISH, Cluster, bash, database, own_postgres, run_cluster
 
 
@@ -90,12 +91,12 @@ def test_cancel_during_a_long_command_ends_the_task_in_seconds_and_keeps_the_par
         time.sleep(0.1)
     time.sleep(1)
     with cluster.sessions().begin() as session:
-        store.request_cancel(session, task_id)
+        store.tasks.request_cancel(session, task_id)
     started = time.monotonic()
     task = cluster.wait_final(task_id, timeout=30)
     assert task.state == "cancelled" and time.monotonic() - started < 10
     with cluster.sessions()() as session:
-        patch = store.get_patch(session, task_id)
+        patch = store.patches.get_patch(session, task_id)
     assert patch is not None and not patch.complete and "+    return a + b" in patch.diff
     assert docker_client.containers.list(all=True, filters={"label": f"dev.overnight.task={task_id}"}) == []
 
@@ -124,7 +125,7 @@ def test_a_task_cancelled_while_its_worker_is_dead_never_runs_again(
     first, task_id = sleeping_task(cluster, scripted_model, buggy_repo)
     cluster.kill_worker(first)
     with cluster.sessions().begin() as session:
-        store.request_cancel(session, task_id)  # nobody is left to see the flag
+        store.tasks.request_cancel(session, task_id)  # nobody is left to see the flag
     cluster.start_worker()  # its reconciler finds the task's heartbeat stale
     task = cluster.wait_final(task_id)
     assert task.state == "cancelled" and task.failure_reason == "cancelled by user", cluster.logs()
@@ -172,7 +173,7 @@ def test_a_mirror_pruned_under_a_running_task_stays_until_the_task_is_done(
     task = cluster.wait_final(first)
     assert task.state == "succeeded", f"{task.failure_reason}\n{cluster.logs()}"
     with cluster.sessions()() as session:
-        patch = store.get_patch(session, first)
+        patch = store.patches.get_patch(session, first)
     assert patch is not None and "+    return a + b" in patch.diff and "Subject: [PATCH] Fix add" in patch.mbox
 
 
@@ -199,5 +200,5 @@ def test_the_database_stopped_for_90_s_mid_run_loses_nothing(
         assert [data["state"] for kind, data, _ in events if kind == "state"][-1] == "succeeded"
         assert "retrying for up to 300 s" in (tmp_path / "worker-0.log").read_text()  # the task's writes waited
         with cluster.sessions()() as session:
-            patch = store.get_patch(session, task_id)
+            patch = store.patches.get_patch(session, task_id)
         assert patch is not None and "+    return a + b" in patch.diff

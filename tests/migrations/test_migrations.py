@@ -7,8 +7,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from migrations.models import Base
-from migrations.store import alembic_config, migrate
+from store.engine import alembic_config, migrate
+from store.models import Base
 
 
 def test_migrated_schema_matches_the_models(engine: Engine) -> None:

@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from agent.scripted import ScriptedCall, ScriptedModel, ScriptedModelServer, ScriptedTurn
-from migrations.store import make_engine, migrate
+from store.engine import make_engine, migrate
 from tests.conftest import REDIS_URL, SANDBOX_IMAGE
 
 PING = ScriptedTurn(reasoning="A probe; call ping.", tool_calls=[ScriptedCall(name="ping", arguments={"ok": True})])

@@ -8,14 +8,16 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+import store.events
+import store.patches
+import store.tasks
 from agent.budget import Budget
 from agent.client import ChatClient, LLMConfig
 from agent.loop import AgentConfig
-from migrations import store
-from migrations.store import make_sessionmaker
 from overnight.access import RepoAccess
 from sandbox.base import SandboxBackend
 from sandbox.environments import EnvironmentCache
+from store.engine import make_sessionmaker
 from tests.conftest import SANDBOX_IMAGE
 from worker.environment import SetupPolicy
 from worker.mirrors import MirrorCache
@@ -55,13 +57,13 @@ def local_access(tmp_path: Path, **fields: Any) -> RepoAccess:
 
 def submit(engine: Engine, repo: str, ref: str | None = None, setup: str | None = None) -> str:
     with make_sessionmaker(engine).begin() as session:
-        return store.create_task(session, repo=repo, ref=ref, instruction="fix the test", setup=setup).id
+        return store.tasks.create_task(session, repo=repo, ref=ref, instruction="fix the test", setup=setup).id
 
 
 def outcome(engine: Engine, task_id: str) -> tuple[Any, Any, list[Any]]:
     with make_sessionmaker(engine)() as session:
-        events = [(e.type, e.data) for e in store.list_events(session, task_id)]
-        return store.get_task(session, task_id), store.get_patch(session, task_id), events
+        events = [(e.type, e.data) for e in store.events.list_events(session, task_id)]
+        return store.tasks.get_task(session, task_id), store.patches.get_patch(session, task_id), events
 
 
 def run_and_meanwhile(task_id: str, context, condition, action, *, settle: float) -> None:  # type: ignore[no-untyped-def]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+import store.tasks
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
-from migrations import store
-from migrations.store import make_sessionmaker
 from sandbox.base import SandboxBackend
+from store.engine import make_sessionmaker
 from tests.conftest import git
 from tests.worker.conftest import make_context, outcome, submit
 from worker.hostgit import DataLimits
@@ -80,8 +80,8 @@ def test_an_upload_that_inflates_to_2_gib_fails_its_task_and_the_worker_goes_on(
     assert len(bomb) < 3 * 2**20  # within the API's 10 MiB upload limit
     context = make_context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
     with make_sessionmaker(sqlite_engine).begin() as session:
-        task_id = store.create_task(session, repo=str(buggy_repo), ref=git(buggy_repo, "rev-parse", "HEAD").strip(),
-                                    instruction="look", start_diff=bomb).id  # fmt: skip
+        task_id = store.tasks.create_task(session, repo=str(buggy_repo), instruction="look", start_diff=bomb,
+                                          ref=git(buggy_repo, "rev-parse", "HEAD").strip()).id  # fmt: skip
     run_task(task_id, context)
     task, _, _ = outcome(sqlite_engine, task_id)
     assert task.state == "failed"

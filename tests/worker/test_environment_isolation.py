@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+import store.tasks
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
-from migrations import store
-from migrations.models import User
-from migrations.store import make_sessionmaker
 from sandbox.base import SandboxBackend
+from store.engine import make_sessionmaker
+from store.models import User
 from tests.conftest import git
 from tests.worker.conftest import make_context, outcome
 from worker.pipeline import WorkerContext, run_task
@@ -82,7 +82,7 @@ def _users(engine: Engine, *names: str) -> list[int]:
 def _run(context: WorkerContext, engine: Engine, repo: Path, user: int, **fields: object) -> tuple[str, str, bool]:
     """Run one task; its first tool output (``WHICH_GIT``), whether its set-up came from the cache, its id."""
     with make_sessionmaker(engine).begin() as session:
-        task_id = store.create_task(session, repo=str(repo), ref=git(repo, "rev-parse", "HEAD").strip(),
+        task_id = store.tasks.create_task(session, repo=str(repo), ref=git(repo, "rev-parse", "HEAD").strip(),
                                     instruction="look", user_id=user, **fields).id  # type: ignore[arg-type]  # fmt: skip
     run_task(task_id, context)
     task, _, events = outcome(engine, task_id)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+import store.tasks
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
-from migrations import store
-from migrations.models import TaskState
-from migrations.store import make_sessionmaker
 from sandbox.base import SandboxBackend
+from store.engine import make_sessionmaker
+from store.models import TaskState
 from tests.conftest import git
 from tests.worker.conftest import make_context, outcome, submit
 from worker.mirrors import MirrorCache, git_env
@@ -71,7 +71,7 @@ def test_patch_formats_and_a_follow_up_that_builds_on_the_patch(
     see = ScriptedTurn(tool_calls=[ScriptedCall(name="bash", arguments={"command": "grep -c 'a + b' calc.py"})])
     scripted_model.state.extend([see, write, finish("Document add")])
     with make_sessionmaker(sqlite_engine).begin() as session:
-        follow = store.create_task(session, repo=str(buggy_repo), ref=task.base_sha, instruction="document it",
+        follow = store.tasks.create_task(session, repo=str(buggy_repo), ref=task.base_sha, instruction="document it",
                                    parent_id=parent, kind="follow-up").id  # fmt: skip
     run_task(follow, context)
     task, patch, events = outcome(sqlite_engine, follow)

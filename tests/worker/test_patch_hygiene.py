@@ -9,12 +9,12 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+import store.users
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from api.app import create_app
-from migrations import store
-from migrations.store import make_sessionmaker
 from overnight.settings import Settings
 from sandbox.base import SandboxBackend
+from store.engine import make_sessionmaker
 from tests.conftest import git
 from tests.worker.conftest import make_context, outcome, submit
 from worker.celery_app import TaskQueue
@@ -72,7 +72,7 @@ def test_only_the_intended_change_is_in_the_patch(
 
     settings = Settings(data_dir=tmp_path, database_url=str(sqlite_engine.url))
     with make_sessionmaker(sqlite_engine).begin() as session:
-        token = store.create_token(session, "root", admin=True)
+        token = store.users.create_token(session, "root", admin=True)
     with TestClient(create_app(settings, queue=TaskQueue("memory://", queue="unused"))) as client:
         client.headers["Authorization"] = f"Bearer {token}"
         response = client.get(f"/v1/tasks/{task_id}/patch", params={"format": "json"})

@@ -11,12 +11,14 @@ import docker
 import pytest
 from sqlalchemy import Engine
 
+import store.attempts
+import store.patches
+import store.tasks
 from agent.client import ChatClient, LLMConfig
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
-from migrations import attempt_store, store
-from migrations.attempt_store import Superseded
-from migrations.store import make_sessionmaker
 from sandbox.docker import DockerBackend
+from store.attempts import Superseded
+from store.engine import make_sessionmaker
 from tests.conftest import git
 from tests.worker.conftest import make_context, outcome, run_and_meanwhile, submit
 from worker.attempt import Attempt
@@ -65,7 +67,7 @@ def test_step_budget_exhausted_fails_and_keeps_the_partial_diff(
     assert docker_client.containers.list(all=True, filters={"label": f"dev.overnight.task={task_id}"}) == []
     assert list((tmp_path / "workspaces").iterdir()) == []  # the workspace and its owner sidecar are gone
     with make_sessionmaker(sqlite_engine)() as session:
-        trajectory = store.get_trajectory(session, task_id)
+        trajectory = store.patches.get_trajectory(session, task_id)
     assert trajectory is not None and len(trajectory.data["steps"]) == 2
     assert trajectory.data["messages"][-1]["role"] == "tool"
 
@@ -115,7 +117,7 @@ def test_a_task_that_is_no_longer_queued_is_left_alone(
 ) -> None:
     task_id = _submit(sqlite_engine, str(buggy_repo))
     with make_sessionmaker(sqlite_engine).begin() as session:
-        store.request_cancel(session, task_id)
+        store.tasks.request_cancel(session, task_id)
     run_task(task_id, _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path))
     task, _ = _task(sqlite_engine, task_id)
     assert task.state == "cancelled" and scripted_model.state.requests == []
@@ -141,7 +143,7 @@ def test_cancel_requested_while_running_stops_at_the_next_step(
         def complete(self, messages, tools):
             turn = self.inner.complete(messages, tools)
             with sessions.begin() as session:
-                store.request_cancel(session, task_id)
+                store.tasks.request_cancel(session, task_id)
             return turn
 
     scripted_model.state.extend(
@@ -186,7 +188,7 @@ def test_cancel_during_set_up_kills_it_and_ends_cancelled_without_calling_the_mo
 
     def cancel() -> None:
         with sessions.begin() as session:
-            store.request_cancel(session, task_id)
+            store.tasks.request_cancel(session, task_id)
 
     started = time.monotonic()
     context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
@@ -210,7 +212,7 @@ def test_cancel_while_the_model_is_still_answering_ends_the_task_in_seconds(
 
     def cancel() -> None:
         with sessions.begin() as session:
-            store.request_cancel(session, task_id)
+            store.tasks.request_cancel(session, task_id)
 
     context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
     run_and_meanwhile(task_id, context, lambda: bool(scripted_model.state.requests), cancel, settle=0.5)
@@ -239,7 +241,7 @@ def test_the_trajectory_is_readable_while_the_task_runs(
 
     def look() -> None:  # while the second call is being answered (slowly)
         with sessions() as session:
-            task, stored = store.get_task(session, task_id), store.get_trajectory(session, task_id)
+            task, stored = store.tasks.get_task(session, task_id), store.patches.get_trajectory(session, task_id)
             if task is not None and task.state == "running" and stored is not None:
                 seen_while_running.append(len(stored.data["messages"]))
 
@@ -248,7 +250,7 @@ def test_the_trajectory_is_readable_while_the_task_runs(
     # system, user, the read_file call and its result: stored after the first step, while the task ran
     assert seen_while_running == [4]
     with sessions() as session:
-        final = store.get_trajectory(session, task_id)
+        final = store.patches.get_trajectory(session, task_id)
         assert final is not None and len(final.data["messages"]) > 4
 
 
@@ -302,7 +304,7 @@ def test_an_unexpected_error_while_a_cancelled_run_ends_still_ends_it_cancelled(
         for mirror in (tmp_path / "mirrors").glob("*.git"):
             shutil.rmtree(mirror)
         with sessions.begin() as session:
-            store.request_cancel(session, task_id)
+            store.tasks.request_cancel(session, task_id)
 
     context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
     run_and_meanwhile(task_id, context, lambda: len(scripted_model.state.requests) >= 2, vanish_and_cancel, settle=1)
@@ -330,10 +332,10 @@ def test_a_superseded_attempt_stops_itself_and_its_writes_are_refused(
         """What another worker's reconciler does when this worker's heartbeat looks stale (a long pause, a
         skewed clock), and the claim of that other worker."""
         with sessions.begin() as session:
-            task = store.get_task(session, task_id)
+            task = store.tasks.get_task(session, task_id)
             assert task is not None
-            assert attempt_store.requeue_or_fail(session, task, max_attempts=3, reason="stopped beating") == "requeued"
-            handed_over["attempt"] = attempt_store.claim(session, task_id, worker="other", max_active_per_user=4)
+            assert store.attempts.requeue_or_fail(session, task, max_attempts=3, reason="stopped beating") == "requeued"
+            handed_over["attempt"] = store.attempts.claim(session, task_id, worker="other", max_active_per_user=4)
         handed_over["events"] = len(outcome(sqlite_engine, task_id)[2])
 
     context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
@@ -348,4 +350,4 @@ def test_a_superseded_attempt_stops_itself_and_its_writes_are_refused(
     assert list((tmp_path / "workspaces").iterdir()) == []
     old = Attempt(sessions, task_id, 1, retry_seconds=0)
     with pytest.raises(Superseded):
-        old.write(lambda session: store.add_sandbox_seconds(session, task_id, 1))
+        old.write(lambda session: store.tasks.add_sandbox_seconds(session, task_id, 1))

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+import store.tasks
+import store.users
 from agent.scripted import ScriptedModelServer
-from migrations import store
-from migrations.store import make_sessionmaker
 from overnight.loopback import LoopbackServer
 from sandbox.docker import DockerBackend
+from store.engine import make_sessionmaker
 from tests.conftest import git
 from tests.github_https import SmartHTTP, make_tls
 from tests.worker.conftest import local_access, make_context
@@ -58,13 +59,13 @@ class World:
 
     def task(self, repo: str, user: str, *, admin: bool = False) -> str:
         with make_sessionmaker(self.engine).begin() as session:
-            user_id = store.user_for_token(session, store.create_token(session, user, admin=admin)).id  # type: ignore[union-attr]
-            return store.create_task(session, repo=repo, ref=None, instruction="look", user_id=user_id).id
+            user_id = store.users.user_for_token(session, store.users.create_token(session, user, admin=admin)).id  # type: ignore[union-attr]
+            return store.tasks.create_task(session, repo=repo, ref=None, instruction="look", user_id=user_id).id
 
     def run(self, task_id: str) -> Any:
         run_task(task_id, self.context)
         with make_sessionmaker(self.engine)() as session:
-            return store.get_task(session, task_id)
+            return store.tasks.get_task(session, task_id)
 
     def mirrors_with_objects(self) -> list[Path]:
         return [p for p in (self.tmp / "mirrors").glob("*.git") if any((p / "objects").rglob("*.pack"))]
@@ -138,7 +139,7 @@ def test_mapped_users_and_admins_clone_with_the_configured_token(world: World, t
     for repo, user, admin in ((mapped, "alice", False), (unmapped, "root", True)):
         task_id = world.task(repo, user, admin=admin)
         with make_sessionmaker(world.engine)() as session:
-            owner = task_owner(session, store.get_task(session, task_id).user_id)  # type: ignore[union-attr]
+            owner = task_owner(session, store.tasks.get_task(session, task_id).user_id)  # type: ignore[union-attr]
         world.server.offered.clear()
         sha, _ = clone_repository(repo, None, tmp_path / "ws" / user, checkout=world.context.checkout, owner=owner)
         assert sha == git(tmp_path / "calc-repo", "rev-parse", "HEAD").strip()

@@ -11,13 +11,15 @@ task was put back to queued, claimed again or ended, the old attempt's writes ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import Literal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from migrations.models import ACTIVE_STATES, Task, TaskState, User, utcnow
-from migrations.store import transition
+from store.models import ACTIVE_STATES, Task, TaskState, User, utcnow
+from store.tasks import transition
 
 CANCELLED_BY_USER = "cancelled by user"
 
@@ -89,3 +91,28 @@ def requeue_or_fail(session: Session, task: Task, *, max_attempts: int, reason: 
     if transition(session, task.id, from_states=states, to_state=TaskState.queued, reason=reason):
         return "requeued"
     return "unchanged"
+
+
+# --- what the reconciler looks for -------------------------------------------------------------
+
+
+def mark_enqueued(session: Session, task_id: str) -> None:
+    session.execute(update(Task).where(Task.id == task_id).values(enqueued_at=utcnow()))
+
+
+def stale_active_tasks(session: Session, *, older_than: timedelta) -> Sequence[Task]:
+    """Preparing or running tasks whose worker stopped beating."""
+    limit = utcnow() - older_than
+    return session.scalars(
+        select(Task).where(Task.state.in_([s.value for s in ACTIVE_STATES]), Task.heartbeat_at < limit)
+    ).all()
+
+
+def lost_queued_tasks(session: Session, *, older_than: timedelta) -> Sequence[Task]:
+    """Queued tasks last handed to the broker long ago (the broker may have lost them)."""
+    limit = utcnow() - older_than
+    return session.scalars(
+        select(Task).where(
+            Task.state == TaskState.queued.value, (Task.enqueued_at < limit) | (Task.enqueued_at.is_(None))
+        )
+    ).all()

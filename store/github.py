@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from migrations.models import GitHubDelivery, GitHubInstallation, GitHubLink, Task, User
+from store.models import GitHubDelivery, GitHubInstallation, GitHubLink, Task, User
 
 USER_PREFIX = "github:"
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from migrations.models import FINAL_STATES, Task, Token, User, utcnow
+from store.models import FINAL_STATES, Task, Token, User, utcnow
 
 LAST_USED_PRECISION = timedelta(minutes=1)
 """last_used_at is written at most this often per token, so that reading the API is not a write per request."""
