@@ -29,8 +29,8 @@ from sandbox.environments import (
 )
 from sandbox.output import truncate_middle
 from worker.autosetup import auto_setup_script
-from worker.hostgit import DEFAULT_GIT_MEMORY, GitMemoryError, workspace_tree
-from worker.repo import TaskFailure
+from worker.errors import GitMemoryError, TaskFailure
+from worker.hostgit import DEFAULT_GIT_MEMORY, workspace_tree
 
 REPOSITORY_SETUP = ".overnight/setup.sh"
 REPOSITORY_IMAGE = ".overnight/image"

@@ -24,14 +24,10 @@ from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
 from overnight.github.webhooks import MARK, reaction_target
 from store.models import GitHubLink, TaskState
+from worker.errors import PublishError, TaskFailure
 from worker.mirrors import credential_origin, git_env
-from worker.repo import TaskFailure
 
 log = logging.getLogger(__name__)
-
-
-class PublishError(Exception):
-    """Pushing the branch failed; the message is readable and holds no secret."""
 
 
 class GitHubHooks:

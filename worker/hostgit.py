@@ -14,6 +14,7 @@ from typing import Any
 
 import git
 
+from worker.errors import GitMemoryError
 from worker.mirrors import git_env
 
 DEFAULT_GIT_MEMORY = 2**30
@@ -27,10 +28,6 @@ BOUNDED_CONFIG = (
 OUT_OF_MEMORY = ("Out of memory", "Cannot allocate memory", "mmap failed")
 # `ulimit -v` in the child: the limit binds git alone, set before it starts (no preexec_fn in a threaded worker).
 LIMITED = 'ulimit -v "$1" && shift && exec "$@"'
-
-
-class GitMemoryError(Exception):
-    """Git needed more memory than it may use on the worker."""
 
 
 def bounded_git(cwd: Path, *args: str, env: dict[str, str], memory: int, **kwargs: Any) -> str:

@@ -18,8 +18,9 @@ from typing import Any
 
 from sandbox.base import Sandbox, SandboxFileTooLargeError
 from sandbox.environments import WORKSPACE_MODIFIED
+from worker.errors import TaskFailure
 from worker.hostgit import DEFAULT_GIT_MEMORY, DEFAULT_MAX_PATCH_BYTES
-from worker.repo import TaskFailure, check_patch_applies
+from worker.repo import check_patch_applies
 
 BUILTIN_EXCLUDES = (
     "__pycache__/", "*.py[cod]", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".hypothesis/",

@@ -20,27 +20,26 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 import store.attempts
 import store.patches
 import store.tasks
-from agent.base import AgentError, Cancelled, LimitsExceeded, ModelClient, Submitted
+from agent.base import Cancelled, ModelClient, Submitted
 from agent.loop import AgentConfig, Trajectory, run_agent
 from agent.tools import ToolContext
 from overnight.access import Requester
-from sandbox.base import Sandbox, SandboxBackend, SandboxDiskFullError, SandboxError, SandboxSpec
+from sandbox.base import Sandbox, SandboxBackend, SandboxSpec
 from sandbox.environments import EnvironmentCache
 from sandbox.reaper import mark_owned, remove_owned
 from store.models import TaskState
-from worker.attempt import Attempt, Superseded, Watch, database_unreachable
+from worker import errors
+from worker.attempt import Attempt, Superseded, Watch
 from worker.environment import Environment, SetupPolicy, enter_environment, prepare_environment
 from worker.hostgit import DataLimits
 from worker.patch import changed_files
 from worker.records import UsageRecorder, event_sink, store_patch, store_trajectory
-from worker.repo import Checkout, TaskFailure, apply_to_workspace, clone_repository, task_owner
+from worker.repo import Checkout, apply_to_workspace, clone_repository, task_owner
 
 log = logging.getLogger(__name__)
 Outcome = Literal["ran", "busy", "skipped"]
@@ -110,9 +109,6 @@ def run_task(task_id: str, ctx: WorkerContext) -> Outcome:
     return "ran"
 
 
-EXPECTED_ENDINGS = (Cancelled, LimitsExceeded, TaskFailure, AgentError, SandboxError, SoftTimeLimitExceeded)
-
-
 @dataclass(kw_only=True, frozen=True)
 class _Inputs:
     repo: str
@@ -176,7 +172,7 @@ def _outcome(
             raise
         except Exception:  # raised while handling the first (the time limit while keeping the partial diff)
             log.exception("task %s: ending it after %s failed", attempt.task_id, type(exc).__name__)
-            return TaskState.failed, _reason(exc)
+            return TaskState.failed, errors.failure_reason(exc)
 
 
 def _run_to_patch(ctx: WorkerContext, attempt: Attempt, watch: Watch, run: _Run, lease: ExitStack) -> None:
@@ -269,25 +265,13 @@ def _cut_short(
     """The state and reason of a run that raised ``exc``; keeps the partial diff where that helps."""
     if watch.superseded.is_set():
         raise Superseded(f"attempt {attempt.number} of task {attempt.task_id} was superseded") from exc
-    if not isinstance(exc, EXPECTED_ENDINGS):
+    if not errors.expected(exc):
         log.error("task %s crashed:\n%s", attempt.task_id, "".join(traceback.format_exception(exc)))
     cancelled = isinstance(exc, Cancelled) or watch.cancelled.is_set() or _cancel_requested(attempt)
-    reason = "cancelled by user" if cancelled else _reason(exc)
-    if cancelled or isinstance(exc, LimitsExceeded | SandboxDiskFullError | SoftTimeLimitExceeded):
+    reason = "cancelled by user" if cancelled else errors.failure_reason(exc)
+    if cancelled or errors.keeps_partial_diff(exc):
         _store_partial(ctx, attempt, run, reason)
     return (TaskState.cancelled if cancelled else TaskState.failed), reason
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, SoftTimeLimitExceeded):
-        return "task time limit exceeded"
-    if isinstance(exc, SandboxError):
-        return f"sandbox: {exc}"
-    if isinstance(exc, EXPECTED_ENDINGS):
-        return str(exc)
-    if isinstance(exc, DBAPIError) and database_unreachable(exc):
-        return f"internal error: the database could not be reached ({str(exc.orig).strip().splitlines()[0]})"
-    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def _cancel_requested(attempt: Attempt) -> bool:

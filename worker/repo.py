@@ -16,14 +16,11 @@ from sqlalchemy.orm import Session
 from overnight.access import AccessDenied, RepoAccess, Requester
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
 from store.models import User
-from worker.hostgit import DEFAULT_GIT_MEMORY, GitMemoryError, bounded_git
+from worker.errors import GitMemoryError, TaskFailure
+from worker.hostgit import DEFAULT_GIT_MEMORY, bounded_git
 from worker.mirrors import MirrorCache, git_env, mirror_key
 
 log = logging.getLogger(__name__)
-
-
-class TaskFailure(Exception):
-    """A task step failed for a reason a person can read; the message becomes the task's failure reason."""
 
 
 @dataclass(kw_only=True)

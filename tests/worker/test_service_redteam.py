@@ -14,8 +14,9 @@ from tests.conftest import git
 from tests.github_https import make_tls
 from tests.worker.conftest import local_access
 from tests.worker.test_repo_access import OneToken, RecordingGit
+from worker.errors import TaskFailure
 from worker.mirrors import MirrorCache
-from worker.repo import Checkout, TaskFailure, clone_repository
+from worker.repo import Checkout, clone_repository
 
 TOKEN = "s3cret-token"
 
