@@ -1,7 +1,7 @@
-"""The one settings class of the server side (API, worker); the client's are in ``client_settings``.
+"""The one settings class of the server side (API, worker); the client's are in ``overnight.cli.settings``.
 
 Every value is read from the environment with the ``OVERNIGHT_`` prefix (or a ``.env`` file) and
-passed down explicitly; no other module reads ``os.environ`` (but ``client_settings``, for the client's).
+passed down explicitly; no other module reads ``os.environ`` (but ``overnight.cli.settings``, for the client's).
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal
 
-from platformdirs import user_data_path
+from platformdirs import user_config_path, user_data_path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     SettingsConfigDict,
 )
-
-from overnight.client_settings import default_config_dir
 
 APP_NAME = "overnight"
 GitHubTrigger = Literal["label", "issue-comment", "pr-comment", "review-comment"]
@@ -26,6 +24,12 @@ GITHUB_TRIGGERS: tuple[GitHubTrigger, ...] = ("label", "issue-comment", "pr-comm
 
 def default_data_dir() -> Path:
     return user_data_path(APP_NAME, appauthor=False)
+
+
+def default_config_dir() -> Path:
+    """The client's config dir (``overnight.cli.settings`` finds it the same way; the server side does not import
+    the client package): where `overnight up` writes the CLI's server and token."""
+    return user_config_path(APP_NAME, appauthor=False)
 
 
 class Settings(BaseSettings):

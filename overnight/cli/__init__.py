@@ -1,5 +1,7 @@
-"""The ``overnight`` command line. Client commands (``overnight.cli.commands``) speak HTTP only; server
-commands (up, token, image) import the server side only when they run, so that the client starts fast."""
+"""The ``overnight`` command line. Client commands (``overnight.cli.commands``) speak HTTP only; the server's
+commands (up, doctor, image, token, migrate, bench llm, firewall) are declared here and run from
+``overnight.admin``, imported only when one of them runs, so that the client starts fast and never loads the
+server side."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def up(
     concurrency: Annotated[int, typer.Option(help="Tasks the worker runs at once.")] = 1,
 ) -> None:
     """Start the API and one worker on embedded defaults (server side)."""
-    from overnight.cli.server import run_up
+    from overnight.admin.server import run_up
 
     raise typer.Exit(run_up(host=host, port=port, concurrency=concurrency, say=err.print))
 
@@ -59,7 +61,7 @@ def image_build(
     """Build the sandbox base image offline (debootstrap + apt + docker import); no-op when present."""
     from pathlib import Path
 
-    from overnight.cli.server import build_image
+    from overnight.admin.image import build_image
 
     source = (Path(dockerfile), Path(context)) if dockerfile else None
     raise typer.Exit(build_image(name=name, force=force, check=check, say=err.print, dockerfile=source))
@@ -71,7 +73,7 @@ def firewall(
     check: Annotated[bool, typer.Option(help="Only say whether it is in place (exit 1 if not).")] = False,
 ) -> None:
     """Install the set-up network's firewall where the Docker engine runs (SANDBOX_SETUP_FIREWALL=external)."""
-    from overnight.cli.firewall import run_firewall
+    from overnight.admin.firewall import run_firewall
 
     raise typer.Exit(run_firewall(watch=watch, check=check, say=err.print))
 
@@ -87,7 +89,7 @@ def token_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a bearer token for USER (stored hashed; printed once)."""
-    from overnight.cli.tokens import create_token
+    from overnight.admin.tokens import create_token
 
     token, expires_at = create_token(user=user, admin=admin, expires_in_days=expires_in_days, say=err.print)
     expires = expires_at.isoformat(timespec="seconds") if expires_at else None
@@ -102,8 +104,8 @@ def token_list(
     """List tokens: id, user, state (active, expired, revoked), expiry and last use (to the minute)."""
     from rich.table import Table
 
+    from overnight.admin.tokens import list_tokens
     from overnight.cli.commands import console
-    from overnight.cli.tokens import list_tokens
 
     tokens = list_tokens(user=user)
     if as_json:
@@ -125,7 +127,7 @@ def token_revoke(
     as_json: JsonFlag = False,
 ) -> None:
     """Revoke tokens by id, or all of a user's: the API refuses them (401) from the next request on."""
-    from overnight.cli.tokens import revoke_tokens
+    from overnight.admin.tokens import revoke_tokens
 
     if not ids and user is None:
         err.print("[red]error:[/red] name token ids or --user")
@@ -143,36 +145,17 @@ def token_revoke(
 @app.command(rich_help_panel=SERVER)
 def migrate(as_json: JsonFlag = False) -> None:
     """Bring the database schema to the newest revision (server side; `overnight up` does it too)."""
-    from overnight.broker import redact
-    from overnight.settings import Settings
-    from store.engine import make_engine
-    from store.engine import migrate as upgrade
+    from overnight.admin.migrate import run_migrate
 
-    url = Settings().resolved_database_url
-    upgrade(make_engine(url))
-    if as_json:
-        sys.stdout.write(json.dumps({"database": redact(url), "migrated": True}) + "\n")
-    else:
-        err.print(f"{redact(url)}: migrated")
+    run_migrate(as_json=as_json, say=err.print)
 
 
 @app.command(rich_help_panel=SERVER)
 def doctor(as_json: JsonFlag = False) -> None:
     """Check that this server is set up the way tasks need (server side); non-zero exit on any failure."""
-    from dataclasses import asdict
+    from overnight.admin.doctor import run_doctor
 
-    from overnight.cli.doctor import run_checks
-    from overnight.settings import Settings
-
-    checks = run_checks(Settings())
-    if as_json:
-        sys.stdout.write(json.dumps([asdict(check) for check in checks], indent=2) + "\n")
-    for check in checks if not as_json else []:
-        mark = "[green]PASS[/green]" if check.ok else "[red]FAIL[/red]"
-        err.print(f"{mark} {check.name}: {check.detail}")
-        if not check.ok:
-            err.print(f"     fix: {check.fix}")
-    raise typer.Exit(0 if all(check.ok for check in checks) else 1)
+    raise typer.Exit(run_doctor(as_json=as_json, say=err.print))
 
 
 @bench_app.command("llm")
@@ -199,43 +182,10 @@ def bench_llm(
     ] = None,
 ) -> None:
     """Time to first token, tokens/s, EAGLE acceptance and prefix-cache hit rate on an agent's trajectory."""
-    import json
-    from pathlib import Path
+    from overnight.admin.benchllm import run_bench
 
-    from rich.table import Table
-
-    from overnight.cli.benchllm import measure
-
-    levels = [int(level) for level in concurrency.split(",") if level.strip()]
-    recorded = None
-    if trajectory is not None:
-        try:
-            recorded = json.loads(Path(trajectory).read_text())
-        except (OSError, ValueError) as exc:
-            raise typer.BadParameter(f"cannot read the trajectory {trajectory}: {exc}") from exc
-    report = {}
-    for url in [base_url, *(compare or [])]:
-        try:
-            report[url] = measure(url, model, api_key=api_key, levels=levels, sessions_steps=steps,
-                                  max_tokens=max_tokens, trajectory=recorded)  # fmt: skip
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-    table = Table("endpoint", "conc.", "TTFT ms", "tok/s/req", "tok/s total", "accept len", "accept rate",
-                  "prefix hit")  # fmt: skip
-
-    def show(value: float | None, spec: str) -> str:
-        return "—" if value is None else format(value, spec)
-
-    for url, rows in report.items():
-        for row in rows:
-            table.add_row(url, str(row["concurrency"]), show(row["ttft_ms_median"], ".0f"),
-                          show(row["tokens_per_s_per_request"], ".1f"), show(row["tokens_per_s_total"], ".1f"),
-                          show(row["mean_acceptance_length"], ".2f"), show(row["draft_acceptance_rate"], ".0%"),
-                          show(row["prefix_cache_hit_rate"], ".0%"))  # fmt: skip
-    err.print(table)
-    with open(output, "w") as handle:
-        json.dump(report, handle, indent=2)
-    err.print(f"results in {output}")
+    run_bench(base_url=base_url, model=model, api_key=api_key, compare=compare, concurrency=concurrency, steps=steps,
+              max_tokens=max_tokens, output=output, trajectory=trajectory, say=err.print)  # fmt: skip
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from overnight.cli.errors import ClientError
-from overnight.client_settings import ClientSettings
+from overnight.cli.settings import ClientSettings
 
 
 def _tls_for(server: str) -> ssl.SSLContext | bool:

@@ -36,7 +36,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for script
 def _client() -> APIClient:
     # Imported here: `--help` and usage errors need neither httpx nor pydantic-settings.
     from overnight.cli.client import APIClient
-    from overnight.client_settings import ClientSettings
+    from overnight.cli.settings import ClientSettings
 
     try:
         settings = ClientSettings()
@@ -76,7 +76,7 @@ def login(
 ) -> None:
     """Store the server and token in the client config (mode 0600) after checking them."""
     from overnight.cli.client import APIClient
-    from overnight.client_settings import ClientSettings, config_dir_from_env, write_client_config
+    from overnight.cli.settings import ClientSettings, config_dir_from_env, write_client_config
 
     try:
         from pydantic import SecretStr
@@ -93,7 +93,7 @@ def login(
 
 def logout(as_json: JsonOption = False) -> None:
     """Forget the stored token."""
-    from overnight.client_settings import config_dir_from_env, read_client_config
+    from overnight.cli.settings import config_dir_from_env, read_client_config
 
     directory = config_dir_from_env()
     config = read_client_config(directory)

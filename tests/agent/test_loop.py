@@ -288,7 +288,7 @@ def test_trajectory_is_json_serialisable(scripted_model: ScriptedModelServer, ct
 def test_a_stored_trajectory_replays_as_exactly_the_requests_the_agent_sent(
     scripted_model: ScriptedModelServer, ctx: ToolContext
 ) -> None:
-    from overnight.cli.benchllm import measure, requests_from_trajectory
+    from overnight.admin.benchllm import measure, requests_from_trajectory
 
     trajectory = Trajectory()
     turns = [

@@ -17,7 +17,7 @@ import store.tasks
 import store.users
 from api.app import create_app
 from overnight.cli.client import APIClient
-from overnight.client_settings import ClientSettings
+from overnight.cli.settings import ClientSettings
 from overnight.settings import Settings
 from store.engine import make_engine, make_sessionmaker, migrate
 from store.models import TaskState

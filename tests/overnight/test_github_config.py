@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from api.app import create_app
-from overnight.cli.doctor import _github
+from overnight.admin.doctor import _github
 from overnight.github.config import ConfigError, problems
 from overnight.settings import Settings
 from tests.github_fake import KEYS, SECRET, FakeGitHub, FakeGitHubServer

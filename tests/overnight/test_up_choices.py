@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from overnight.cli.server import HOST_CA_BUNDLE, _choose_ca_bundle
+from overnight.admin.server import HOST_CA_BUNDLE, _choose_ca_bundle
 from overnight.settings import Settings
 
 
@@ -27,3 +27,12 @@ def test_the_host_bundle_is_trusted_only_when_it_differs_from_the_image_s(tmp_pa
     configured = tmp_path / "proxy-ca.pem"
     chosen = _choose_ca_bundle(Settings(data_dir=tmp_path, sandbox_ca_bundle=configured), said.append)
     assert chosen == configured and said[-1].endswith("(OVERNIGHT_SANDBOX_CA_BUNDLE)")
+
+
+def test_up_writes_the_client_config_where_the_client_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's settings find the config dir on their own (they do not import the client package)."""
+    from overnight.cli.settings import ClientSettings
+    from overnight.cli.settings import default_config_dir as client_default
+
+    monkeypatch.delenv("OVERNIGHT_CONFIG_DIR", raising=False)
+    assert Settings().config_dir == ClientSettings().config_dir == client_default()

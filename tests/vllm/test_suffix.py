@@ -15,7 +15,7 @@ from agent.base import ModelResponseError
 from agent.client import ChatClient, LLMConfig
 from agent.prompts import SYSTEM_PROMPT, first_user_message
 from agent.tools import Toolbox
-from overnight.cli.doctor import parse_metrics
+from overnight.admin.doctor import parse_metrics
 from tests.vllm.conftest import SERVED_MODEL, VLLMServer, serve
 
 pytestmark = pytest.mark.timeout(1800)

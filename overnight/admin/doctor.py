@@ -209,6 +209,11 @@ def _model_checks(settings: Settings) -> list[Check]:
     version = _server_version(http, base)
     if version is not None:
         checks.append(version)
+    return checks + _metrics_checks(base, headers)
+
+
+def _metrics_checks(base: str, headers: dict[str, str]) -> list[Check]:
+    """Speculative decoding and prefix caching, from vLLM's /metrics (skipped when it does not answer)."""
     metrics_url = base.removesuffix("/v1") + "/metrics"
     try:
         metrics = httpx.get(metrics_url, headers=headers, timeout=5)
@@ -216,10 +221,9 @@ def _model_checks(settings: Settings) -> list[Check]:
     except httpx.HTTPError:
         text = None
     if text is None:
-        checks.append(Check(name="model server metrics", ok=True, detail=f"{metrics_url} not reachable; skipped"))
-        return checks
+        return [Check(name="model server metrics", ok=True, detail=f"{metrics_url} not reachable; skipped")]
     counters = parse_metrics(text)
-    checks += [
+    return [
         _check(
             "speculative decoding active (EAGLE)",
             'serve with --speculative-config \'{"method":"eagle",...}\' (see infra/vllm/serve.sh)',
@@ -231,7 +235,6 @@ def _model_checks(settings: Settings) -> list[Check]:
             lambda: _positive(counters, "vllm:prefix_cache_queries_total"),
         ),
     ]
-    return checks
 
 
 def _server_version(http: httpx.Client, base: str) -> Check | None:
@@ -321,3 +324,20 @@ def _positive(counters: dict[str, float], name: str) -> str:
     if counters.get(name, 0) <= 0:
         raise RuntimeError(f"{name} is {'absent' if name not in counters else 0}")
     return f"{name} = {counters[name]:g}"
+
+
+def run_doctor(*, as_json: bool, say: Callable[[str], None]) -> int:
+    """``overnight doctor``: every check, as JSON on stdout or one line each (with its fix) through ``say``."""
+    import json
+    import sys
+    from dataclasses import asdict
+
+    checks = run_checks(Settings())
+    if as_json:
+        sys.stdout.write(json.dumps([asdict(check) for check in checks], indent=2) + "\n")
+    for check in checks if not as_json else []:
+        mark = "[green]PASS[/green]" if check.ok else "[red]FAIL[/red]"
+        say(f"{mark} {check.name}: {check.detail}")
+        if not check.ok:
+            say(f"     fix: {check.fix}")
+    return 0 if all(check.ok for check in checks) else 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings
 
-from overnight.client_settings import ClientSettings
+from overnight.cli.settings import ClientSettings
 from overnight.settings import Settings
 
 BEGIN = "<!-- settings-table:begin -->"
@@ -35,7 +35,7 @@ def render_readme(text: str) -> str:
     return f"{head}{BEGIN}\n{settings_table()}\n{END}{tail}"
 
 
-if __name__ == "__main__":  # python -m overnight.docs README.md
+if __name__ == "__main__":  # python -m overnight.admin.docs README.md
     import sys
     from pathlib import Path
 

@@ -1,10 +1,9 @@
-"""Server-side commands: ``overnight up`` (API + worker on embedded defaults) and ``overnight image build``."""
+"""``overnight up``: the API and one worker on embedded defaults, on this machine."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 
 from overnight.broker import redact, resolve_broker_url
-from overnight.client_settings import read_client_config, write_client_config
+from overnight.cli.settings import read_client_config, write_client_config
 from overnight.settings import Settings
 
 Say = Callable[[str], None]
@@ -117,7 +116,15 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
     ca_bundle = _choose_ca_bundle(settings, say)
     say(f"model: {settings.llm_model} at {settings.llm_base_url}")
     _say_local_repos(settings, say)
+    env = _children_env(settings, database_url, broker_url, backend, ca_bundle)
+    children = _start_children(settings, env, concurrency)
+    return _supervise(children, base, say)
 
+
+def _children_env(
+    settings: Settings, database_url: str, broker_url: str, backend: str, ca_bundle: Path | None
+) -> dict[str, str]:
+    """The environment of the API and the worker: this one, with what `up` chose written out."""
     env = dict(os.environ)
     env.update(
         OVERNIGHT_DATA_DIR=str(settings.data_dir),
@@ -129,28 +136,21 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
     )
     if ca_bundle is not None:
         env["OVERNIGHT_SANDBOX_CA_BUNDLE"] = str(ca_bundle)
-    base = f"http://{settings.api_host}:{settings.api_port}"
-    names = ["worker", "api"]
-    children = [
-        subprocess.Popen([sys.executable, "-m", "worker", str(concurrency)], env=env, start_new_session=True),
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "api.app:create_app",
-                "--host",
-                settings.api_host,
-                "--port",
-                str(settings.api_port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            start_new_session=True,
-        ),
-    ]
+    return env
+
+
+def _start_children(settings: Settings, env: dict[str, str], concurrency: int) -> dict[str, subprocess.Popen[bytes]]:
+    """The worker and the API (uvicorn), each in a session of its own so that stopping reaches their children."""
+    api = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--host", settings.api_host,
+           "--port", str(settings.api_port), "--log-level", "warning"]  # fmt: skip
+    return {
+        "worker": subprocess.Popen([sys.executable, "-m", "worker", str(concurrency)], env=env, start_new_session=True),
+        "api": subprocess.Popen(api, env=env, start_new_session=True),
+    }
+
+
+def _supervise(children: dict[str, subprocess.Popen[bytes]], base: str, say: Say) -> int:
+    """Until SIGTERM or SIGINT (0), or until a child exits (1); the children are stopped either way."""
     stopping = False
 
     def _stop(signum: int, _frame: object) -> None:
@@ -160,18 +160,18 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        if _wait_healthy(base, children):
+        if _wait_healthy(base, list(children.values())):
             say(f"API listening on {base}")
             say(f'submit a task:  OVERNIGHT_SERVER={base} overnight submit --repo PATH_OR_URL "what to do" --wait')
         while not stopping:
-            for name, child in zip(names, children, strict=True):
+            for name, child in children.items():
                 if child.poll() is not None:
                     say(f"[red]the {name} process exited with code {child.returncode}; stopping[/red]")
                     return 1
             time.sleep(0.5)
         return 0
     finally:
-        _terminate(children)
+        _terminate(list(children.values()))
 
 
 LOCAL_ADMIN = "admin"
@@ -221,81 +221,3 @@ def _terminate(children: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
-
-
-def build_image(
-    *, name: str | None, force: bool, check: bool, say: Say, dockerfile: tuple[Path, Path] | None = None
-) -> int:
-    import docker
-    import docker.errors
-
-    from sandbox.base import SandboxUnavailableError
-    from sandbox.image import SMOKE_COMMANDS, build_from_dockerfile, ensure_image, image_present
-
-    settings = Settings()
-    image = name or settings.sandbox_image
-    rootfs = settings.sandbox_rootfs_for(image)
-    client: docker.DockerClient | None
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        say(f"no Docker engine ({exc.__class__.__name__}): building the root filesystem for bubblewrap only")
-        client = None
-    started = time.monotonic()
-    try:
-        if dockerfile is not None:
-            if client is None:
-                say("[red]--dockerfile needs a Docker engine[/red]")
-                return 1
-            if force or not image_present(client, image):
-                build_from_dockerfile(client, image, dockerfile[0], dockerfile[1], log=say)
-                shutil.rmtree(rootfs, ignore_errors=True)  # exported afresh from the new image below
-        done = ensure_image(image, rootfs, client=client, force=force and dockerfile is None, log=say)
-    except SandboxUnavailableError as exc:
-        say(f"[red]image build failed: {exc}[/red]")
-        return 1
-    if done:
-        say(f"{image}: {', '.join(done)} in {time.monotonic() - started:.0f} s (root filesystem: {rootfs})")
-    else:
-        say(f"image {image} and its root filesystem {rootfs} are present; nothing to do")
-    if check:
-        return _check_image(image, rootfs, client, SMOKE_COMMANDS, say)
-    return 0
-
-
-def _check_image(image: str, rootfs: Path, client: Any, commands: dict[str, str], say: Say) -> int:
-    """Run one smoke command per toolchain in a real sandbox and print what it reports."""
-    import tempfile
-
-    from sandbox.base import SandboxError, SandboxSpec
-    from sandbox.disk import remove_folder
-    from worker.sandboxes import sandbox_backend
-
-    backend = sandbox_backend(Settings(), docker_available=client is not None)
-    failures = 0
-    with tempfile.TemporaryDirectory() as folder:
-        workspace = Path(folder) / "workspace"
-        backend.create_workspace(workspace)
-        try:
-            sandbox = backend.start(SandboxSpec(task_id="image-check", workspace=workspace, image=None))
-        except BaseException:
-            remove_folder(workspace)
-            raise
-        try:
-            for toolchain, command in commands.items():
-                try:
-                    result = sandbox.run(command, timeout=60)
-                except SandboxError as exc:
-                    say(f"[red]FAIL[/red] {toolchain}: {exc}")
-                    failures += 1
-                    continue
-                text = " | ".join(line for line in (result.stdout + result.stderr).splitlines() if line.strip())
-                ok = result.exit_code == 0
-                failures += not ok
-                say(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {toolchain}: {text}")
-        finally:
-            sandbox.close()
-            remove_folder(workspace)
-    say(f"{backend.name} sandbox from {image}: {len(commands) - failures}/{len(commands)} toolchains work")
-    return 1 if failures else 0

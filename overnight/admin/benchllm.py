@@ -14,13 +14,16 @@ import json
 import secrets
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
+import typer
 from httpx_sse import connect_sse
 
-from overnight.cli.doctor import parse_metrics
+from overnight.admin.doctor import parse_metrics
 
 
 def trajectory_requests(model: str, max_tokens: int) -> list[dict[str, Any]]:
@@ -158,3 +161,45 @@ def measure(base_url: str, model: str, *, api_key: str | None, levels: list[int]
             "prefix_cache_hit_rate": delta.get("vllm:prefix_cache_hits_total", 0.0) / queries if queries else None,
         })  # fmt: skip
     return results
+
+
+def run_bench(*, base_url: str, model: str, api_key: str | None, compare: list[str] | None, concurrency: str,
+              steps: int, max_tokens: int, output: str, trajectory: str | None,
+              say: Callable[[Any], None]) -> None:  # fmt: skip
+    """``overnight bench llm``: measure each endpoint, show the table, write the JSON to ``output``."""
+    levels = [int(level) for level in concurrency.split(",") if level.strip()]
+    recorded = None
+    if trajectory is not None:
+        try:
+            recorded = json.loads(Path(trajectory).read_text())
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"cannot read the trajectory {trajectory}: {exc}") from exc
+    report = {}
+    for url in [base_url, *(compare or [])]:
+        try:
+            report[url] = measure(url, model, api_key=api_key, levels=levels, sessions_steps=steps,
+                                  max_tokens=max_tokens, trajectory=recorded)  # fmt: skip
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    say(_table(report))
+    with open(output, "w") as handle:
+        json.dump(report, handle, indent=2)
+    say(f"results in {output}")
+
+
+def _table(report: dict[str, list[dict[str, Any]]]) -> Any:
+    from rich.table import Table
+
+    table = Table("endpoint", "conc.", "TTFT ms", "tok/s/req", "tok/s total", "accept len", "accept rate",
+                  "prefix hit")  # fmt: skip
+
+    def show(value: float | None, spec: str) -> str:
+        return "—" if value is None else format(value, spec)
+
+    for url, rows in report.items():
+        for row in rows:
+            table.add_row(url, str(row["concurrency"]), show(row["ttft_ms_median"], ".0f"),
+                          show(row["tokens_per_s_per_request"], ".1f"), show(row["tokens_per_s_total"], ".1f"),
+                          show(row["mean_acceptance_length"], ".2f"), show(row["draft_acceptance_rate"], ".0%"),
+                          show(row["prefix_cache_hit_rate"], ".0%"))  # fmt: skip
+    return table
