@@ -13,9 +13,9 @@ from api.routes.health import TaskCollector
 from overnight.broker import resolve_broker_url
 from overnight.github.client import GitHubClient, client_from_settings
 from overnight.github.config import refuse_unworkable
+from overnight.queue import TaskQueue
 from overnight.settings import Settings
 from store.engine import make_engine, make_sessionmaker
-from worker.celery_app import TaskQueue
 
 
 def create_app(

@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from api.auth import USER_SCOPE_KEY
 from api.errors import APIError
+from overnight.queue import TaskQueue
 from overnight.settings import Settings
 from store.models import User
-from worker.celery_app import TaskQueue
 
 bearer = HTTPBearer(auto_error=False, description="A token from `overnight token create --user NAME`.")
 

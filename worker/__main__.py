@@ -8,9 +8,10 @@ import sys
 
 from overnight.broker import resolve_broker_url
 from overnight.github.config import ConfigError, refuse_unworkable
+from overnight.queue import TaskQueue, create_celery
 from overnight.settings import Settings
 from sandbox.base import SandboxUnavailableError
-from worker.celery_app import TaskQueue, create_celery, register_tasks
+from worker.celery_app import register_tasks
 from worker.reconciler import start_reconciler
 from worker.sandboxes import check_disk_enforcement, start_reaper
 

@@ -22,7 +22,7 @@ import store.github
 import store.patches
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
-from overnight.github.webhooks import MARK, reaction_target
+from overnight.github.markers import MARK, reaction_target
 from store.models import GitHubLink, TaskState
 from worker.errors import PublishError, TaskFailure
 from worker.mirrors import credential_origin, git_env

@@ -16,10 +16,10 @@ from datetime import timedelta
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
 import store.attempts
+from overnight.queue import TaskQueue
 from overnight.settings import Settings
 from store.engine import make_engine, make_sessionmaker
 from worker.attempt import database_unreachable
-from worker.celery_app import TaskQueue
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 import store.github
 import store.tasks
 from api.errors import APIError
-from api.routes.tasks import enqueue_or_fail
+from api.queueing import enqueue_or_fail
 from api.schemas import MAX_INSTRUCTION_BYTES, ErrorResponse
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
@@ -10,7 +9,6 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-import store.attempts
 import store.events
 import store.patches
 import store.tasks
@@ -18,6 +16,7 @@ import store.users
 from api.deps import CurrentUser, QueueDep, SessionDep, SettingsDep, reject_unknown_query
 from api.errors import APIError
 from api.events import event_stream
+from api.queueing import enqueue_or_fail
 from api.schemas import (
     ErrorResponse,
     EventList,
@@ -30,12 +29,11 @@ from api.schemas import (
     TrajectoryPublic,
 )
 from overnight.access import AccessDenied, RepoAccess, Requester
+from overnight.queue import TaskQueue
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
 from overnight.settings import Settings
 from store.models import Task, TaskState, User
-from worker.celery_app import TaskQueue
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(reject_unknown_query)])
 PatchFormat = Literal["diff", "mbox", "json"]
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -60,22 +58,6 @@ def _task_or_404(session: SessionDep, task_id: str, user: User) -> Task:
     if task is None:
         raise APIError(404, "task_not_found", f"no task {task_id!r}")
     return task
-
-
-def enqueue_or_fail(session: Session, queue: TaskQueue, task_id: str) -> bool:
-    """Hand a committed task to the workers; a broker that cannot take it fails the task with that reason (it
-    must not stay queued with no message). False when that happened."""
-    try:
-        queue.enqueue(task_id)
-    except Exception as exc:  # any broker failure
-        log.exception("could not enqueue task %s", task_id)
-        store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.failed,
-                         reason=f"could not enqueue the task: broker unreachable ({type(exc).__name__})")  # fmt: skip
-        session.commit()
-        return False
-    store.attempts.mark_enqueued(session, task_id)
-    session.commit()
-    return True
 
 
 def _check_quota(session: Session, settings: Settings, user_id: int | None) -> None:

@@ -119,7 +119,7 @@ def _database(settings: Settings) -> str:
 
 def _broker(settings: Settings) -> str:
     from overnight.broker import redact, resolve_broker_url
-    from worker.celery_app import TaskQueue
+    from overnight.queue import TaskQueue
 
     url, _ = resolve_broker_url(settings)
     TaskQueue(url, queue=settings.queue).ping()

@@ -16,13 +16,16 @@ from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attem
 
 from overnight.github.auth import API_HEADERS, Credentials
 from overnight.github.errors import GitHubError
-from overnight.github.webhooks import MARK, WRITE_PERMISSIONS
+from overnight.github.markers import MARK
 from overnight.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_WAIT = 60.0
 PERMISSION_TTL = 300.0
 """Seconds a collaborator's permission is remembered (a revoked write access stops working within this)."""
+WRITE_PERMISSIONS = frozenset({"admin", "write"})
+"""``permission`` values of GET /repos/{repo}/collaborators/{user}/permission that may start tasks (GitHub maps
+maintain to write and triage to read; ``role_name`` is not trusted: a custom role may carry any name)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,13 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from overnight.github.markers import MARK, reaction_target
+
 MAX_BODY_BYTES = 25 * 2**20
 """GitHub caps a delivery at 25 MB."""
 MAX_TEXT = 24_000
 """Characters of an issue or comment that go into an instruction (the API's limit is 32 KiB)."""
 _HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
-MARK = "<!-- overnight -->"
-"""Every comment Overnight writes carries this (hidden when rendered); a comment carrying it is never a request."""
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -161,14 +161,6 @@ class Request:
         return reaction_target(self.source, self.number, self.comment_id)
 
 
-def reaction_target(source: str, number: int, comment_id: int | None) -> str:
-    """What a 👀 goes on: the labelled issue, or the comment that asked (issue or review comment)."""
-    if comment_id is None:
-        return f"issues/{number}"
-    kind = "pulls" if source == "review-comment" else "issues"
-    return f"{kind}/comments/{comment_id}"
-
-
 def command_line(body: str | None, command: str) -> str | None:
     """The rest of the first line when ``body`` starts with ``command`` (as a word), else None."""
     text = (body or "").lstrip()
@@ -242,11 +234,6 @@ def request_of(event: str, delivery: Delivery, rules: Rules) -> Request | str:
 def may_trigger(request: Request, rules: Rules) -> bool:
     """The first, free filter on a comment's ``author_association``; the collaborator-permission API decides."""
     return request.association is None or request.association.upper() in rules.associations
-
-
-WRITE_PERMISSIONS = frozenset({"admin", "write"})
-"""``permission`` values of GET /repos/{repo}/collaborators/{user}/permission that may start tasks (GitHub maps
-maintain to write and triage to read; ``role_name`` is not trusted: a custom role may carry any name)."""
 
 
 def request_key(event: str, delivery: Delivery) -> str | None:

@@ -18,10 +18,10 @@ import store.patches
 import store.tasks
 import store.users
 from api.app import create_app
+from overnight.queue import TaskQueue
 from overnight.settings import Settings
 from store.engine import make_engine, make_sessionmaker, migrate
 from store.models import TaskState
-from worker.celery_app import TaskQueue
 
 REPO = "https://github.com/acme/widgets.git"
 

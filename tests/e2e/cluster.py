@@ -28,12 +28,12 @@ import store.events
 import store.tasks
 import store.users
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
+from overnight.queue import TaskQueue
 from sandbox.reaper import reap_folders
 from store.engine import make_engine, make_sessionmaker, migrate
 from store.models import TaskState
 from tests.conftest import POSTGRES_URL, SANDBOX_IMAGE
 from tests.e2e.conftest import free_port
-from worker.celery_app import TaskQueue
 
 ROOT = Path(__file__).parents[2]
 

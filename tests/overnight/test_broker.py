@@ -6,9 +6,9 @@ import socket
 from pathlib import Path
 
 from overnight.broker import redact, resolve_broker_url
+from overnight.queue import TaskQueue
 from overnight.settings import Settings
 from tests.conftest import REDIS_URL
-from worker.celery_app import TaskQueue
 
 
 def test_local_redis_when_it_answers_else_the_sqlite_transport_which_really_queues(

@@ -12,12 +12,12 @@ from sqlalchemy import Engine
 import store.users
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from api.app import create_app
+from overnight.queue import TaskQueue
 from overnight.settings import Settings
 from sandbox.base import SandboxBackend
 from store.engine import make_sessionmaker
 from tests.conftest import git
 from tests.worker.conftest import make_context, outcome, submit
-from worker.celery_app import TaskQueue
 from worker.pipeline import run_task
 
 JUNK = (
