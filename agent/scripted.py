@@ -299,70 +299,83 @@ EXAMPLE_REPOSITORY = {
 """The files of the repository ``example_session`` works on."""
 
 
+EXAMPLE_TEST_FILE = (
+    "import unittest\n\nfrom calc import add\n\n\nclass AddTest(unittest.TestCase):\n"
+    "    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
+)
+
+
 def example_session() -> list[ScriptedTurn]:
     """A realistic 40-step session on a repository whose calc.add() subtracts: explore, plan, reproduce, fix,
     test, add tests, check, finish. Tests, the agent benchmark and demos replay it."""
+    session = [*_explore_and_plan(), *_reproduce_and_fix(), *_check_and_finish()]
+    assert len(session) == 40
+    return session
 
-    def bash(command: str) -> ScriptedTurn:
-        return ScriptedTurn(
-            reasoning=f"Run {command}.", tool_calls=[ScriptedCall(name="bash", arguments={"command": command})]
-        )
 
-    def tool(name: str, **arguments: Any) -> ScriptedTurn:
-        return ScriptedTurn(reasoning=f"Use {name}.", tool_calls=[ScriptedCall(name=name, arguments=arguments)])
+def _bash(command: str) -> ScriptedTurn:
+    return ScriptedTurn(
+        reasoning=f"Run {command}.", tool_calls=[ScriptedCall(name="bash", arguments={"command": command})]
+    )
 
+
+def _tool(name: str, **arguments: Any) -> ScriptedTurn:
+    return ScriptedTurn(reasoning=f"Use {name}.", tool_calls=[ScriptedCall(name=name, arguments=arguments)])
+
+
+def _explore_and_plan() -> list[ScriptedTurn]:
     todos = [
         {"id": "1", "content": "reproduce", "status": "in_progress"},
         {"id": "2", "content": "fix"},
         {"id": "3", "content": "test"},
     ]
-    test_file = (
-        "import unittest\n\nfrom calc import add\n\n\nclass AddTest(unittest.TestCase):\n"
-        "    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
-    )
-    session = [
-        bash("ls -la"),
-        bash("git status --short || true"),
-        tool("read_file", file_path="AGENTS.md"),
-        tool("grep", pattern="def add"),
-        tool("read_file", file_path="calc.py"),
-        tool("todo", action="write", todos=todos),
-        bash("python3 -c 'from calc import add; print(add(2, 3))'"),
-        tool("grep", pattern="add\\(", path="."),
-        tool("write_file", file_path="test_calc.py", content=test_file),
-        bash("python3 -m unittest -q 2>&1 | tail -3"),
-        tool("edit", file_path="calc.py", old_string="return a - b", new_string="return a + b"),
-        bash("python3 -m unittest -q 2>&1 | tail -1"),
-        tool("todo", action="read"),
-        tool(
+    return [
+        _bash("ls -la"),
+        _bash("git status --short || true"),
+        _tool("read_file", file_path="AGENTS.md"),
+        _tool("grep", pattern="def add"),
+        _tool("read_file", file_path="calc.py"),
+        _tool("todo", action="write", todos=todos),
+    ]
+
+
+def _reproduce_and_fix() -> list[ScriptedTurn]:
+    return [
+        _bash("python3 -c 'from calc import add; print(add(2, 3))'"),
+        _tool("grep", pattern="add\\(", path="."),
+        _tool("write_file", file_path="test_calc.py", content=EXAMPLE_TEST_FILE),
+        _bash("python3 -m unittest -q 2>&1 | tail -3"),
+        _tool("edit", file_path="calc.py", old_string="return a - b", new_string="return a + b"),
+        _bash("python3 -m unittest -q 2>&1 | tail -1"),
+        _tool("todo", action="read"),
+        _tool(
             "edit",
             file_path="test_calc.py",
             old_string="        self.assertEqual(add(2, 3), 5)\n",
             new_string="        self.assertEqual(add(2, 3), 5)\n        self.assertEqual(add(-1, 1), 0)\n",
         ),
-        bash("python3 -m unittest -v 2>&1 | tail -4"),
-        tool("read_file", file_path="test_calc.py", offset=6),
+        _bash("python3 -m unittest -v 2>&1 | tail -4"),
+        _tool("read_file", file_path="test_calc.py", offset=6),
     ]
-    for n in range(21):
-        session.append(bash(f"python3 -c 'from calc import add; assert add({n}, {n}) == {2 * n}' && echo ok {n}"))
-    session += [bash("git diff --stat || true"), bash("python3 -m unittest -q 2>&1 | tail -1")]
-    session.append(
-        ScriptedTurn(
-            content="All green.",
-            tool_calls=[
-                ScriptedCall(
-                    name="finish",
-                    arguments={
-                        "summary": "add() subtracted; fixed and tested (python3 -m unittest: OK).",
-                        "pr_title": "Make add() add and cover it with tests",
-                        "pr_body": "Fixes add(); adds test_calc.py.",
-                    },
-                )
-            ],
-        )
+
+
+def _check_and_finish() -> list[ScriptedTurn]:
+    checks = [_bash(f"python3 -c 'from calc import add; assert add({n}, {n}) == {2 * n}' && echo ok {n}")
+              for n in range(21)]  # fmt: skip
+    finish = ScriptedCall(
+        name="finish",
+        arguments={
+            "summary": "add() subtracted; fixed and tested (python3 -m unittest: OK).",
+            "pr_title": "Make add() add and cover it with tests",
+            "pr_body": "Fixes add(); adds test_calc.py.",
+        },
     )
-    assert len(session) == 40
-    return session
+    return [
+        *checks,
+        _bash("git diff --stat || true"),
+        _bash("python3 -m unittest -q 2>&1 | tail -1"),
+        ScriptedTurn(content="All green.", tool_calls=[finish]),
+    ]
 
 
 class ScriptedModelServer(LoopbackServer):
