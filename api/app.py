@@ -16,6 +16,7 @@ from overnight.github.config import refuse_unworkable
 from overnight.queue import TaskQueue
 from overnight.settings import Settings
 from store.engine import make_engine, make_sessionmaker
+from web.app import install_web
 
 
 def create_app(
@@ -48,7 +49,8 @@ def create_app(
             ("POST", "/v1/github/webhook"): settings.github_webhook_max_body_bytes,
         },
     )
-    app.add_middleware(BearerAuthMiddleware, sessions=app.state.sessions)
+    cookie_auth = install_web(app, settings)  # the web pages; their scripts reach the API with the cookie
+    app.add_middleware(BearerAuthMiddleware, sessions=app.state.sessions, cookie_auth=cookie_auth)
     app.include_router(health.router)
     app.include_router(tasks.router)
     app.include_router(github.router)

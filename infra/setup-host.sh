@@ -22,6 +22,15 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+echo "== web app assets"
+# The web app serves its browser libraries itself (diff2html, highlight.js; pinned by web/assets/package-lock.json).
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+bash web/assets/install.sh
+if [ -n "$extra" ]; then
+    # tests/web drive Debian's Chromium through Playwright (which cannot download its own browser here).
+    command -v chromium >/dev/null 2>&1 || apt_install chromium
+fi
+
 echo "== docker engine"
 if ! docker info >/dev/null 2>&1; then
     command -v dockerd >/dev/null 2>&1 || apt_install docker.io

@@ -1,0 +1,97 @@
+"""Signing in with an Overnight token, and out."""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+import store.users
+from web.pages import PAGE_HEADERS, WebStateDep, render
+from web.session import CSRF_FIELD, SESSION_COOKIE, SIGN_IN_COOKIE, CookieAuth, session_seconds, sign_in
+
+router = APIRouter(include_in_schema=False)
+MAX_FORM_BYTES = 64 * 1024
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path of this site: never another host (``//evil``, ``/\\evil``, ``https://...``)."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return "/"
+    if any(ord(char) < 32 or char == "\\" for char in target):
+        return "/"
+    return target
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A urlencoded form's fields (first value of each)."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return {}
+    fields = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
+def secure(request: Request, web: WebStateDep) -> bool:
+    return web.config.secure_cookies or request.url.scheme == "https"
+
+
+def sign_in_page(
+    request: Request, web: WebStateDep, *, target: str, message: str | None, status_code: int = 200
+) -> HTMLResponse:
+    nonce = secrets.token_urlsafe(24)
+    response = render(request, "sign_in.html", {"next": target, "nonce": nonce, "message": message},
+                      status_code=status_code)  # fmt: skip
+    response.set_cookie(SIGN_IN_COOKIE, nonce, max_age=3600, path="/sign-in", httponly=True, samesite="lax",
+                        secure=secure(request, web))  # fmt: skip
+    return response
+
+
+@router.get("/sign-in")
+def sign_in_form(request: Request, web: WebStateDep, next: str = "/", reason: str | None = None) -> HTMLResponse:
+    return sign_in_page(request, web, target=safe_next(next), message=reason)
+
+
+@router.post("/sign-in")
+async def sign_in_submit(request: Request, web: WebStateDep) -> Response:
+    form = await read_form(request)
+    target = safe_next(form.get("next"))
+    if not web.codec.sign_in_nonce_matches(request.cookies.get(SIGN_IN_COOKIE), form.get(CSRF_FIELD)):
+        message = "The sign-in form had expired (or came from another site); please try again."
+        return sign_in_page(request, web, target=target, message=message, status_code=403)
+    token = form.get("token", "").strip()
+    if not token:
+        return sign_in_page(request, web, target=target, message="Paste your Overnight token.", status_code=401)
+
+    def check() -> tuple[str, int]:
+        with web.sessions() as session:
+            row = sign_in(session, token)
+            session.commit()
+            return web.codec.issue(row), session_seconds(row)
+
+    try:
+        cookie, seconds = await run_in_threadpool(check)
+    except store.users.TokenRefused as exc:
+        message = str(exc).replace("the bearer token", "This token")
+        return sign_in_page(request, web, target=target, message=message, status_code=401)
+    response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+    response.set_cookie(SESSION_COOKIE, cookie, max_age=seconds, path="/", httponly=True, samesite="lax",
+                        secure=secure(request, web))  # fmt: skip
+    response.delete_cookie(SIGN_IN_COOKIE, path="/sign-in")
+    return response
+
+
+@router.post("/sign-out")
+async def sign_out(request: Request, web: WebStateDep) -> Response:
+    """Ends this browser's session (the cookie is dropped); revoking the token ends every session made with it."""
+    form = await read_form(request)
+    cookie = CookieAuth.session_cookie(request.headers)
+    if cookie is not None and not web.codec.csrf_matches(cookie, form.get(CSRF_FIELD)):
+        return HTMLResponse("The sign-out form is missing its CSRF token; reload the page and try again.",
+                            status_code=403, headers=PAGE_HEADERS)  # fmt: skip
+    response = RedirectResponse("/sign-in", status_code=303, headers={"Cache-Control": "no-store"})
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=secure(request, web))
+    return response
