@@ -170,6 +170,11 @@ def add_usage(session: Session, task_id: str, *, prompt: int, cached: int, compl
     )
 
 
+def set_base_sha(session: Session, task_id: str, sha: str) -> None:
+    """The commit a task's attempt started from (written without reading the row again)."""
+    session.execute(update(Task).where(Task.id == task_id).values(base_sha=sha))
+
+
 def add_sandbox_seconds(session: Session, task_id: str, seconds: float) -> None:
     session.execute(update(Task).where(Task.id == task_id).values(sandbox_seconds=Task.sandbox_seconds + seconds))
 

@@ -1,27 +1,31 @@
 """One attempt at a task, as the worker running it sees the database: every write is fenced by the attempt
 number (a superseded attempt's writes are refused and it stops itself) and retried while the database is
-unreachable; a watcher thread beats the heartbeat and stops the sandbox's command on a cancel or when the
-attempt was superseded."""
+unreachable; its :class:`Watch` beats the heartbeat, and is the one thing that says whether the attempt
+should stop and why (its user cancelled, or it was superseded), stopping the sandbox's command when so."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 import store.attempts
+import store.tasks
+from agent.base import Cancelled
 from sandbox.base import Sandbox
-from store.attempts import Superseded
+from store.attempts import CANCELLED_BY_USER, Superseded
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["Attempt", "Superseded", "Watch", "database_unreachable"]
+StopReason = Literal["cancelled", "superseded"]
+
+__all__ = ["Attempt", "StopReason", "Superseded", "Watch", "database_unreachable"]
 
 
 def database_unreachable(exc: BaseException) -> bool:
@@ -78,15 +82,21 @@ class Attempt:
 
 
 class Watch:
-    """Beats the attempt's heartbeat; when the user cancels, or the attempt turns out superseded, stops the
-    command running in its sandbox (set-up included)."""
+    """The one answer to "should this attempt stop, and why", asked by every stage of the task's way (between
+    stages, between agent steps, while a model call streams, on the way out).
+
+    A thread beats the attempt's heartbeat, which also reads whether the user asked to cancel; when they did,
+    or the attempt turns out superseded, the command running in the attached sandbox (set-up included) is
+    stopped. Between agent steps and on the way out the database is asked at once (``ask``), not a beat later.
+    A reason, once found, stays."""
 
     def __init__(self, attempt: Attempt, heartbeat_seconds: float) -> None:
         self.attempt, self.heartbeat_seconds = attempt, heartbeat_seconds
         self.sandbox: Sandbox | None = None
-        self.cancelled = threading.Event()
-        self.superseded = threading.Event()
+        self._cancelled = threading.Event()
+        self._superseded = threading.Event()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"watch-{attempt.task_id}", daemon=True)
 
     def __enter__(self) -> Watch:
@@ -97,18 +107,48 @@ class Watch:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    @property
-    def stopping(self) -> bool:
-        return self.cancelled.is_set() or self.superseded.is_set()
+    def stop_reason(self, *, ask: bool = False) -> StopReason | None:
+        """Why the attempt should stop, or None; ``ask``: ask the database whether the user cancelled (when it
+        does not answer, what the heartbeat found decides)."""
+        if self._superseded.is_set():
+            return "superseded"
+        if not self._cancelled.is_set() and ask and self._cancel_requested():
+            self._stopping(self._cancelled)
+        return "cancelled" if self._cancelled.is_set() else None
+
+    def should_stop(self) -> bool:
+        """For the agent loop, asked before each step."""
+        return self.stop_reason(ask=True) is not None
+
+    def check(self) -> None:
+        """Raise :class:`Superseded` or :class:`Cancelled` if the attempt should stop."""
+        reason = self.stop_reason()
+        if reason == "superseded":
+            raise Superseded(f"attempt {self.attempt.number} of task {self.attempt.task_id} was superseded")
+        if reason == "cancelled":
+            raise Cancelled(CANCELLED_BY_USER)
 
     def attach(self, sandbox: Sandbox | None) -> None:
+        """The sandbox whose command a stop kills (None: none now)."""
         self.sandbox = sandbox
-        if sandbox is not None and self.stopping:
+        if sandbox is not None and self.stop_reason() is not None:
             sandbox.interrupt()
 
-    def _interrupt(self) -> None:
-        if self.sandbox is not None:
-            self.sandbox.interrupt()
+    def _cancel_requested(self) -> bool:
+        try:
+            with self.attempt.sessions() as session:
+                return store.tasks.cancel_requested(session, self.attempt.task_id)
+        except Exception:
+            return False
+
+    def _stopping(self, reason: threading.Event) -> None:
+        with self._lock:  # found by both threads at once, the command is stopped once (not the next one)
+            if reason.is_set():
+                return
+            reason.set()
+            sandbox = self.sandbox
+        if sandbox is not None:
+            sandbox.interrupt()
 
     def _run(self) -> None:
         failing = False
@@ -119,8 +159,7 @@ class Watch:
                 log.warning(
                     "task %s: attempt %d was superseded; stopping it", self.attempt.task_id, self.attempt.number
                 )
-                self.superseded.set()
-                self._interrupt()
+                self._stopping(self._superseded)
                 return
             except Exception as exc:  # a missed beat is not worth the task; say so once per outage
                 if not failing:
@@ -130,6 +169,5 @@ class Watch:
             if failing:
                 log.info("heartbeat of task %s is back", self.attempt.task_id)
                 failing = False
-            if cancel and not self.cancelled.is_set():
-                self.cancelled.set()
-                self._interrupt()
+            if cancel:
+                self._stopping(self._cancelled)

@@ -1,11 +1,18 @@
-"""One task, start to end: claim → clone → set-up → sandbox → run_agent → extract_patch → store_patch.
+"""One task, start to end, as stages:
+
+    claim → workspace → clone → start-diff → set-up → sandbox → agent → patch → publish → finish
 
 The database is the source of truth; a message from the broker only says "look at this task". So the body
 is idempotent: a task already ended, or running on a live worker, is left alone; one whose worker stopped
-beating starts a clean new attempt (or fails with "worker lost" after the last one). Every way out leaves
-the task in a final state with a one-line reason, and the sandbox and workspace removed — except for an
-attempt that was superseded (the reconciler gave the task to another): its writes are refused (see
-``worker/attempt.py``), and it stops without writing anything more.
+beating starts a clean new attempt (or fails with "worker lost" after the last one). The task's row is read
+once, when it is claimed. Every way out leaves the task in a final state with a one-line reason
+(``worker/errors.py``), and the sandbox and workspace removed — except for an attempt that was superseded
+(the reconciler gave the task to another): its writes are refused (see ``worker/attempt.py``), and it stops
+without writing anything more.
+
+Whether the task should stop, and why, is the attempt's :class:`~worker.attempt.Watch`'s to say, and only
+its: it is asked before every stage, by the agent loop before each step, while a model call streams, and once
+more when a run ends early; it kills the command running in the sandbox of the moment (set-up included).
 """
 
 from __future__ import annotations
@@ -25,14 +32,15 @@ from sqlalchemy.orm import Session, sessionmaker
 import store.attempts
 import store.patches
 import store.tasks
-from agent.base import Cancelled, ModelClient, Submitted
+from agent.base import ModelClient, Submitted
 from agent.loop import AgentConfig, Trajectory, run_agent
 from agent.tools import ToolContext
 from overnight.access import Requester
 from sandbox.base import Sandbox, SandboxBackend, SandboxSpec
 from sandbox.environments import EnvironmentCache
 from sandbox.reaper import mark_owned, remove_owned
-from store.models import TaskState
+from store.attempts import CANCELLED_BY_USER
+from store.models import Task, TaskState
 from worker import errors
 from worker.attempt import Attempt, Superseded, Watch
 from worker.environment import Environment, SetupPolicy, enter_environment, prepare_environment
@@ -84,18 +92,54 @@ class WorkerContext:
 
 def run_task(task_id: str, ctx: WorkerContext) -> Outcome:
     """Run task ``task_id`` if nobody else is; "busy" means its user is at the concurrency limit (retry later)."""
+    claimed = _claim(task_id, ctx)
+    if not isinstance(claimed, tuple):
+        return claimed
+    number, task = claimed
+    attempt = Attempt(ctx.sessions, task_id, number, retry_seconds=ctx.database_retry_seconds)
+    with Watch(attempt, ctx.heartbeat_seconds) as watch:
+        _execute(ctx, attempt, watch, task)
+    return "ran"
+
+
+@dataclass(kw_only=True, frozen=True)
+class _Task:
+    """What the task asks for, as its row said when it was claimed."""
+
+    id: str
+    repo: str
+    ref: str | None
+    instruction: str
+    max_steps: int | None
+    setup: str | None
+    start_diff: str | None
+    follows: str | None
+    """The task whose patch a follow-up starts from."""
+    user_id: int | None
+    """Whose task: what it may clone and with whose credentials, whose set-up snapshots it may reuse."""
+
+    @classmethod
+    def of(cls, row: Task) -> _Task:
+        follows = row.parent_id if row.kind == "follow-up" else None
+        return cls(id=row.id, repo=row.repo, ref=row.ref, instruction=row.instruction, max_steps=row.max_steps,
+                   setup=row.setup, start_diff=row.start_diff, follows=follows, user_id=row.user_id)  # fmt: skip
+
+
+def _claim(task_id: str, ctx: WorkerContext) -> tuple[int, _Task] | Outcome:
+    """A new attempt's number and what the task asks for, or why it does not run here now."""
     with ctx.sessions.begin() as session:
-        task = store.tasks.get_task(session, task_id)
-        if task is None or TaskState(task.state).is_final:
+        row = store.tasks.get_task(session, task_id)
+        if row is None or TaskState(row.state).is_final:
             return "skipped"
-        if task.state != TaskState.queued.value:
-            beat = task.heartbeat_at
+        if row.state != TaskState.queued.value:
+            beat = row.heartbeat_at
             if beat is not None and store.tasks.age(beat) < ctx.stale_after.total_seconds():
-                log.info("task %s is %s on live worker %s; leaving it", task_id, task.state, task.worker)
+                log.info("task %s is %s on live worker %s; leaving it", task_id, row.state, row.worker)
                 return "skipped"
-            outcome = store.attempts.requeue_or_fail(session, task, max_attempts=ctx.max_attempts, reason="redelivered")
+            outcome = store.attempts.requeue_or_fail(session, row, max_attempts=ctx.max_attempts, reason="redelivered")
             if outcome != "requeued":
                 return "skipped"
+        task = _Task.of(row)
         claim = store.attempts.claim(
             session, task_id, worker=ctx.worker_name, max_active_per_user=ctx.max_active_per_user
         )
@@ -103,207 +147,220 @@ def run_task(task_id: str, ctx: WorkerContext) -> Outcome:
         return "busy"
     if claim == "gone":
         return "skipped"
-    attempt = Attempt(ctx.sessions, task_id, claim, retry_seconds=ctx.database_retry_seconds)
-    with Watch(attempt, ctx.heartbeat_seconds) as watch:
-        _execute(ctx, attempt, watch)
-    return "ran"
-
-
-@dataclass(kw_only=True, frozen=True)
-class _Inputs:
-    repo: str
-    ref: str | None
-    instruction: str
-    max_steps: int | None
-    setup: str | None
-    start_diff: str | None
-    owner: Requester | None
-    """Whose task: what it may clone, with whose credentials."""
-    user_id: int | None = None
-    """Whose set-up snapshots it may reuse when it starts from an upload or a parent's patch."""
-    start_from: str = "the uploaded local changes"
+    return claim, task
 
 
 @dataclass(kw_only=True)
 class _Run:
-    """What one attempt holds while it runs; all of it is let go whatever happens."""
+    """One attempt on its way through the stages: what it was given, and what it holds (all of it let go
+    whatever happens)."""
 
+    ctx: WorkerContext
+    attempt: Attempt
+    watch: Watch
+    lease: ExitStack
+    """Keeps the mirror from being pruned until the result is published."""
+    task: _Task
+    emit: Callable[[str, dict[str, Any]], None]
     workspace: Path
     deadline: float
-    sandbox: Sandbox | None = None
+    owner: Requester | None = None
+    start_diff: str | None = None
+    start_from: str = "the uploaded local changes"
     base_sha: str | None = None
     mirror: Path | None = None
+    environment: Environment | None = None
+    sandbox: Sandbox | None = None
     trajectory: Trajectory = field(default_factory=Trajectory)
+    submission: Submitted | None = None
 
 
-def _execute(ctx: WorkerContext, attempt: Attempt, watch: Watch) -> None:
+def _execute(ctx: WorkerContext, attempt: Attempt, watch: Watch, task: _Task) -> None:
     """Run the attempt, then end the task with a final state and a reason, whatever raised; a superseded
     attempt only lets go of what it holds."""
-    run = _Run(
-        workspace=ctx.workspaces / f"{attempt.task_id}.{attempt.number}",
-        deadline=time.monotonic() + ctx.setup.lifetime,
-    )
-    with ExitStack() as lease:  # keeps the mirror from being pruned until the result is published
+    with ExitStack() as lease:
+        run = _Run(
+            ctx=ctx, attempt=attempt, watch=watch, lease=lease, task=task, emit=event_sink(attempt),
+            workspace=ctx.workspaces / f"{task.id}.{attempt.number}", deadline=time.monotonic() + ctx.setup.lifetime,
+        )  # fmt: skip
         try:
-            state, reason = _outcome(ctx, attempt, watch, run, lease)
-            if run.trajectory.messages:
-                store_trajectory(attempt, run.trajectory)
-        except Superseded:
-            log.warning("task %s: attempt %d was superseded; it writes nothing more", attempt.task_id, attempt.number)
-            return
+            ending = _ending(run)
         finally:
-            _release(attempt.task_id, watch, run)
-        _publish_and_finish(ctx, attempt, run.mirror, state, reason)
+            _release(run)
+        if ending is None:
+            log.warning("task %s: attempt %d was superseded; it let go of its sandbox and writes nothing more",
+                        task.id, attempt.number)  # fmt: skip
+            return
+        _publish_and_finish(run, *ending)
 
 
-def _outcome(
-    ctx: WorkerContext, attempt: Attempt, watch: Watch, run: _Run, lease: ExitStack
-) -> tuple[TaskState, str | None]:
+def _ending(run: _Run) -> tuple[TaskState, str | None] | None:
+    """How the run ends, its trajectory stored; None for a superseded attempt."""
+    try:
+        state, reason = _outcome(run)
+        if run.trajectory.messages:
+            store_trajectory(run.attempt, run.trajectory)
+        return state, reason
+    except Superseded:
+        return None
+
+
+def _outcome(run: _Run) -> tuple[TaskState, str | None]:
     """How the run ends; only :class:`Superseded` passes through."""
     try:
-        _run_to_patch(ctx, attempt, watch, run, lease)
+        for stage in STAGES:
+            run.watch.check()
+            stage(run)
         return TaskState.succeeded, None
     except Superseded:
         raise
     except Exception as exc:
         try:
-            return _cut_short(ctx, attempt, watch, run, exc)
+            return _cut_short(run, exc)
         except Superseded:
             raise
         except Exception:  # raised while handling the first (the time limit while keeping the partial diff)
-            log.exception("task %s: ending it after %s failed", attempt.task_id, type(exc).__name__)
+            log.exception("task %s: ending it after %s failed", run.task.id, type(exc).__name__)
             return TaskState.failed, errors.failure_reason(exc)
 
 
-def _run_to_patch(ctx: WorkerContext, attempt: Attempt, watch: Watch, run: _Run, lease: ExitStack) -> None:
-    task_id = attempt.task_id
-    mark_owned(run.workspace)  # if this process dies, a live worker's reaper removes the workspace
-    ctx.backend.create_workspace(run.workspace)  # before the clone: the kernel keeps all of it within the limit
-    inputs = attempt.read(lambda session: _inputs(session, task_id))
-    emit = event_sink(attempt)
-    if ctx.hooks is not None:
-        ctx.hooks.started(task_id)
-    environment = _prepare(ctx, attempt, watch, run, lease, inputs, emit)
-    if watch.stopping:
-        raise Cancelled("cancelled by user")
-    run.sandbox = sandbox = ctx.backend.start(
+# --- the stages, in order -------------------------------------------------------------------------
+
+
+def _prepare_workspace(run: _Run) -> None:
+    """The workspace's own disk (made before the clone: the kernel keeps all of it within the limit), owned
+    by this process (if it dies, a live worker's reaper removes it); whose task it is and what it starts from."""
+    mark_owned(run.workspace)
+    run.ctx.backend.create_workspace(run.workspace)
+    run.owner, run.start_diff, run.start_from = run.attempt.read(lambda session: _starting_point(session, run.task))
+    if run.ctx.hooks is not None:
+        run.ctx.hooks.started(run.task.id)
+
+
+def _starting_point(session: Session, task: _Task) -> tuple[Requester | None, str | None, str]:
+    parent = store.patches.get_patch(session, task.follows) if task.follows else None
+    owner = task_owner(session, task.user_id)
+    if parent is not None:
+        return owner, parent.diff, "the previous task's patch"
+    return owner, task.start_diff, "the uploaded local changes"
+
+
+def _clone(run: _Run) -> None:
+    ctx, task = run.ctx, run.task
+    run.emit("phase", {"phase": "clone", "repo": task.repo, "ref": task.ref})
+    credentials = ctx.hooks.git_credentials(task.id, task.repo) if ctx.hooks is not None else None
+    run.base_sha, run.mirror = clone_repository(
+        task.repo, task.ref, run.workspace, checkout=ctx.checkout, owner=run.owner, credentials=credentials,
+        lease=run.lease,
+    )  # fmt: skip
+
+
+def _apply_start_diff(run: _Run) -> None:
+    """The uploaded local changes, or the parent's patch of a follow-up, before any untrusted code ran."""
+    if run.start_diff:
+        apply_to_workspace(run.workspace, run.start_diff, what=run.start_from, memory=run.ctx.limits.git_memory)
+        run.emit("phase", {"phase": "start-diff", "files": len(changed_files(run.start_diff))})
+
+
+def _set_up(run: _Run) -> None:
+    """The set-up script (or the automatic set-up), or its snapshot: where the agent's sandbox starts."""
+    ctx, task, base_sha = run.ctx, run.task, run.base_sha
+    assert base_sha is not None
+    run.attempt.write(lambda session: store.tasks.set_base_sha(session, task.id, base_sha))
+    run.emit("phase", {"phase": "setup", "base_sha": base_sha})
+    run.environment = prepare_environment(
+        task_id=task.id, repository=task.repo, workspace=run.workspace, setup_path=task.setup,
+        backend=ctx.backend, cache=ctx.environments, policy=ctx.setup, emit=run.emit, on_sandbox=run.watch.attach,
+        owner=None if task.user_id is None else str(task.user_id), git_memory=ctx.limits.git_memory,
+    )  # fmt: skip
+
+
+def _start_sandbox(run: _Run) -> None:
+    """The agent's sandbox, from the set-up's environment; the task is running from here."""
+    assert run.environment is not None
+    run.sandbox = sandbox = run.ctx.backend.start(
         SandboxSpec(
-            task_id=task_id,
+            task_id=run.task.id,
             workspace=run.workspace,
-            image=environment.ref,
-            network=ctx.agent_network,
+            image=run.environment.ref,
+            network=run.ctx.agent_network,
             lifetime=max(run.deadline - time.monotonic(), 1.0),
         )
     )
-    watch.attach(sandbox)
-    enter_environment(sandbox, environment.ref)
-    attempt.write(lambda session: store.tasks.transition(session, task_id, from_states=[TaskState.preparing],
-                                                   to_state=TaskState.running))  # fmt: skip
-    emit("phase", {"phase": "agent", "environment": environment.ref})
-    config = ctx.agent
-    if inputs.max_steps:
-        config = replace(config, budget=replace(config.budget, max_steps=inputs.max_steps))
+    run.watch.attach(sandbox)
+    enter_environment(sandbox, run.environment.ref)
+    run.attempt.write(lambda session: store.tasks.transition(session, run.task.id, from_states=[TaskState.preparing],
+                                                       to_state=TaskState.running))  # fmt: skip
+
+
+def _run_agent(run: _Run) -> None:
+    assert run.sandbox is not None and run.environment is not None
+    run.emit("phase", {"phase": "agent", "environment": run.environment.ref})
+    config = run.ctx.agent
+    if run.task.max_steps:
+        config = replace(config, budget=replace(config.budget, max_steps=run.task.max_steps))
     result = run_agent(
-        instruction=inputs.instruction,
-        model=UsageRecorder(ctx.model_factory(task_id), attempt, watch, run.trajectory),
-        ctx=ToolContext(sandbox=sandbox, output_limit=config.tool_output_limit, command_timeout=config.command_timeout),
+        instruction=run.task.instruction,
+        model=UsageRecorder(run.ctx.model_factory(run.task.id), run.attempt, run.watch, run.trajectory),
+        ctx=ToolContext(
+            sandbox=run.sandbox, output_limit=config.tool_output_limit, command_timeout=config.command_timeout
+        ),
         config=config,
-        on_event=emit,
-        should_stop=lambda: watch.stopping or _cancel_requested(attempt),
+        on_event=run.emit,
+        should_stop=run.watch.should_stop,
         trajectory=run.trajectory,
-        environment_note=environment.note,
+        environment_note=run.environment.note,
     )
-    _store_patch(ctx, attempt, run, result.submission, complete=True)
+    run.submission = result.submission
 
 
-def _inputs(session: Session, task_id: str) -> _Inputs:
-    task = store.tasks.get_task(session, task_id)
-    assert task is not None
-    parent_patch = (
-        store.patches.get_patch(session, task.parent_id) if task.kind == "follow-up" and task.parent_id else None
-    )
-    return _Inputs(
-        repo=task.repo, ref=task.ref, instruction=task.instruction, max_steps=task.max_steps, setup=task.setup,
-        start_diff=parent_patch.diff if parent_patch else task.start_diff, owner=task_owner(session, task.user_id),
-        user_id=task.user_id,
-        start_from="the previous task's patch" if parent_patch else "the uploaded local changes",
-    )  # fmt: skip
+def _store_patch(run: _Run) -> None:
+    assert run.submission is not None
+    _keep_patch(run, run.submission, complete=True)
 
 
-def _prepare(
-    ctx: WorkerContext,
-    attempt: Attempt,
-    watch: Watch,
-    run: _Run,
-    lease: ExitStack,
-    inputs: _Inputs,
-    emit: Callable[[str, dict[str, Any]], None],
-) -> Environment:
-    """Clone, start from the uploaded or parent diff, run the set-up: where the agent's sandbox starts."""
-    task_id = attempt.task_id
-    emit("phase", {"phase": "clone", "repo": inputs.repo, "ref": inputs.ref})
-    credentials = ctx.hooks.git_credentials(task_id, inputs.repo) if ctx.hooks is not None else None
-    run.base_sha, run.mirror = base_sha, _ = clone_repository(
-        inputs.repo, inputs.ref, run.workspace, checkout=ctx.checkout, owner=inputs.owner, credentials=credentials,
-        lease=lease,
-    )  # fmt: skip
-    if inputs.start_diff:
-        apply_to_workspace(run.workspace, inputs.start_diff, what=inputs.start_from, memory=ctx.limits.git_memory)
-        emit("phase", {"phase": "start-diff", "files": len(changed_files(inputs.start_diff))})
-    attempt.write(lambda session: setattr(store.tasks.get_task(session, task_id), "base_sha", base_sha))
-    emit("phase", {"phase": "setup", "base_sha": base_sha})
-    return prepare_environment(
-        task_id=task_id, repository=inputs.repo, workspace=run.workspace, setup_path=inputs.setup,
-        backend=ctx.backend, cache=ctx.environments, policy=ctx.setup, emit=emit, on_sandbox=watch.attach,
-        owner=None if inputs.user_id is None else str(inputs.user_id), git_memory=ctx.limits.git_memory,
-    )  # fmt: skip
+STAGES: tuple[Callable[[_Run], None], ...] = (
+    _prepare_workspace, _clone, _apply_start_diff, _set_up, _start_sandbox, _run_agent, _store_patch,
+)  # fmt: skip
+"""The task's way up to its patch; the watch is asked before each (publish and finish always follow)."""
 
 
-def _cut_short(
-    ctx: WorkerContext, attempt: Attempt, watch: Watch, run: _Run, exc: Exception
-) -> tuple[TaskState, str | None]:
-    """The state and reason of a run that raised ``exc``; keeps the partial diff where that helps."""
-    if watch.superseded.is_set():
-        raise Superseded(f"attempt {attempt.number} of task {attempt.task_id} was superseded") from exc
+# --- how it ends ----------------------------------------------------------------------------------
+
+
+def _cut_short(run: _Run, exc: Exception) -> tuple[TaskState, str | None]:
+    """The state and reason of a run that raised ``exc``: the watch says whether it was stopped, and why; a
+    cancelled run keeps its partial diff, as does one that ran out of budget, disk or time."""
+    stopped = run.watch.stop_reason(ask=True)
+    if stopped == "superseded":
+        raise Superseded(f"attempt {run.attempt.number} of task {run.task.id} was superseded") from exc
     if not errors.expected(exc):
-        log.error("task %s crashed:\n%s", attempt.task_id, "".join(traceback.format_exception(exc)))
-    cancelled = isinstance(exc, Cancelled) or watch.cancelled.is_set() or _cancel_requested(attempt)
-    reason = "cancelled by user" if cancelled else errors.failure_reason(exc)
-    if cancelled or errors.keeps_partial_diff(exc):
-        _store_partial(ctx, attempt, run, reason)
-    return (TaskState.cancelled if cancelled else TaskState.failed), reason
+        log.error("task %s crashed:\n%s", run.task.id, "".join(traceback.format_exception(exc)))
+    reason = CANCELLED_BY_USER if stopped == "cancelled" else errors.failure_reason(exc)
+    if stopped == "cancelled" or errors.keeps_partial_diff(exc):
+        _store_partial(run, reason)
+    return (TaskState.cancelled if stopped == "cancelled" else TaskState.failed), reason
 
 
-def _cancel_requested(attempt: Attempt) -> bool:
-    """Asked between steps and on the way out; when the database does not answer, the watcher's flag decides."""
-    try:
-        with attempt.sessions() as session:
-            return store.tasks.cancel_requested(session, attempt.task_id)
-    except Exception:
-        return False
-
-
-def _release(task_id: str, watch: Watch, run: _Run) -> None:
+def _release(run: _Run) -> None:
     if run.sandbox is not None:
-        watch.sandbox = None
+        run.watch.attach(None)
         try:
             run.sandbox.close()
         except Exception:  # the reaper removes it later; the task still ends
-            log.exception("could not remove the sandbox of task %s", task_id)
+            log.exception("could not remove the sandbox of task %s", run.task.id)
     remove_owned(run.workspace)
 
 
-def _publish_and_finish(
-    ctx: WorkerContext, attempt: Attempt, mirror: Path | None, state: TaskState, reason: str | None
-) -> None:
+def _publish_and_finish(run: _Run, state: TaskState, reason: str | None) -> None:
     """Tell where the task came from, then write its final state (last: when a task reads as ended, its
     sandbox is gone and its result published). A superseded attempt publishes nothing."""
-    task_id = attempt.task_id
+    ctx, attempt, task_id = run.ctx, run.attempt, run.task.id
     try:
         attempt.write(lambda session: None)  # still this attempt's task?
         if ctx.hooks is not None:
             try:
-                ctx.hooks.finished(task_id, state, reason, mirror)
+                ctx.hooks.finished(task_id, state, reason, run.mirror)
             except Exception:  # publishing is the hook's business; the task still ends
                 log.exception("publishing the result of task %s failed", task_id)
         attempt.write(lambda session: _finish(session, task_id, state, reason))
@@ -318,20 +375,20 @@ def _finish(session: Session, task_id: str, state: TaskState, reason: str | None
                      reason=reason)  # fmt: skip
 
 
-def _store_patch(ctx: WorkerContext, attempt: Attempt, run: _Run, submission: Submitted, *, complete: bool) -> None:
+def _keep_patch(run: _Run, submission: Submitted, *, complete: bool) -> None:
     assert run.sandbox is not None and run.base_sha is not None and run.mirror is not None
-    store_patch(attempt, run.sandbox, run.base_sha, run.mirror, submission, run.trajectory, complete=complete,
-                author=ctx.author, limits=ctx.limits)  # fmt: skip
+    store_patch(run.attempt, run.sandbox, run.base_sha, run.mirror, submission, run.trajectory, complete=complete,
+                author=run.ctx.author, limits=run.ctx.limits)  # fmt: skip
 
 
-def _store_partial(ctx: WorkerContext, attempt: Attempt, run: _Run, reason: str) -> None:
+def _store_partial(run: _Run, reason: str) -> None:
     """Keep what the agent did before the run was cut short, marked incomplete."""
     if run.sandbox is None or run.base_sha is None or run.mirror is None:
         return
     try:
         partial = Submitted(summary=reason, pr_title=f"Incomplete: {reason}"[:200], pr_body=reason)
-        _store_patch(ctx, attempt, run, partial, complete=False)
+        _keep_patch(run, partial, complete=False)
     except Superseded:
         raise
     except Exception:  # the task's end matters more than its partial diff
-        log.exception("could not store the partial diff of task %s", attempt.task_id)
+        log.exception("could not store the partial diff of task %s", run.task.id)

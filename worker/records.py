@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 import store.events
 import store.patches
 import store.tasks
-from agent.base import AssistantTurn, Cancelled, ModelClient, Submitted
+from agent.base import AssistantTurn, ModelClient, Submitted
 from agent.loop import Trajectory
 from sandbox.base import Sandbox
 from worker.attempt import Attempt, Superseded, Watch
@@ -124,8 +124,7 @@ class UsageRecorder:
 
         threading.Thread(target=call, name=f"model-{self.attempt.task_id}", daemon=True).start()
         while not done.wait(0.2):
-            if self.watch.stopping:
-                raise Cancelled("cancelled by user")
+            self.watch.check()
         if "error" in result:
             raise result["error"]
         turn: AssistantTurn = result["turn"]
