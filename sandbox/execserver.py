@@ -33,6 +33,7 @@ from execsupport import (  # type: ignore[import-not-found]
     kill_session,
     lock_down,
     open_regular,
+    popen_retrying,
     process_owner_and_session,
     reap_as_init,
     safe_env,
@@ -48,7 +49,6 @@ STRAY_PASSES = 20
 _HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "overnight-spawn")
 SPAWN = _HELPER if os.access(_HELPER, os.X_OK) else None
 """overnight-spawn beside the server (the worker compiled it), else None: commands start through setpriv."""
-FORK_RETRIES = 30
 HANDLERS = 16
 """Threads started before any command runs: a command that fills the pid limit cannot stop the server from
 answering (an interrupt must get through)."""
@@ -202,104 +202,17 @@ class Server:
         return {"entries": sorted(os.listdir(request["path"]))}
 
     def do_run(self, request):
-        command = request["command"]
-        env = dict(os.environ)
-        env.update(request.get("env") or {})
-        if request.get("session"):
-            env["__OV_STATE"] = STATE_DIR
-            command = SESSION_PROLOGUE + command + "\n"
-        if self.disk_limit:  # no file may outgrow the workspace's limit (ulimit -f counts KiB)
-            command = f"ulimit -f {self.disk_limit // 1024}\n{command}"
+        """Run one command to its end, its timeout or the disk limit, and answer with its output."""
+        command, env = self.wrap_command(request)
         limit = request.get("output_limit") or 32000
         timeout = float(request.get("timeout") or 300)
         if self.deadline is not None:
             timeout = min(timeout, max(self.deadline - time.time(), 0.1))
         started = time.monotonic()
-
-        cwd = request.get("cwd") or self.workdir
-        if self.separate:  # the server may not enter the commands' folders: setpriv starts in /, bash goes there
-            command = f"cd -- {shlex.quote(cwd)} || exit 1\n{command}"
-            cwd = "/"
-        argv = command_argv(command, self.command_uid if self.separate else None, self.command_gid, SPAWN)
-        with self.running_lock:
-            self.starting += 1
-        # setpriv must start with this thread's file uid back at the server's own: an exec whose file uid
-        # differs from its effective one drops the ambient capabilities setpriv needs.
-        act_as(os.geteuid(), os.getegid())
-        try:
-            for attempt in range(FORK_RETRIES):
-                try:
-                    process = subprocess.Popen(
-                        argv,
-                        cwd=cwd,
-                        env=safe_env(env),
-                        stdin=subprocess.PIPE if request.get("stdin") is not None else subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE,
-                        start_new_session=True,
-                    )
-                    break
-                except BlockingIOError:  # the pid limit is full: killed processes may still be on their way out
-                    if attempt == FORK_RETRIES - 1:
-                        raise
-                    time.sleep(0.1)
-        finally:
-            act_as(self.command_uid, self.command_gid)
-            with self.running_lock:
-                self.starting -= 1
-        with self.running_lock:
-            self.running.add(process.pid)
-        if request.get("stdin") is not None:
-            try:
-                process.stdin.write(base64.b64decode(request["stdin"]))
-                process.stdin.close()
-            except BrokenPipeError:
-                pass
+        process = self.start_command(command, request.get("cwd") or self.workdir, env, request.get("stdin"))
         outputs = {"stdout": Capture(limit), "stderr": Capture(limit)}
-        selector = selectors.DefaultSelector()
-        selector.register(process.stdout, selectors.EVENT_READ, "stdout")
-        selector.register(process.stderr, selectors.EVENT_READ, "stderr")
-        timed_out = disk = False
-        next_disk_check = started + 1.0
-        open_streams = 2
-        drain_until = None
-        while open_streams:
-            now = time.monotonic()
-            if now - started > timeout:
-                timed_out = True
-                break
-            if drain_until is None and process.poll() is not None:
-                # The command is done; a background child may still hold its pipes: read briefly, then stop.
-                drain_until = now + DRAIN_SECONDS
-            if drain_until is not None and now > drain_until:
-                break
-            if self.disk_limit and now >= next_disk_check:
-                next_disk_check = now + 1.0
-                if self.disk_over():
-                    disk = True
-                    break
-            for key, _ in selector.select(timeout=0.05 if drain_until else 0.2):
-                data = os.read(key.fileobj.fileno(), CHUNK)
-                if data:
-                    outputs[key.data].feed(data)
-                else:
-                    selector.unregister(key.fileobj)
-                    open_streams -= 1
-        if timed_out or disk:
-            kill_session(process.pid)
-        try:
-            exit_code = process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            kill_session(process.pid)
-            exit_code = process.wait()
-        if not (timed_out or disk):
-            kill_session(process.pid)  # background leftovers must not outlive their command
-        with self.running_lock:
-            self.running.discard(process.pid)
-        self.kill_strays()
-        selector.close()
-        process.stdout.close()
-        process.stderr.close()
+        timed_out, disk = self.read_output(process, outputs, started, timeout)
+        exit_code = self.end_command(process, killed=timed_out or disk)
         if self.disk_limit and not disk and self.disk_over():
             disk = True
         if disk:
@@ -312,6 +225,99 @@ class Server:
             "disk_exceeded": disk,
             "duration": time.monotonic() - started,
         }
+
+    def wrap_command(self, request):
+        """The script bash runs (in the caller's session, under the file size limit) and its environment."""
+        command = request["command"]
+        env = dict(os.environ)
+        env.update(request.get("env") or {})
+        if request.get("session"):
+            env["__OV_STATE"] = STATE_DIR
+            command = SESSION_PROLOGUE + command + "\n"
+        if self.disk_limit:  # no file may outgrow the workspace's limit (ulimit -f counts KiB)
+            command = f"ulimit -f {self.disk_limit // 1024}\n{command}"
+        return command, env
+
+    def start_command(self, command, cwd, env, stdin):
+        """Start the command in a session of its own, as the commands' uid, counted as running from the
+        moment it exists (never a stray to kill), and hand it its standard input."""
+        if self.separate:  # the server may not enter the commands' folders: setpriv starts in /, bash goes there
+            command = f"cd -- {shlex.quote(cwd)} || exit 1\n{command}"
+            cwd = "/"
+        argv = command_argv(command, self.command_uid if self.separate else None, self.command_gid, SPAWN)
+        with self.running_lock:
+            self.starting += 1
+        # setpriv must start with this thread's file uid back at the server's own: an exec whose file uid
+        # differs from its effective one drops the ambient capabilities setpriv needs.
+        act_as(os.geteuid(), os.getegid())
+        try:
+            process = popen_retrying(
+                argv, cwd, safe_env(env), subprocess.PIPE if stdin is not None else subprocess.DEVNULL
+            )
+        finally:
+            act_as(self.command_uid, self.command_gid)
+            with self.running_lock:
+                self.starting -= 1
+        with self.running_lock:
+            self.running.add(process.pid)
+        if stdin is not None:
+            try:
+                process.stdin.write(base64.b64decode(stdin))
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+        return process
+
+    def read_output(self, process, outputs, started, timeout):
+        """Read the command's output until it is done and its pipes are drained; ``(timed_out, disk)`` says
+        whether it was stopped for its time or for the disk limit instead."""
+        selector = selectors.DefaultSelector()
+        selector.register(process.stdout, selectors.EVENT_READ, "stdout")
+        selector.register(process.stderr, selectors.EVENT_READ, "stderr")
+        next_disk_check = started + 1.0
+        open_streams = 2
+        drain_until = None
+        with selector:
+            while open_streams:
+                now = time.monotonic()
+                if now - started > timeout:
+                    return True, False
+                if drain_until is None and process.poll() is not None:
+                    # The command is done; a background child may still hold its pipes: read briefly, then stop.
+                    drain_until = now + DRAIN_SECONDS
+                if drain_until is not None and now > drain_until:
+                    break
+                if self.disk_limit and now >= next_disk_check:
+                    next_disk_check = now + 1.0
+                    if self.disk_over():
+                        return False, True
+                for key, _ in selector.select(timeout=0.05 if drain_until else 0.2):
+                    data = os.read(key.fileobj.fileno(), CHUNK)
+                    if data:
+                        outputs[key.data].feed(data)
+                    else:
+                        selector.unregister(key.fileobj)
+                        open_streams -= 1
+        return False, False
+
+    def end_command(self, process, killed):
+        """Wait for the command (its session killed first when it was stopped), then kill whatever it left
+        behind, and return its exit code."""
+        if killed:
+            kill_session(process.pid)
+        try:
+            exit_code = process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            kill_session(process.pid)
+            exit_code = process.wait()
+        if not killed:
+            kill_session(process.pid)  # background leftovers must not outlive their command
+        with self.running_lock:
+            self.running.discard(process.pid)
+        self.kill_strays()
+        process.stdout.close()
+        process.stderr.close()
+        return exit_code
 
 
 def serve(args):

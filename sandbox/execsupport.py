@@ -9,12 +9,15 @@ import errno
 import os
 import signal
 import stat
+import subprocess
+import time
 
 CHUNK = 65536
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 LIBC = ctypes.CDLL(None, use_errno=True)
+FORK_RETRIES = 30
 
 
 class Capture:
@@ -223,3 +226,17 @@ def command_argv(command, uid, gid, spawn=None):
 def safe_env(env):
     """``env`` without the variables that would run code inside setpriv before it drops its capabilities."""
     return {name: value for name, value in env.items() if not name.startswith(UNSAFE_ENV)}
+
+
+def popen_retrying(argv, cwd, env, stdin):
+    """Start ``argv`` in a session of its own, trying again while the pid limit is full."""
+    for attempt in range(FORK_RETRIES):
+        try:
+            return subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True,
+            )  # fmt: skip
+        except BlockingIOError:  # the pid limit is full: killed processes may still be on their way out
+            if attempt == FORK_RETRIES - 1:
+                raise
+            time.sleep(0.1)
