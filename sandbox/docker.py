@@ -88,11 +88,7 @@ class DockerBackend:
 
     def start(self, spec: SandboxSpec) -> DockerSandbox:
         image, environment = self._image(spec)
-        try:
-            self.client.images.get(image)  # `containers.run` would try to pull a missing image
-        except docker.errors.ImageNotFound as exc:
-            hint = "run `overnight image build`" if image == self.config.image else "it is not on this worker"
-            raise SandboxUnavailableError(f"sandbox image {image!r} not found: {hint}") from exc
+        self._check_image(image)
         uid, gid = sandbox_ids(spec.workspace)
         # A network only on the set-up bridge, behind its firewall (made before anything needs cleaning up).
         network = (
@@ -102,8 +98,28 @@ class DockerBackend:
         )
         check_workspace(spec.workspace, self.config)
         control = control_folder(self.config.control_root)
+        staging = self._staging(image, uid, gid) if spec.purpose == "setup" else None
+        options = self._container_options(spec, uid, gid, _mounts(spec, control, environment, staging))
+        try:
+            container = self.client.containers.run(image, **options, **network)
+        except docker.errors.DockerException as exc:
+            remove_owned(control)
+            if staging is not None:
+                remove_owned(staging)
+            raise SandboxUnavailableError(f"could not start the sandbox container: {exc}") from exc
+        return self._connect(container, control, staging)
+
+    def _check_image(self, image: str) -> None:
+        try:
+            self.client.images.get(image)  # `containers.run` would try to pull a missing image
+        except docker.errors.ImageNotFound as exc:
+            hint = "run `overnight image build`" if image == self.config.image else "it is not on this worker"
+            raise SandboxUnavailableError(f"sandbox image {image!r} not found: {hint}") from exc
+
+    def _container_options(self, spec: SandboxSpec, uid: int, gid: int, mounts: list[Mount]) -> dict[str, Any]:
+        """What ``containers.run`` gets besides the image and the network: the exec server as the command,
+        the limits, the mounts, and no privilege it does not need."""
         setup = spec.purpose == "setup"
-        staging = self._staging(image, uid, gid) if setup else None
         # The container starts as root only for setpriv, which becomes SERVER_UID keeping the three
         # capabilities the server needs to start commands as their own uid and to kill them; the server
         # clears them from what commands inherit before anything else runs.
@@ -115,50 +131,35 @@ class DockerBackend:
             f" --command-uid {uid} --command-gid {gid} --seccomp {CONTROL_DIR}/seccomp.bpf --home {SANDBOX_HOME}"
             + ("" if setup else f" --seed-home {HOME_SEED}")
         )
-        # Mounts, not `volumes=`: the SDK would also declare volumes in the container's config.
-        mounts = [
-            Mount(WORKDIR, str(spec.workspace), type="bind"),
-            Mount(CONTROL_DIR, str(control), type="bind"),
-        ]
-        if spec.ca_bundle is not None:
-            mounts.append(Mount(CA_PATH, str(spec.ca_bundle.resolve()), type="bind", read_only=True))
-        if staging is not None:  # a set-up writes its environment...
-            mounts.append(Mount(ENV_OPT, str(staging / "opt"), type="bind"))
-        elif environment is not None:  # ...that agents started from it read
-            mounts.append(Mount(ENV_OPT, str(environment / "opt"), type="bind", read_only=True))
-        # Set-up too: a read-only root, so nothing lands in the container's own (unlimited) layer.
-        options: dict[str, Any] = {"read_only": True, "shm_size": self.config.shm_size}
-        options["tmpfs"] = {
-            "/tmp": f"size={self.config.tmp_size},mode=1777",
-            SANDBOX_HOME: f"size={self.config.home_size},mode=0700,uid={uid},gid={gid}",
+        return {
+            "command": ["sh", "-c", server],
+            "detach": True,
+            "name": f"overnight-{spec.task_id}-{spec.purpose}-{os.urandom(3).hex()}",
+            "labels": sandbox_labels(spec),
+            "user": "0:0",
+            "environment": sandbox_environment(spec),
+            "working_dir": WORKDIR,
+            "mounts": mounts,
+            "mem_limit": self.config.memory,
+            "memswap_limit": self.config.memory,
+            "pids_limit": self.config.pids,
+            "nano_cpus": int(self.config.cpus * 1e9),
+            "cap_drop": ["ALL"],
+            "cap_add": ["SETUID", "SETGID", "KILL"],
+            "security_opt": ["no-new-privileges"],
+            "init": False,  # the exec server reaps as pid 1 (docker-init would run as root)
+            # Set-up too: a read-only root, so nothing lands in the container's own (unlimited) layer.
+            "read_only": True,
+            "shm_size": self.config.shm_size,
+            "tmpfs": {
+                "/tmp": f"size={self.config.tmp_size},mode=1777",
+                SANDBOX_HOME: f"size={self.config.home_size},mode=0700,uid={uid},gid={gid}",
+            },
         }
-        try:
-            container = self.client.containers.run(
-                image,
-                command=["sh", "-c", server],
-                detach=True,
-                name=f"overnight-{spec.task_id}-{spec.purpose}-{os.urandom(3).hex()}",
-                labels=sandbox_labels(spec),
-                user="0:0",
-                environment=sandbox_environment(spec),
-                working_dir=WORKDIR,
-                mounts=mounts,
-                mem_limit=self.config.memory,
-                memswap_limit=self.config.memory,
-                pids_limit=self.config.pids,
-                nano_cpus=int(self.config.cpus * 1e9),
-                cap_drop=["ALL"],
-                cap_add=["SETUID", "SETGID", "KILL"],
-                security_opt=["no-new-privileges"],
-                init=False,  # the exec server reaps as pid 1 (docker-init would run as root)
-                **options,
-                **network,
-            )
-        except docker.errors.DockerException as exc:
-            remove_owned(control)
-            if staging is not None:
-                remove_owned(staging)
-            raise SandboxUnavailableError(f"could not start the sandbox container: {exc}") from exc
+
+    def _connect(self, container: Container, control: Path, staging: Path | None) -> DockerSandbox:
+        """The sandbox for a started container, once its exec server answers; closing it removes the
+        container, its control folder and a set-up's environment that was never snapshotted."""
 
         def stop() -> None:
             try:
@@ -240,6 +241,23 @@ def _running(container: Container) -> bool:
     except docker.errors.NotFound:
         return False
     return container.status in ("created", "running")
+
+
+def _mounts(spec: SandboxSpec, control: Path, environment: Path | None, staging: Path | None) -> list[Mount]:
+    """The workspace, the control folder, the CA bundle, and a set-up's environment (written) or the one an
+    agent starts from (read-only)."""
+    # Mounts, not `volumes=`: the SDK would also declare volumes in the container's config.
+    mounts = [
+        Mount(WORKDIR, str(spec.workspace), type="bind"),
+        Mount(CONTROL_DIR, str(control), type="bind"),
+    ]
+    if spec.ca_bundle is not None:
+        mounts.append(Mount(CA_PATH, str(spec.ca_bundle.resolve()), type="bind", read_only=True))
+    if staging is not None:  # a set-up writes its environment...
+        mounts.append(Mount(ENV_OPT, str(staging / "opt"), type="bind"))
+    elif environment is not None:  # ...that agents started from it read
+        mounts.append(Mount(ENV_OPT, str(environment / "opt"), type="bind", read_only=True))
+    return mounts
 
 
 def sandbox_labels(spec: SandboxSpec) -> dict[str, str]:
