@@ -69,26 +69,14 @@ class BwrapBackend:
         self.config = config
 
     def start(self, spec: SandboxSpec) -> BwrapSandbox:
-        if shutil.which("bwrap") is None:
-            raise SandboxUnavailableError("bubblewrap is not installed (apt-get install bubblewrap)")
-        if not (self.config.rootfs / "usr" / "bin" / "python3").exists():
-            raise SandboxUnavailableError(
-                f"no sandbox root filesystem at {self.config.rootfs}: run `overnight image build`"
-            )
+        self._check_host()
         check_workspace(spec.workspace, self.config)
         # Two uids, the same inside and outside: the exec server's (SERVER_UID) and the commands'
         # (SANDBOX_UID), neither of them root; the worker writes that user-namespace map itself.
         uid, gid = sandbox_ids(spec.workspace)
         network = SlirpNetwork(self.config.setup_egress) if spec.network else None
-        environment: Path | None = None
-        if spec.purpose == "setup":
-            self.config.environments.mkdir(parents=True, exist_ok=True)
-            environment = owned_tempdir("staging-", self.config.environments)
-            try:  # its /opt/overnight: a disk of its own, as large as the disk limit
-                make_limited_folder(environment / "opt", self.config, owner=(uid, gid))
-            except BaseException:
-                remove_owned(environment)
-                raise
+        environment = self._staging(uid, gid) if spec.purpose == "setup" else None
+        if environment is not None:
             spec = spec.model_copy(update={"image": str(environment)})
         control = control_folder(self.config.control_root)
         if network is not None:
@@ -114,6 +102,38 @@ class BwrapBackend:
             if environment is not None:
                 remove_owned(environment)
             raise SandboxUnavailableError(f"could not start bubblewrap: {exc}") from exc
+        return self._connect(process, group, control, environment, network)
+
+    def _check_host(self) -> None:
+        if shutil.which("bwrap") is None:
+            raise SandboxUnavailableError("bubblewrap is not installed (apt-get install bubblewrap)")
+        if not (self.config.rootfs / "usr" / "bin" / "python3").exists():
+            raise SandboxUnavailableError(
+                f"no sandbox root filesystem at {self.config.rootfs}: run `overnight image build`"
+            )
+
+    def _staging(self, uid: int, gid: int) -> Path:
+        """A set-up's environment folder; its /opt/overnight: a disk of its own, as large as the disk limit."""
+        self.config.environments.mkdir(parents=True, exist_ok=True)
+        environment = owned_tempdir("staging-", self.config.environments)
+        try:
+            make_limited_folder(environment / "opt", self.config, owner=(uid, gid))
+        except BaseException:
+            remove_owned(environment)
+            raise
+        return environment
+
+    def _connect(
+        self,
+        process: subprocess.Popen[bytes],
+        group: CGroup,
+        control: Path,
+        environment: Path | None,
+        network: SlirpNetwork | None,
+    ) -> BwrapSandbox:
+        """The sandbox for a started bubblewrap, once its relay (if any) is attached and its exec server
+        answers; closing it kills the process group and removes the cgroup, the control folder, a set-up's
+        environment that was never snapshotted, and the relay."""
 
         def stop() -> None:
             if process.poll() is None:
