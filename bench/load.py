@@ -64,64 +64,70 @@ def main() -> None:
     ):
         tmp = Path(name)
         database = f"sqlite:///{tmp / 'overnight.db'}"
-        migrate(make_engine(database))
-        with make_sessionmaker(make_engine(database)).begin() as session:
-            # Admins: the repository is a local path (the API refuses those to other users).
-            tokens = [store.users.create_token(session, f"user{n}", admin=True) for n in range(args.users)]
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")} | {
-            "OVERNIGHT_DATA_DIR": str(tmp / "data"),
-            "OVERNIGHT_DATABASE_URL": database,
-            "OVERNIGHT_BROKER_URL": "redis://127.0.0.1:6379/0",
-            "OVERNIGHT_QUEUE": f"bench-load-{secrets.token_hex(3)}",
-            "OVERNIGHT_ALLOW_LOCAL_REPOS": "true",
-            "OVERNIGHT_LOCAL_REPO_ROOTS": f'["{tmp}"]',
-            "OVERNIGHT_LLM_BASE_URL": model.base_url,
-            "OVERNIGHT_SANDBOX_BACKEND": "docker",
-        }
-        processes = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "api.app:create_app",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-                start_new_session=True,
-            ),
-            *[
-                subprocess.Popen(
-                    [sys.executable, "-m", "worker", "1"],
-                    env=env,
-                    start_new_session=True,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                for _ in range(args.workers)
-            ],
-        ]
-        base = f"http://127.0.0.1:{port}"
+        tokens = make_users(database, args.users)
+        port = free_port()
+        processes = start_processes(server_env(tmp, database, model.base_url), port, args.workers)
         try:
-            result = run(base, tokens, make_repo(tmp), args.tasks, model)
+            result = run(f"http://127.0.0.1:{port}", tokens, make_repo(tmp), args.tasks, model)
         finally:
-            for process in processes:
-                os.killpg(process.pid, signal.SIGTERM)
-            for process in processes:
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+            stop_processes(processes)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+
+
+def make_users(database: str, users: int) -> list[str]:
+    """A migrated database with ``users`` users; their tokens."""
+    migrate(make_engine(database))
+    with make_sessionmaker(make_engine(database)).begin() as session:
+        # Admins: the repository is a local path (the API refuses those to other users).
+        return [store.users.create_token(session, f"user{n}", admin=True) for n in range(users)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(tmp: Path, database: str, model_url: str) -> dict[str, str]:
+    """This process's environment without its own OVERNIGHT_ settings, with the benchmark's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OVERNIGHT_")} | {
+        "OVERNIGHT_DATA_DIR": str(tmp / "data"),
+        "OVERNIGHT_DATABASE_URL": database,
+        "OVERNIGHT_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "OVERNIGHT_QUEUE": f"bench-load-{secrets.token_hex(3)}",
+        "OVERNIGHT_ALLOW_LOCAL_REPOS": "true",
+        "OVERNIGHT_LOCAL_REPO_ROOTS": f'["{tmp}"]',
+        "OVERNIGHT_LLM_BASE_URL": model_url,
+        "OVERNIGHT_SANDBOX_BACKEND": "docker",
+    }
+
+
+def start_processes(env: dict[str, str], port: int, workers: int) -> list[subprocess.Popen[bytes]]:
+    """The API under uvicorn and ``workers`` worker processes, each in a session of its own."""
+    api = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port), "--log-level",
+           "warning"]  # fmt: skip
+    worker = [sys.executable, "-m", "worker", "1"]
+    return [
+        subprocess.Popen(api, env=env, start_new_session=True),
+        *[
+            subprocess.Popen(
+                worker, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            for _ in range(workers)
+        ],
+    ]
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def run(base: str, tokens: list[str], repo: Path, count: int, model: ScriptedModelServer) -> dict[str, Any]:
@@ -196,7 +202,6 @@ def _wait(client: httpx.Client, ids: list[str], timeout: float) -> None:
 
 def _wait_all(clients: list[httpx.Client], ids: list[tuple[int, str]], timeout: float) -> dict[str, int]:
     deadline = time.monotonic() + timeout
-    pending = dict(ids)
     pending = {task_id: owner for owner, task_id in ids}
     states: dict[str, int] = {}
     while pending and time.monotonic() < deadline:
