@@ -1,7 +1,8 @@
 """The worker's side of GitHub: a reaction and a progress comment when a task starts, then — once the patch
-is stored — its commit pushed to ``overnight/<task-id>-<slug>``, a draft pull request, and the progress
-comment updated in place with the link (or the reason). Publishing never changes how the task ended: a task
-whose push or pull request fails still succeeds with its patch stored, and says so.
+is stored — its commit (the very one its mbox was made from) pushed to ``overnight/<task-id>-<slug>``, a
+draft pull request, and the progress comment updated in place with the link (or the reason). Publishing
+never changes how the task ended: a task whose push or pull request fails still succeeds with its patch
+stored, and says so.
 
 Tokens stay on the worker: git gets them as an HTTP header through the environment, never in a URL, a
 remote, an event or a log line, and no sandbox exists while they are in use.
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
-from pathlib import Path
 
 import git
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +25,7 @@ from overnight.github.markers import MARK, reaction_target
 from store.models import GitHubLink, TaskState
 from worker.errors import PublishError, TaskFailure
 from worker.mirrors import credential_origin, git_env
+from worker.repo import Commit
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,12 @@ class GitHubHooks:
         sessions: sessionmaker[Session],
         *,
         allow_local: bool,
-        author: tuple[str, str],
         label: str = "overnight",
         draft: bool = True,
         public_url: str | None = None,
     ) -> None:
         self.client, self.sessions, self.label = client, sessions, label
-        self.allow_local, self.author, self.draft = allow_local, author, draft
+        self.allow_local, self.draft = allow_local, draft
         self.public_url = public_url.rstrip("/") if public_url else None
 
     def _link(self, task_id: str) -> GitHubLink | None:
@@ -79,19 +78,19 @@ class GitHubHooks:
             log.warning("task %s: could not acknowledge on %s#%s: %s", task_id, repo, link.number, exc)
             self._event(task_id, {"state": "acknowledge-failed", "reason": str(exc)})
 
-    def finished(self, task_id: str, state: TaskState, reason: str | None, mirror: Path | None) -> None:
-        """Publish a succeeded task's patch and report any ending on the issue; never raises."""
+    def finished(self, task_id: str, state: TaskState, reason: str | None, commit: Commit | None) -> None:
+        """Publish a succeeded task's patch (``commit``) and report any ending on the issue; never raises."""
         link = self._link(task_id)
         if link is None:
             return
         try:
-            self._finish(task_id, link, state, reason, mirror)
+            self._finish(task_id, link, state, reason, commit)
         except Exception as exc:  # publishing must not change how the task ended
             log.exception("task %s: publishing failed", task_id)
             self._failed(task_id, link, f"internal error: {type(exc).__name__}: {exc}")
 
     def _finish(
-        self, task_id: str, link: GitHubLink, state: TaskState, reason: str | None, mirror: Path | None
+        self, task_id: str, link: GitHubLink, state: TaskState, reason: str | None, commit: Commit | None
     ) -> None:
         with self.sessions() as session:
             patch = store.patches.get_patch(session, task_id)
@@ -104,9 +103,9 @@ class GitHubHooks:
             self._set(task_id, "skipped", None)
             return
         try:
-            if mirror is None:
-                raise PublishError("no copy of the repository to push from")
-            self._push(link, mirror, patch.base_sha, patch.mbox, new_branch=link.pr_number is None)
+            if commit is None:
+                raise PublishError("no commit of the patch to push")
+            self._push(link, commit, new_branch=link.pr_number is None)
             if link.pr_number is None:
                 body = f"{patch.body.strip()}\n\nFixes #{link.number}\n\n{self._task_line(task_id)}"
                 pull = self.client.create_pull(link.installation_id, link.repo, title=patch.title, head=link.branch,
@@ -126,31 +125,17 @@ class GitHubHooks:
         self._event(task_id, {"state": "published", "branch": link.branch, "pull_request": link.pr_url})
         self._report(task_id, link, message)
 
-    def _push(self, link: GitHubLink, mirror: Path, base_sha: str, mbox: str, *, new_branch: bool) -> None:
-        """The stored commit (``git am`` of the mbox on the base) pushed to the task's branch."""
-        url = self._remote(mirror)
+    def _push(self, link: GitHubLink, commit: Commit, *, new_branch: bool) -> None:
+        """The patch's commit, as made when the patch was stored, pushed to the task's branch from the task's own
+        repository (the mirror names the remote)."""
+        url = str(git.Repo(commit.mirror).git.config("--get", "remote.origin.url")).strip()
         token = self.client.credentials.token(link.installation_id)
-        name, email = self.author
-        with tempfile.TemporaryDirectory(prefix="overnight-push-") as tmp:
-            local = {**git_env(allow_local=True), "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
-            try:
-                scratch = git.Repo.clone_from(str(mirror), Path(tmp) / "repo", env=local, no_checkout=True,
-                                              shared=True)  # fmt: skip
-                (Path(tmp) / "commit.mbox").write_text(mbox)
-                scratch.git.checkout("-q", "--detach", base_sha, env=local)
-                scratch.git.am("-q", "--keep-cr", str(Path(tmp) / "commit.mbox"), env=local)
-            except git.GitCommandError as exc:
-                raise PublishError(f"could not rebuild the commit: {_git_error(exc, token)}") from exc
-            remote = git_env(allow_local=self.allow_local, credentials={credential_origin(url) or "": token}, url=url)
-            args = ["--force"] if new_branch else []  # the branch is this task's own; follow-ups only fast-forward
-            try:
-                scratch.git.push(*args, "--", url, f"HEAD:refs/heads/{link.branch}", env=remote)
-            except git.GitCommandError as exc:
-                raise PublishError(f"push to {link.branch} rejected: {_git_error(exc, token)}") from exc
-
-    def _remote(self, mirror: Path) -> str:
-        url = git.Repo(mirror).git.config("--get", "remote.origin.url")
-        return str(url).strip()
+        remote = git_env(allow_local=self.allow_local, credentials={credential_origin(url) or "": token}, url=url)
+        args = ["--force"] if new_branch else []  # the branch is this task's own; follow-ups only fast-forward
+        try:
+            git.Git(str(commit.repository)).push(*args, "--", url, f"{commit.sha}:refs/heads/{link.branch}", env=remote)
+        except git.GitCommandError as exc:
+            raise PublishError(f"push to {link.branch} rejected: {_git_error(exc, token)}") from exc
 
     def _failed(self, task_id: str, link: GitHubLink, reason: str) -> None:
         log.warning("task %s: publishing failed: %s", task_id, reason)

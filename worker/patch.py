@@ -3,8 +3,8 @@
 Runs inside the sandbox (a repository's own git config must never run code on the worker). New files are
 included and binary ones as git binary patches; a built-in list keeps caches, virtualenvs, dependencies and
 build output out — on top of the repository's own ignore rules — and what it kept out is reported. The
-patch is checked with ``git apply --check`` against a clean index of the base commit in the worker's
-pristine copy of the repository (which no untrusted code touched) before it is stored.
+worker then makes the patch's one commit on the base commit of its pristine copy of the repository (which no
+untrusted code touched), which checks that it applies, before it is stored (``worker/repo.py``).
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ import json
 import re
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sandbox.base import Sandbox, SandboxFileTooLargeError
 from sandbox.environments import WORKSPACE_MODIFIED
 from worker.errors import TaskFailure
-from worker.hostgit import DEFAULT_GIT_MEMORY, DEFAULT_MAX_PATCH_BYTES
-from worker.repo import check_patch_applies
+from worker.hostgit import DEFAULT_MAX_PATCH_BYTES
 
 BUILTIN_EXCLUDES = (
     "__pycache__/", "*.py[cod]", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".hypothesis/",
@@ -63,16 +61,8 @@ class ExtractedPatch:
     tracked files only the set-up changed."""
 
 
-def extract_patch(
-    sandbox: Sandbox,
-    base_sha: str,
-    mirror: Path,
-    *,
-    max_bytes: int = DEFAULT_MAX_PATCH_BYTES,
-    memory: int = DEFAULT_GIT_MEMORY,
-) -> ExtractedPatch:
-    """The diff, read out of the sandbox in pieces and refused past ``max_bytes`` (OVERNIGHT_MAX_PATCH_BYTES),
-    then checked on the worker with git's memory bounded by ``memory``."""
+def extract_patch(sandbox: Sandbox, base_sha: str, *, max_bytes: int = DEFAULT_MAX_PATCH_BYTES) -> ExtractedPatch:
+    """The diff, read out of the sandbox in pieces and refused past ``max_bytes`` (OVERNIGHT_MAX_PATCH_BYTES)."""
     patterns = " ".join(shlex.quote(p) for p in BUILTIN_EXCLUDES)
     script = SCRIPT.format(
         patterns=patterns,
@@ -92,7 +82,6 @@ def extract_patch(
         raise TaskFailure(
             f"the patch is {exc.size} bytes, more than the {max_bytes} a task may produce (OVERNIGHT_MAX_PATCH_BYTES)"
         ) from exc
-    check_patch_applies(mirror, base_sha, diff, memory=memory)
     listed = sandbox.read_file(EXCLUDED, limit=EXCLUDED_BYTES, truncate=True)
     cut = len(listed) == EXCLUDED_BYTES  # the last path may be partial
     excluded = [p.decode("utf-8", errors="replace") for p in listed.split(b"\0")[: -1 if cut else None] if p]

@@ -47,7 +47,7 @@ from worker.environment import Environment, SetupPolicy, enter_environment, prep
 from worker.hostgit import DataLimits
 from worker.patch import changed_files
 from worker.records import UsageRecorder, event_sink, store_patch, store_trajectory
-from worker.repo import Checkout, apply_to_workspace, clone_repository, task_owner
+from worker.repo import Checkout, Commit, apply_to_workspace, clone_repository, task_owner
 
 log = logging.getLogger(__name__)
 Outcome = Literal["ran", "busy", "skipped"]
@@ -61,8 +61,9 @@ class TaskHooks(Protocol):
 
     def started(self, task_id: str) -> None: ...
 
-    def finished(self, task_id: str, state: TaskState, reason: str | None, mirror: Path | None) -> None:
-        """Called after the sandbox is gone and before the final state is written; must not raise."""
+    def finished(self, task_id: str, state: TaskState, reason: str | None, commit: Commit | None) -> None:
+        """Called after the sandbox is gone and before the final state is written, with the patch's commit
+        (None without one); must not raise."""
 
 
 @dataclass(kw_only=True)
@@ -163,6 +164,8 @@ class _Run:
     task: _Task
     emit: Callable[[str, dict[str, Any]], None]
     workspace: Path
+    commit_into: Path
+    """Where the patch's commit is made (a repository beside the workspace, kept until it was published)."""
     deadline: float
     owner: Requester | None = None
     start_diff: str | None = None
@@ -173,6 +176,7 @@ class _Run:
     sandbox: Sandbox | None = None
     trajectory: Trajectory = field(default_factory=Trajectory)
     submission: Submitted | None = None
+    commit: Commit | None = None
 
 
 def _execute(ctx: WorkerContext, attempt: Attempt, watch: Watch, task: _Task) -> None:
@@ -181,7 +185,9 @@ def _execute(ctx: WorkerContext, attempt: Attempt, watch: Watch, task: _Task) ->
     with ExitStack() as lease:
         run = _Run(
             ctx=ctx, attempt=attempt, watch=watch, lease=lease, task=task, emit=event_sink(attempt),
-            workspace=ctx.workspaces / f"{task.id}.{attempt.number}", deadline=time.monotonic() + ctx.setup.lifetime,
+            workspace=ctx.workspaces / f"{task.id}.{attempt.number}",
+            commit_into=ctx.workspaces / f"{task.id}.{attempt.number}.commit",
+            deadline=time.monotonic() + ctx.setup.lifetime,
         )  # fmt: skip
         try:
             ending = _ending(run)
@@ -228,9 +234,12 @@ def _outcome(run: _Run) -> tuple[TaskState, str | None]:
 
 
 def _prepare_workspace(run: _Run) -> None:
-    """The workspace's own disk (made before the clone: the kernel keeps all of it within the limit), owned
-    by this process (if it dies, a live worker's reaper removes it); whose task it is and what it starts from."""
+    """The workspace's own disk (made before the clone: the kernel keeps all of it within the limit) and the
+    commit's folder, owned by this process (if it dies, a live worker's reaper removes them); whose task it is
+    and what it starts from."""
     mark_owned(run.workspace)
+    mark_owned(run.commit_into)
+    run.lease.callback(remove_owned, run.commit_into)
     run.ctx.backend.create_workspace(run.workspace)
     run.owner, run.start_diff, run.start_from = run.attempt.read(lambda session: _starting_point(session, run.task))
     if run.ctx.hooks is not None:
@@ -360,7 +369,7 @@ def _publish_and_finish(run: _Run, state: TaskState, reason: str | None) -> None
         attempt.write(lambda session: None)  # still this attempt's task?
         if ctx.hooks is not None:
             try:
-                ctx.hooks.finished(task_id, state, reason, run.mirror)
+                ctx.hooks.finished(task_id, state, reason, run.commit)
             except Exception:  # publishing is the hook's business; the task still ends
                 log.exception("publishing the result of task %s failed", task_id)
         attempt.write(lambda session: _finish(session, task_id, state, reason))
@@ -377,8 +386,10 @@ def _finish(session: Session, task_id: str, state: TaskState, reason: str | None
 
 def _keep_patch(run: _Run, submission: Submitted, *, complete: bool) -> None:
     assert run.sandbox is not None and run.base_sha is not None and run.mirror is not None
-    store_patch(run.attempt, run.sandbox, run.base_sha, run.mirror, submission, run.trajectory, complete=complete,
-                author=run.ctx.author, limits=run.ctx.limits)  # fmt: skip
+    run.commit = store_patch(
+        run.attempt, run.sandbox, submission, run.trajectory, base_sha=run.base_sha, mirror=run.mirror,
+        commit_into=run.commit_into, complete=complete, author=run.ctx.author, limits=run.ctx.limits,
+    )  # fmt: skip
 
 
 def _store_partial(run: _Run, reason: str) -> None:

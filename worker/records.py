@@ -22,7 +22,7 @@ from sandbox.base import Sandbox
 from worker.attempt import Attempt, Superseded, Watch
 from worker.hostgit import DataLimits
 from worker.patch import changed_files, commit_message, extract_patch, tests_run
-from worker.repo import format_patch
+from worker.repo import Commit, commit_patch
 
 log = logging.getLogger(__name__)
 TRAJECTORY_EVERY_SECONDS = 10.0
@@ -32,25 +32,29 @@ TRAJECTORY_EVERY_SECONDS = 10.0
 def store_patch(
     attempt: Attempt,
     sandbox: Sandbox,
-    base_sha: str,
-    mirror: Path,
     submission: Submitted,
     trajectory: Trajectory,
     *,
+    base_sha: str,
+    mirror: Path,
+    commit_into: Path,
     complete: bool,
     author: tuple[str, str],
     limits: DataLimits = DataLimits(),
-) -> None:
-    """The sandbox's changes as the task's patch: the diff, checked against the pristine mirror, its commit
-    message and ``git am`` form; ``complete=False`` marks a run cut short."""
+) -> Commit | None:
+    """The sandbox's changes as the task's patch: the diff, its one commit on the base (made in
+    ``commit_into`` from the pristine mirror, which checks that it applies), the commit's message, diffstat and
+    ``git am`` form; ``complete=False`` marks a run cut short. The commit is returned for the GitHub push
+    (None for an empty diff)."""
     task_id = attempt.task_id
-    patch = extract_patch(sandbox, base_sha, mirror, max_bytes=limits.max_patch_bytes, memory=limits.git_memory)
+    patch = extract_patch(sandbox, base_sha, max_bytes=limits.max_patch_bytes)
     files = changed_files(patch.diff)
     message = commit_message(
         title=submission.pr_title, summary=submission.summary, files=files, tests=tests_run(trajectory.messages)
     )
-    diffstat, mbox = format_patch(mirror, base_sha, patch.diff, message, author=author[0], email=author[1],
-                                  memory=limits.git_memory)  # fmt: skip
+    commit = commit_patch(mirror, base_sha, patch.diff, message, into=commit_into, author=author[0],
+                          email=author[1], memory=limits.git_memory)  # fmt: skip
+    diffstat, mbox = (commit.diffstat, commit.mbox) if commit is not None else ("", "")
     body = submission.pr_body.strip() or submission.summary.strip()
 
     def save(session: Session) -> None:
@@ -66,6 +70,7 @@ def store_patch(
         )  # fmt: skip
 
     attempt.write(save)
+    return commit
 
 
 def store_trajectory(attempt: Attempt, trajectory: Trajectory) -> None:

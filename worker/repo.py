@@ -1,5 +1,6 @@
 """Checking out a task's repository on the worker, before any untrusted code runs, and the git work on the
-pristine mirror afterwards (does the patch apply, the commit for ``git am``)."""
+pristine mirror afterwards: the one commit of the patch (which checks that it applies), its mbox, and what the
+GitHub push sends."""
 
 from __future__ import annotations
 
@@ -150,55 +151,70 @@ def apply_to_workspace(
             raise TaskFailure(f"{what} does not apply: {_stderr_line(exc)}") from exc
 
 
-def check_patch_applies(mirror: Path, base_sha: str, diff: str, *, memory: int = DEFAULT_GIT_MEMORY) -> None:
-    """``git apply --check`` of ``diff`` against a clean index of ``base_sha`` in the pristine mirror, with
-    git's memory bounded (the patch was made in a sandbox)."""
+@dataclass(kw_only=True, frozen=True)
+class Commit:
+    """The one commit of a task's patch: its mbox is formatted from it and the GitHub push sends it."""
+
+    mirror: Path
+    """The pristine mirror of the repository (where the push finds the remote's address)."""
+    repository: Path
+    """A bare repository of the task's own that borrows the mirror's objects and holds the commit's."""
+    sha: str
+    diffstat: str
+    mbox: str
+
+
+def commit_patch(
+    mirror: Path, base_sha: str, diff: str, message: str, *, into: Path, author: str, email: str,
+    memory: int = DEFAULT_GIT_MEMORY,
+) -> Commit | None:  # fmt: skip
+    """``diff`` as one commit on ``base_sha`` with ``message`` (None for an empty diff), made once, with git's
+    memory bounded at every step that reads the patch (it was made in a sandbox): applied to a clean index of the
+    base commit (which is the check that it applies to the pristine mirror), written as a tree and committed;
+    then its diffstat and ``git format-patch`` mbox. The commit's objects go to ``into``, a bare repository that
+    borrows the mirror's objects: the mirror, which later tasks of other users clone, never holds them."""
     if not diff:
-        return
-    with tempfile.TemporaryDirectory(prefix="overnight-check-") as tmp:
-        env = {**git_env(allow_local=False), "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        patch_file = Path(tmp) / "task.diff"
+        return None
+    _borrowing_repository(into, mirror)
+    with tempfile.TemporaryDirectory(prefix="overnight-commit-") as tmp:
+        env = {
+            **git_env(allow_local=False), "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+            "GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": author, "GIT_COMMITTER_EMAIL": email,
+        }  # fmt: skip
+        patch_file, message_file = Path(tmp) / "task.diff", Path(tmp) / "message"
         patch_file.write_text(diff)
+        message_file.write_text(message)
         try:
-            bounded_git(mirror, "read-tree", base_sha, env=env, memory=memory)
-            bounded_git(mirror, "apply", "--cached", "--check", str(patch_file), env=env, memory=memory)
+            bounded_git(into, "read-tree", base_sha, env=env, memory=memory)
+            bounded_git(into, "apply", "--cached", str(patch_file), env=env, memory=memory)
         except GitMemoryError as exc:
             raise TaskFailure(f"the patch could not be checked: {exc}") from exc
         except git.GitCommandError as exc:
             raise TaskFailure(f"the patch does not apply to the base commit: {_stderr_line(exc)}") from exc
-
-
-def format_patch(
-    mirror: Path, base_sha: str, diff: str, message: str, *, author: str, email: str, memory: int = DEFAULT_GIT_MEMORY
-) -> tuple[str, str]:
-    """The diffstat and a ``git format-patch`` mbox of one commit with ``diff`` on ``base_sha``, made in a
-    scratch clone of the pristine mirror (git's memory bounded for every step that reads the patch)."""
-    if not diff:
-        return "", ""
-    with tempfile.TemporaryDirectory(prefix="overnight-mbox-") as tmp:
-        env = {
-            **git_env(allow_local=True),
-            "GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": email,
-            "GIT_COMMITTER_NAME": author, "GIT_COMMITTER_EMAIL": email,
-        }  # fmt: skip
-        scratch = git.Repo.clone_from(str(mirror), Path(tmp) / "repo", env=env, no_checkout=True, shared=True)
-        patch_file = Path(tmp) / "task.diff"
-        patch_file.write_text(diff)
-        message_file = Path(tmp) / "message"
-        message_file.write_text(message)
-        work = Path(tmp) / "repo"
         try:
-            scratch.git.checkout("-q", "--detach", base_sha, env=env)
-            stat = bounded_git(work, "apply", "--stat", str(patch_file), env=env, memory=memory)
-            bounded_git(work, "apply", "--index", str(patch_file), env=env, memory=memory)
-            bounded_git(work, "commit", "-q", "--no-verify", "-F", str(message_file), env=env, memory=memory)
-            mbox = bounded_git(work, "format-patch", "-1", "--stdout", "--binary", env=env, memory=memory,
+            tree = bounded_git(into, "write-tree", env=env, memory=memory)
+            sha = bounded_git(into, "commit-tree", tree, "-p", base_sha, "-F", str(message_file), env=env,
+                              memory=memory)  # fmt: skip
+            stat = bounded_git(into, "apply", "--stat", str(patch_file), env=env, memory=memory)
+            mbox = bounded_git(into, "format-patch", "-1", "--stdout", "--binary", sha, env=env, memory=memory,
                                strip_newline_in_stdout=False)  # fmt: skip
         except GitMemoryError as exc:
             raise TaskFailure(f"could not make the commit for the patch: {exc}") from exc
         except git.GitCommandError as exc:
             raise TaskFailure(f"could not make the commit for the patch: {_stderr_line(exc)}") from exc
-        return stat, mbox
+    return Commit(mirror=mirror, repository=into, sha=sha, diffstat=stat, mbox=mbox)
+
+
+def _borrowing_repository(path: Path, mirror: Path) -> None:
+    """A bare repository at ``path`` (no hooks, no template) that reads the mirror's objects as alternates."""
+    if not (path / "HEAD").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        git.Git(str(path)).execute(["git", "init", "-q", "--bare", "--template=", str(path)],
+                                   env=git_env(allow_local=False))  # fmt: skip
+    alternates = path / "objects" / "info" / "alternates"
+    alternates.parent.mkdir(parents=True, exist_ok=True)
+    alternates.write_text(f"{(mirror / 'objects').resolve()}\n")
 
 
 def _resolve(clone: git.Repo, ref: str | None) -> str:

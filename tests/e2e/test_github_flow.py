@@ -24,7 +24,7 @@ import store.users
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from api.app import create_app
 from overnight.github.client import client_from_settings
-from overnight.settings import Settings
+from overnight.settings import GitHubSettings, Settings
 from sandbox.docker import DockerBackend
 from store.engine import make_engine, make_sessionmaker, migrate
 from tests.conftest import git
@@ -65,14 +65,15 @@ def world(
     with FakeGitHubServer(FakeGitHub(public_key=KEYS[1], installations={INSTALLATION})) as server:
         settings = Settings(
             data_dir=tmp_path / "data", broker_url=redis_url, queue=f"test-ghflow-{secrets.token_hex(4)}",
-            allow_local_repos=True, github_webhook_secret=SECRET, github_app_id="4242", github_private_key=KEYS[0],
-            github_api_url=server.url, github_git_url=str(tmp_path / "git"),
-        )  # type: ignore[arg-type]  # fmt: skip
+            allow_local_repos=True,
+            github=GitHubSettings(webhook_secret=SECRET, app_id="4242", private_key=KEYS[0], api_url=server.url,
+                                  git_url=str(tmp_path / "git")),  # type: ignore[arg-type]
+        )  # fmt: skip
         engine = make_engine(settings.resolved_database_url)
         migrate(engine)
-        client = client_from_settings(settings)
+        client = client_from_settings(settings.github)
         assert client is not None
-        hooks = GitHubHooks(client, make_sessionmaker(engine), allow_local=True, author=("Overnight", "o@example.com"))
+        hooks = GitHubHooks(client, make_sessionmaker(engine), allow_local=True)
         context = make_context(engine, docker_backend, scripted_model.base_url, tmp_path, hooks=hooks)
         try:
             with TestClient(create_app(settings)) as api:
@@ -103,6 +104,7 @@ def test_a_labelled_issue_ends_as_a_draft_pull_request_and_a_review_comment_adds
     assert "return a + b" in _file_on_branch(world.remote, link.branch, "calc.py")
     log = git(world.remote, "log", "--format=%an|%s|%P", "-1", link.branch).strip()
     assert log == f"Overnight|Fix add() to add instead of subtract|{task.base_sha}"
+    assert git(world.remote, "rev-parse", link.branch).strip() == patch.mbox.split()[1]  # the mbox's own commit
     [pull] = world.fake.pulls
     assert pull["draft"] and pull["head"]["ref"] == link.branch and pull["base"]["ref"] == "master"
     assert pull["title"] == patch.title and "Fixes #1" in pull["body"] and task_id in pull["body"]
@@ -209,9 +211,9 @@ def test_a_failed_task_reports_its_reason_on_the_issue_and_opens_nothing(
 
 def test_clone_credentials_are_the_installation_s_token_for_https_only(world: World) -> None:
     task_id = deliver(world.api, "issues", labeled()).json()["task_id"]
-    client = client_from_settings(world.settings)
+    client = client_from_settings(world.settings.github)
     assert client is not None
-    hooks = GitHubHooks(client, make_sessionmaker(world.engine), allow_local=True, author=("O", "o@example.com"))
+    hooks = GitHubHooks(client, make_sessionmaker(world.engine), allow_local=True)
     credentials = hooks.git_credentials(task_id, f"https://github.com/{REPO}.git")
     assert list(credentials) == ["github.com"] and credentials["github.com"] in world.fake.tokens
     assert world.fake.tokens[credentials["github.com"]][0] == INSTALLATION
