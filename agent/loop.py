@@ -25,12 +25,21 @@ from agent.prompts import (
 )
 from agent.tools import Toolbox, ToolContext, ToolError
 from agent.tools.base import read_instructions
+from overnight.events import (
+    CompactionEvent,
+    EventSink,
+    FinishEvent,
+    FormatErrorEvent,
+    ModelResponseEvent,
+    TokenUsage,
+    ToolCallEvent,
+    ToolResultEvent,
+)
 from sandbox.base import SandboxError
 from sandbox.output import truncate_middle
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[str, dict[str, Any]], None]
 MAX_TURNS_WITHOUT_TOOLS = 3
 EVENT_TEXT_LIMIT = 4_000
 CHARS_PER_TOKEN = 4
@@ -123,7 +132,7 @@ def run_agent(
                 raise LimitsExceeded(f"the model answered {turns_without_tools} times in a row without calling a tool")
             leaked = TOOL_CALLS_TOKEN in (turn.content or "")
             if leaked:
-                on_event("format_error", {"step": step, "content": truncate_middle(turn.content or "", 1000)})
+                on_event(FormatErrorEvent(step=step, content=truncate_middle(turn.content or "", 1000)))
             append({"role": "user", "content": UNPARSED_TOOL_CALL if leaked else NO_TOOL_CALL_REMINDER})
             continue
         turns_without_tools = 0
@@ -132,7 +141,7 @@ def run_agent(
             try:
                 output = _run_tool(toolbox, call, ctx, on_event, step)
             except Submitted as submitted:
-                on_event("finish", {"step": step, "pr_title": submitted.pr_title, "summary": submitted.summary})
+                on_event(FinishEvent(step=step, pr_title=submitted.pr_title, summary=submitted.summary))
                 return AgentResult(submission=submitted, steps=step)
             append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": output})
 
@@ -150,7 +159,7 @@ def _compact(
     turn = model.complete([*messages, {"role": "user", "content": COMPACTION_PROMPT}], toolbox.schemas)
     spend.add(turn.usage)
     summary = (turn.content or turn.reasoning or "").strip() or "(the model gave no summary)"
-    on_event("compaction", {"context_tokens": context_tokens, "summary": truncate_middle(summary, EVENT_TEXT_LIMIT)})
+    on_event(CompactionEvent(context_tokens=context_tokens, summary=truncate_middle(summary, EVENT_TEXT_LIMIT)))
     return [
         messages[0],
         {
@@ -162,7 +171,7 @@ def _compact(
 
 
 def _run_tool(toolbox: Toolbox, call: ToolCall, ctx: ToolContext, on_event: EventSink, step: int) -> str:
-    on_event("tool_call", {"step": step, "id": call.id, "name": call.name, "arguments": call.arguments})
+    on_event(ToolCallEvent(step=step, id=call.id, name=call.name, arguments=call.arguments))
     started = time.monotonic()
     error = False
     try:
@@ -178,15 +187,14 @@ def _run_tool(toolbox: Toolbox, call: ToolCall, ctx: ToolContext, on_event: Even
         output, error = f"<tool_error>{call.name}: internal error ({type(exc).__name__}: {exc})</tool_error>", True
     output = truncate_middle(output, ctx.output_limit)
     on_event(
-        "tool_result",
-        {
-            "step": step,
-            "id": call.id,
-            "name": call.name,
-            "error": error,
-            "duration": round(time.monotonic() - started, 4),
-            "output": truncate_middle(output, EVENT_TEXT_LIMIT),
-        },
+        ToolResultEvent(
+            step=step,
+            id=call.id,
+            name=call.name,
+            error=error,
+            duration=round(time.monotonic() - started, 4),
+            output=truncate_middle(output, EVENT_TEXT_LIMIT),
+        )
     )
     return output
 
@@ -194,14 +202,11 @@ def _run_tool(toolbox: Toolbox, call: ToolCall, ctx: ToolContext, on_event: Even
 def _record_turn(on_event: EventSink, trajectory: Trajectory, step: int, turn: AssistantTurn, duration: float) -> None:
     usage = turn.usage.model_dump()
     trajectory.steps.append({"step": step, "usage": usage, "model_seconds": round(duration, 4)})
-    data: dict[str, Any] = {
-        "step": step,
-        "finish_reason": turn.finish_reason,
-        "usage": usage,
-        "duration": round(duration, 4),
-    }
-    if turn.content:
-        data["content"] = truncate_middle(turn.content, EVENT_TEXT_LIMIT)
-    if turn.reasoning:
-        data["reasoning"] = truncate_middle(turn.reasoning, EVENT_TEXT_LIMIT)
-    on_event("model_response", data)
+    event = ModelResponseEvent(
+        step=step, finish_reason=turn.finish_reason, usage=TokenUsage.model_validate(usage), duration=round(duration, 4)
+    )
+    # A text the model did not give is left out of the event (as stored since the first version), not null.
+    texts = {"content": turn.content, "reasoning": turn.reasoning}
+    on_event(
+        event.model_copy(update={name: truncate_middle(text, EVENT_TEXT_LIMIT) for name, text in texts.items() if text})
+    )

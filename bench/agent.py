@@ -26,6 +26,7 @@ from agent.client import ChatClient, LLMConfig
 from agent.loop import AgentConfig, Trajectory, run_agent
 from agent.scripted import EXAMPLE_REPOSITORY, ScriptedModel, ScriptedModelServer, example_session
 from agent.tools import ToolContext
+from overnight.events import TaskEvent, ToolResultEvent
 from sandbox.base import SandboxSpec
 from sandbox.disk import remove_folder
 from sandbox.docker import DockerConfig
@@ -83,11 +84,11 @@ def run_once(tmp: Path, index: int) -> dict[str, Any]:
 
     tool_seconds: dict[int, float] = {}
 
-    def emit(kind: str, data: dict[str, Any]) -> None:
-        if kind == "tool_result":
-            tool_seconds[data["step"]] = tool_seconds.get(data["step"], 0.0) + data["duration"]
+    def emit(event: TaskEvent) -> None:
+        if isinstance(event, ToolResultEvent):
+            tool_seconds[event.step] = tool_seconds.get(event.step, 0.0) + (event.duration or 0.0)
         with sessions.begin() as session:
-            store.events.append_event(session, task_id, kind, data)
+            store.events.append_event(session, task_id, event)
 
     sandbox = backend.start(SandboxSpec(task_id=f"bench-{index}", workspace=workspace))
     try:

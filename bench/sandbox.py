@@ -134,7 +134,7 @@ def setup_times(backend: SandboxBackend, tmp: Path, runs: int) -> dict[str, Any]
             started = time.perf_counter() - made
             environment = prepare_environment(
                 task_id="bench-setup", repository=str(repo), workspace=workspace, setup_path=None, backend=backend,
-                cache=cache, policy=policy, emit=lambda kind, data: None,
+                cache=cache, policy=policy, emit=lambda event: None,
             ).ref  # fmt: skip
             box = backend.start(SandboxSpec(task_id="bench-setup", workspace=workspace, image=environment))
             enter_environment(box, environment)
@@ -195,7 +195,7 @@ def main() -> None:
             environment = prepare_environment(
                 task_id="bench", repository="bench", workspace=repo, setup_path=None, backend=backend, cache=cache,
                 policy=SetupPolicy(image=DEFAULT_IMAGE, network=False, timeout=600, lifetime=3600),
-                emit=lambda kind, data: None,
+                emit=lambda event: None,
             ).ref  # fmt: skip
             report[kind] = {
                 "ready_base": stats(ready_times(backend, tmp, args.runs, None)),

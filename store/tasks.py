@@ -6,11 +6,12 @@ import base64
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from overnight.events import StateEvent, TaskStateName
 from store.events import append_event
 from store.models import ACTIVE_STATES, FINAL_STATES, Task, TaskState, User, utcnow
 
@@ -49,7 +50,7 @@ def create_task(
     )
     session.add(task)
     session.flush()
-    append_event(session, task.id, "state", {"state": TaskState.queued.value})
+    append_event(session, task.id, _state_event(TaskState.queued))
     return task
 
 
@@ -127,11 +128,13 @@ def transition(
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    data: dict[str, Any] = {"state": to_state.value}
-    if reason:
-        data["reason"] = reason
-    append_event(session, task_id, "state", data)
+    append_event(session, task_id, _state_event(to_state, reason))
     return True
+
+
+def _state_event(state: TaskState, reason: str | None = None) -> StateEvent:
+    name = cast(TaskStateName, state.value)  # the same names: tests/store/test_events.py
+    return StateEvent(state=name, reason=reason) if reason else StateEvent(state=name)
 
 
 def request_cancel(session: Session, task_id: str) -> Task | None:

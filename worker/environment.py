@@ -19,6 +19,7 @@ from typing import Any
 
 import git
 
+from overnight.events import EventSink, SetupEvent
 from sandbox.base import Sandbox, SandboxBackend, SandboxError, SandboxSpec
 from sandbox.environments import (
     WORKSPACE_ARCHIVE,
@@ -147,7 +148,7 @@ def prepare_environment(
     backend: SandboxBackend,
     cache: EnvironmentCache,
     policy: SetupPolicy,
-    emit: Callable[[str, dict[str, Any]], None],
+    emit: EventSink,
     on_sandbox: Callable[[Sandbox | None], None] = lambda sandbox: None,
     owner: str | None = None,
     git_memory: int = DEFAULT_GIT_MEMORY,
@@ -173,7 +174,7 @@ def prepare_environment(
                     workspace=workspace, owner=owner or f"task:{task_id}", memory=git_memory)  # fmt: skip
     cached = cache.lookup(key)
     if cached is not None:
-        emit("setup", {"script": script_path, "auto": auto, "cached": True, "environment": key})
+        emit(SetupEvent(script=script_path, auto=auto, cached=True, environment=key))
         return Environment(ref=cached)
     started = time.monotonic()
     sandbox = backend.start(
@@ -193,12 +194,11 @@ def prepare_environment(
         command = script.decode("utf-8", errors="replace") if auto else f"bash {shlex.quote(script_path)}"
         result = sandbox.run(command, timeout=policy.timeout, output_limit=LOG_LIMIT)
         log = truncate_middle(result.stdout + result.stderr, LOG_LIMIT)
-        emit(
-            "setup",
-            {"script": script_path, "auto": auto, "cached": False, "network": policy.network,
-             "commands": script.decode("utf-8", errors="replace") if auto else None, "exit_code": result.exit_code,
-             "timed_out": result.timed_out, "duration": round(time.monotonic() - started, 2), "log": log},
-        )  # fmt: skip
+        emit(SetupEvent(
+            script=script_path, auto=auto, cached=False, network=policy.network,
+            commands=script.decode("utf-8", errors="replace") if auto else None, exit_code=result.exit_code,
+            timed_out=result.timed_out, duration=round(time.monotonic() - started, 2), log=log,
+        ))  # fmt: skip
         if result.timed_out or result.exit_code != 0:
             last = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
             reason = (

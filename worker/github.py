@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import store.events
 import store.github
 import store.patches
+from overnight.events import PublishEvent
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
 from overnight.github.markers import MARK, reaction_target
@@ -76,7 +77,7 @@ class GitHubHooks:
                 self.client.remove_label(inst, repo, link.number, self.label)
         except GitHubError as exc:  # the task runs anyway; its result is published at the end
             log.warning("task %s: could not acknowledge on %s#%s: %s", task_id, repo, link.number, exc)
-            self._event(task_id, {"state": "acknowledge-failed", "reason": str(exc)})
+            self._event(task_id, PublishEvent(state="acknowledge-failed", reason=str(exc)))
 
     def finished(self, task_id: str, state: TaskState, reason: str | None, commit: Commit | None) -> None:
         """Publish a succeeded task's patch (``commit``) and report any ending on the issue; never raises."""
@@ -122,7 +123,7 @@ class GitHubHooks:
             self._failed(task_id, link, str(exc))
             return
         self._set(task_id, "published", None)
-        self._event(task_id, {"state": "published", "branch": link.branch, "pull_request": link.pr_url})
+        self._event(task_id, PublishEvent(state="published", branch=link.branch, pull_request=link.pr_url))
         self._report(task_id, link, message)
 
     def _push(self, link: GitHubLink, commit: Commit, *, new_branch: bool) -> None:
@@ -140,7 +141,7 @@ class GitHubHooks:
     def _failed(self, task_id: str, link: GitHubLink, reason: str) -> None:
         log.warning("task %s: publishing failed: %s", task_id, reason)
         self._set(task_id, "failed", reason)
-        self._event(task_id, {"state": "failed", "reason": reason})
+        self._event(task_id, PublishEvent(state="failed", reason=reason))
         self._report(task_id, link, f"finished, but could not publish the result: {reason}. "
                                     "The patch is stored with the task.")  # fmt: skip
 
@@ -170,9 +171,9 @@ class GitHubHooks:
             if row is not None:
                 row.publish_state, row.publish_error = state, error
 
-    def _event(self, task_id: str, data: dict[str, object]) -> None:
+    def _event(self, task_id: str, event: PublishEvent) -> None:
         with self.sessions.begin() as session:
-            store.events.append_event(session, task_id, "publish", data)
+            store.events.append_event(session, task_id, event)
 
 
 def _git_error(exc: git.GitCommandError, secret: str) -> str:

@@ -25,7 +25,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +36,7 @@ from agent.base import ModelClient, Submitted
 from agent.loop import AgentConfig, Trajectory, run_agent
 from agent.tools import ToolContext
 from overnight.access import Requester
+from overnight.events import EventSink, PhaseEvent
 from sandbox.base import Sandbox, SandboxBackend, SandboxSpec
 from sandbox.environments import EnvironmentCache
 from sandbox.reaper import mark_owned, remove_owned
@@ -162,7 +163,7 @@ class _Run:
     lease: ExitStack
     """Keeps the mirror from being pruned until the result is published."""
     task: _Task
-    emit: Callable[[str, dict[str, Any]], None]
+    emit: EventSink
     workspace: Path
     commit_into: Path
     """Where the patch's commit is made (a repository beside the workspace, kept until it was published)."""
@@ -256,7 +257,7 @@ def _starting_point(session: Session, task: _Task) -> tuple[Requester | None, st
 
 def _clone(run: _Run) -> None:
     ctx, task = run.ctx, run.task
-    run.emit("phase", {"phase": "clone", "repo": task.repo, "ref": task.ref})
+    run.emit(PhaseEvent(phase="clone", repo=task.repo, ref=task.ref))
     credentials = ctx.hooks.git_credentials(task.id, task.repo) if ctx.hooks is not None else None
     run.base_sha, run.mirror = clone_repository(
         task.repo, task.ref, run.workspace, checkout=ctx.checkout, owner=run.owner, credentials=credentials,
@@ -268,7 +269,7 @@ def _apply_start_diff(run: _Run) -> None:
     """The uploaded local changes, or the parent's patch of a follow-up, before any untrusted code ran."""
     if run.start_diff:
         apply_to_workspace(run.workspace, run.start_diff, what=run.start_from, memory=run.ctx.limits.git_memory)
-        run.emit("phase", {"phase": "start-diff", "files": len(changed_files(run.start_diff))})
+        run.emit(PhaseEvent(phase="start-diff", files=len(changed_files(run.start_diff))))
 
 
 def _set_up(run: _Run) -> None:
@@ -276,7 +277,7 @@ def _set_up(run: _Run) -> None:
     ctx, task, base_sha = run.ctx, run.task, run.base_sha
     assert base_sha is not None
     run.attempt.write(lambda session: store.tasks.set_base_sha(session, task.id, base_sha))
-    run.emit("phase", {"phase": "setup", "base_sha": base_sha})
+    run.emit(PhaseEvent(phase="setup", base_sha=base_sha))
     run.environment = prepare_environment(
         task_id=task.id, repository=task.repo, workspace=run.workspace, setup_path=task.setup,
         backend=ctx.backend, cache=ctx.environments, policy=ctx.setup, emit=run.emit, on_sandbox=run.watch.attach,
@@ -304,7 +305,7 @@ def _start_sandbox(run: _Run) -> None:
 
 def _run_agent(run: _Run) -> None:
     assert run.sandbox is not None and run.environment is not None
-    run.emit("phase", {"phase": "agent", "environment": run.environment.ref})
+    run.emit(PhaseEvent(phase="agent", environment=run.environment.ref))
     config = run.ctx.agent
     if run.task.max_steps:
         config = replace(config, budget=replace(config.budget, max_steps=run.task.max_steps))

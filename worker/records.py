@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import store.patches
 import store.tasks
 from agent.base import AssistantTurn, ModelClient, Submitted
 from agent.loop import Trajectory
+from overnight.events import EventSink, PatchEvent, SetupEvent, TaskEvent, ToolResultEvent
 from sandbox.base import Sandbox
 from worker.attempt import Attempt, Superseded, Watch
 from worker.hostgit import DataLimits
@@ -63,11 +63,10 @@ def store_patch(
             files_changed=patch.files_changed, complete=complete, excluded=patch.excluded,
         )  # fmt: skip
         stored.diffstat, stored.commit_message, stored.mbox = diffstat, message, mbox
-        store.events.append_event(
-            session, task_id, "patch",
-            {"files_changed": patch.files_changed, "bytes": len(patch.diff), "complete": complete,
-             "excluded": patch.excluded, "empty": not patch.diff},
-        )  # fmt: skip
+        store.events.append_event(session, task_id, PatchEvent(
+            files_changed=patch.files_changed, bytes=len(patch.diff), complete=complete, excluded=patch.excluded,
+            empty=not patch.diff,
+        ))  # fmt: skip
 
     attempt.write(save)
     return commit
@@ -83,14 +82,14 @@ def store_trajectory(attempt: Attempt, trajectory: Trajectory) -> None:
         log.exception("could not store the trajectory of task %s", attempt.task_id)
 
 
-def event_sink(attempt: Attempt) -> Callable[[str, dict[str, Any]], None]:
+def event_sink(attempt: Attempt) -> EventSink:
     """Appends the task's events (fenced); a set-up's or a tool's seconds also count as sandbox time."""
 
-    def emit(type_: str, data: dict[str, Any]) -> None:
+    def emit(event: TaskEvent) -> None:
         def append(session: Session) -> None:
-            store.events.append_event(session, attempt.task_id, type_, data)
-            if type_ in ("setup", "tool_result") and data.get("duration"):
-                store.tasks.add_sandbox_seconds(session, attempt.task_id, float(data["duration"]))
+            store.events.append_event(session, attempt.task_id, event)
+            if isinstance(event, SetupEvent | ToolResultEvent) and event.duration:
+                store.tasks.add_sandbox_seconds(session, attempt.task_id, event.duration)
 
         attempt.write(append)
 

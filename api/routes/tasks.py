@@ -29,6 +29,7 @@ from api.schemas import (
     TrajectoryPublic,
 )
 from overnight.access import AccessDenied, RepoAccess, Requester
+from overnight.events import RetryEvent
 from overnight.queue import TaskQueue
 from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
 from overnight.settings import Settings
@@ -200,7 +201,7 @@ def retry_task(
         max_steps=original.max_steps, setup=original.setup, user_id=original.user_id,
         parent_id=original.parent_id, kind=original.kind, start_diff=original.start_diff,
     )  # fmt: skip
-    store.events.append_event(session, task.id, "retry", {"retry_of": original.id})
+    store.events.append_event(session, task.id, RetryEvent(retry_of=original.id))
     session.commit()
     return _enqueue(session, queue, task)
 

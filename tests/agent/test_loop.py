@@ -23,6 +23,7 @@ from agent.scripted import (
     example_session,
 )
 from agent.tools import ToolContext
+from overnight.events import TaskEvent, event_data
 from sandbox.base import SandboxSpec
 from sandbox.docker import DockerBackend
 from tests.mistral_validation import assert_valid_mistral_request
@@ -43,8 +44,8 @@ def ctx(docker_backend: DockerBackend, new_workspace: Callable[..., Path]) -> It
 
 
 class Events(list[tuple[str, dict[str, Any]]]):
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        self.append((kind, data))
+    def __call__(self, event: TaskEvent) -> None:
+        self.append((event.type, event_data(event)))
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [data for k, data in self if k == kind]

@@ -20,6 +20,7 @@ import store.patches
 import store.tasks
 import store.users
 from api.app import create_app
+from overnight.events import ModelResponseEvent, TokenUsage, ToolCallEvent, ToolResultEvent
 from overnight.loopback import LoopbackServer
 from overnight.settings import Settings
 from store.engine import make_engine, make_sessionmaker, migrate
@@ -48,11 +49,13 @@ def server(tmp_path: Path, redis_url: str) -> Iterator[dict[str, str]]:
         task_id = store.tasks.create_task(session, repo="https://example.com/a/b.git", ref="main", user_id=user.id,  # type: ignore[union-attr]
                                     instruction=f"fix add{TITLE} {OVERRIDE}gnp.x").id  # fmt: skip
         store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing)
-        store.events.append_event(session, task_id, "model_response", {"step": 1, "content": f"I will{HIDE} delete it"})
-        store.events.append_event(session, task_id, "tool_call", {"step": 1, "name": "bash", "arguments": f"ls{TITLE}"})
-        store.events.append_event(
-            session, task_id, "tool_result", {"step": 1, "output": f"a.py{ERASE}nothing", "error": False}
-        )
+        usage = TokenUsage(prompt_tokens=10, completion_tokens=5, cached_tokens=0)
+        for event in [
+            ModelResponseEvent(step=1, finish_reason="tool_calls", usage=usage, content=f"I will{HIDE} delete it"),
+            ToolCallEvent(step=1, id="call_1", name="bash", arguments=f"ls{TITLE}"),
+            ToolResultEvent(step=1, id="call_1", name="bash", output=f"a.py{ERASE}nothing", error=False),
+        ]:
+            store.events.append_event(session, task_id, event)
         store.tasks.get_task(session, task_id).base_sha = "a" * 40  # type: ignore[union-attr]
         store.patches.store_patch(session, task_id, base_sha="a" * 40, diff=DIFF, title=f"Fix add{TITLE}", body="b",
                           files_changed=1)  # fmt: skip

@@ -20,6 +20,7 @@ from overnight.cli.client import APIClient
 from overnight.cli.settings import ClientSettings
 from overnight.settings import Settings
 from store.engine import make_engine, make_sessionmaker, migrate
+from store.models import TaskEvent as TaskEventRow
 from store.models import TaskState
 from tests.conftest import REDIS_URL
 
@@ -62,8 +63,10 @@ def test_following_events_survives_an_api_restart_and_ends_only_with_the_task(tm
     follower = threading.Thread(target=lambda: seen.extend(client.follow_events(task_id)), daemon=True)
 
     def append(kind: str, n: int) -> None:
+        # A type no version writes, stored as a row: it reaches the follower as stored.
         with sessions.begin() as session:
-            store.events.append_event(session, task_id, kind, {"n": n})
+            seq = len(store.events.list_events(session, task_id)) + 1
+            session.add(TaskEventRow(task_id=task_id, seq=seq, type=kind, data={"n": n}))
 
     with _API(settings, port):
         follower.start()

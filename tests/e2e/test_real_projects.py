@@ -191,7 +191,7 @@ def test_real_project_fixed_in_the_sandbox_and_the_patch_holds(
     git(fresh, "apply", str(tmp_path / "task.diff"))
     environment = prepare_environment(
         task_id="verify", repository=str(repo), workspace=fresh, setup_path=None, backend=docker_backend,
-        cache=context.environments, policy=context.setup, emit=lambda kind, data: None,
+        cache=context.environments, policy=context.setup, emit=lambda event: None,
     )  # fmt: skip
     assert environment.ref is not None
     box = docker_backend.start(SandboxSpec(task_id="verify", workspace=fresh, image=environment.ref))

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 import store.events
 import store.patches
 import store.tasks
+from overnight.events import ToolCallEvent
 from store.models import TaskState
 
 
@@ -44,11 +45,11 @@ def test_transitions_are_guarded_and_stamp_times(session: Session) -> None:
 def test_events_are_ordered_per_task_and_resumable(session: Session) -> None:
     first, second = _task(session), _task(session)
     for n in range(5):
-        store.events.append_event(session, first, "tool_call", {"n": n})
-        store.events.append_event(session, second, "tool_call", {"n": n})
+        store.events.append_event(session, first, ToolCallEvent(step=n, id=f"call_{n}", name="bash", arguments="{}"))
+        store.events.append_event(session, second, ToolCallEvent(step=n, id=f"call_{n}", name="bash", arguments="{}"))
     seqs = [e.seq for e in store.events.list_events(session, first)]
     assert seqs == [1, 2, 3, 4, 5, 6]
-    assert [e.data["n"] for e in store.events.list_events(session, first, after=3)] == [2, 3, 4]
+    assert [e.data["step"] for e in store.events.list_events(session, first, after=3)] == [2, 3, 4]
 
 
 def test_cancel_ends_a_queued_task_and_flags_a_preparing_or_running_one(session: Session) -> None:

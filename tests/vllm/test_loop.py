@@ -21,6 +21,7 @@ from agent.leaks import INVALID_NAME, normalize_tool_calls
 from agent.loop import AgentConfig, Trajectory, run_agent
 from agent.prompts import COMPACTION_PROMPT, NO_TOOL_CALL_REMINDER, SYSTEM_PROMPT, first_user_message
 from agent.tools import Toolbox, ToolContext
+from overnight.events import event_data
 from sandbox.base import SandboxSpec
 from sandbox.docker import DockerBackend
 from tests.mistral_validation import assert_valid_mistral_request
@@ -130,7 +131,7 @@ def test_the_loop_survives_the_real_servers_junk(
     with pytest.raises(LimitsExceeded, match="step budget exhausted"):
         run_agent(instruction="Make add() add.", model=model, ctx=ctx, trajectory=trajectory,
                   config=AgentConfig(budget=Budget(max_steps=4)),
-                  on_event=lambda kind, data: events.append((kind, data)))  # fmt: skip
+                  on_event=lambda event: events.append((event.type, event_data(event))))  # fmt: skip
     results = [data for kind, data in events if kind == "tool_result"]
     outputs = [r["output"] for r in results]
     assert all(r["error"] for r in results) and len(results) >= 5
@@ -163,7 +164,7 @@ def test_compaction_on_the_real_server(speculative_off: VLLMServer, ctx: ToolCon
     with pytest.raises(LimitsExceeded, match="context budget exhausted"):
         run_agent(instruction="Make add() add.", model=model, ctx=ctx,
                   config=AgentConfig(compact_threshold=1600, max_compactions=1),
-                  on_event=lambda kind, data: events.append((kind, data)))  # fmt: skip
+                  on_event=lambda event: events.append((event.type, event_data(event))))  # fmt: skip
     assert model.bodies[1]["messages"][-1] == {"role": "user", "content": COMPACTION_PROMPT}
     assert [kind for kind, _ in events].count("compaction") == 1
     for body in model.bodies:
