@@ -1,9 +1,10 @@
-"""Server-Sent Events of one task: everything after the resume point, then new events as they are written,
-ending once the task has reached a final state and its last event was sent."""
+"""A task's events on the wire: each stored row as its typed record (``EventPublic``), as JSON or as
+Server-Sent Events — everything after the resume point, then new events as they are written, ending once the
+task has reached a final state and its last event was sent."""
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,9 +14,27 @@ from sse_starlette.sse import EventSourceResponse
 
 import store.events
 import store.tasks
+from api.schemas import EVENT_RECORDS, EventPublic, UnreadableEventRecord
+from overnight.events import UnreadableEvent, event_data
+from store.models import TaskEvent as TaskEventRow
 from store.models import TaskState
 
+log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
+
+
+def event_public(row: TaskEventRow) -> EventPublic:
+    """The row as its event's record; a row that is no known event (a newer version's, or a broken one) is
+    passed on as stored with the reason, so that one row cannot break a task's event list or stream."""
+    try:
+        event = store.events.read_event(row)
+    except UnreadableEvent as exc:
+        log.warning("task %s: event %s cannot be read: %s", row.task_id, row.seq, exc)
+        return EventPublic(
+            UnreadableEventRecord(seq=row.seq, type=row.type, data=row.data, created_at=row.created_at, error=str(exc))
+        )
+    record = {"seq": row.seq, "type": event.type, "data": event_data(event), "created_at": row.created_at}
+    return EventPublic(EVENT_RECORDS[event.type].model_validate(record))
 
 
 def _read(sessions: sessionmaker[Session], task_id: str, after: int) -> tuple[list[dict[str, Any]], bool]:
@@ -23,10 +42,9 @@ def _read(sessions: sessionmaker[Session], task_id: str, after: int) -> tuple[li
         task = store.tasks.get_task(session, task_id)
         final = task is None or TaskState(task.state).is_final
         events = [
-            {"id": str(e.seq), "event": e.type,
-             "data": json.dumps({"seq": e.seq, "type": e.type, "data": e.data, "created_at": e.created_at.isoformat()})}
-            for e in store.events.list_events(session, task_id, after=after, limit=500)
-        ]  # fmt: skip
+            {"id": str(row.seq), "event": row.type, "data": event_public(row).model_dump_json()}
+            for row in store.events.list_events(session, task_id, after=after, limit=500)
+        ]
         return events, final
 
 

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import operator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from functools import reduce
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    SerializerFunctionWrapHandler,
+    computed_field,
+    create_model,
+    field_serializer,
+    field_validator,
+)
+
+from overnight.events import EVENT_MODELS
 
 MAX_INSTRUCTION_BYTES = 32 * 1024
 
@@ -182,23 +197,61 @@ class TaskList(BaseModel):
     next_cursor: str | None = Field(default=None, description="Pass as ?cursor= for the next page; null: last.")
 
 
-class EventPublic(BaseModel):
+class _EventRecord(BaseModel):
+    # No return annotation: the schema of ``data`` stays its model's own.
+    @field_serializer("data", mode="wrap", check_fields=False)
+    def _as_stored(self, data: BaseModel, handler: SerializerFunctionWrapHandler):
+        return data.model_dump(mode="json", exclude_unset=True)
+
+
+def _event_record(model: type[BaseModel]) -> type[_EventRecord]:
+    """The wire form of one event type: its sequence number, its type, its other fields (``data``, as
+    stored: only those it was given) and when it was written."""
+    fields: dict[str, Any] = {name: (info.annotation, info) for name, info in model.model_fields.items()}
+    kind = fields.pop("type")[0]
+    data = create_model(model.__name__, __config__=model.model_config, __doc__=model.__doc__, **fields)
+    return create_model(
+        f"{model.__name__}Record", __base__=_EventRecord, __doc__=model.__doc__, seq=(int, ...), type=(kind, ...),
+        data=(data, ...), created_at=(datetime, ...),
+    )  # fmt: skip
+
+
+EVENT_RECORDS = {type_: _event_record(model) for type_, model in EVENT_MODELS.items()}
+
+
+class UnreadableEventRecord(BaseModel):
+    """A stored event this server cannot read: an unknown type or data its type does not allow (written by a
+    newer version, or broken). Passed on as stored, with the reason."""
+
+    seq: int
+    type: str
+    data: Any
+    created_at: datetime
+    error: str = Field(description="Why the event could not be read, e.g. unknown event type 'note'.")
+
+
+if TYPE_CHECKING:
+    _AnyEventRecord = _EventRecord | UnreadableEventRecord
+else:
+    _AnyEventRecord = (
+        Annotated[reduce(operator.or_, EVENT_RECORDS.values()), Field(discriminator="type")] | UnreadableEventRecord
+    )
+
+
+class EventPublic(RootModel[_AnyEventRecord]):
+    """One of the task's events (``overnight.events``), told apart by ``type``."""
+
     model_config = ConfigDict(
-        from_attributes=True,
         json_schema_extra={
             "examples": [
                 {"seq": 7, "type": "tool_call", "created_at": "2026-11-30T01:02:03Z",
-                 "data": {"step": 3, "name": "bash", "arguments": "{\"command\": \"pytest -x tests/test_api.py\"}"}},
+                 "data": {"step": 3, "id": "call_3", "name": "bash",
+                          "arguments": "{\"command\": \"pytest -x tests/test_api.py\"}"}},
                 {"seq": 31, "type": "state", "created_at": "2026-11-30T01:06:42Z",
                  "data": {"state": "failed", "reason": "step budget exhausted (100 steps)"}},
             ]
         },
     )  # fmt: skip
-
-    seq: int
-    type: str
-    data: dict[str, Any]
-    created_at: datetime
 
 
 class EventList(BaseModel):

@@ -15,12 +15,11 @@ import store.tasks
 import store.users
 from api.deps import CurrentUser, QueueDep, SessionDep, SettingsDep, reject_unknown_query
 from api.errors import APIError
-from api.events import event_stream
+from api.events import event_public, event_stream
 from api.queueing import enqueue_or_fail
 from api.schemas import (
     ErrorResponse,
     EventList,
-    EventPublic,
     FollowUpCreate,
     PatchPublic,
     TaskCreate,
@@ -256,7 +255,7 @@ def task_events(
         resume = max(after, int(last_event_id or 0))
         return event_stream(request.app.state.sessions, task_id, after=resume, ping_seconds=settings.sse_ping_seconds)
     events = store.events.list_events(session, task_id, after=after, limit=limit)
-    return EventList(events=[EventPublic.model_validate(event) for event in events])
+    return EventList(events=[event_public(row) for row in events])
 
 
 @router.get(
