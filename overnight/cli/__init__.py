@@ -1,5 +1,5 @@
 """The ``overnight`` command line. Client commands (``overnight.cli.commands``) speak HTTP only; the server's
-commands (up, doctor, image, token, migrate, bench llm, firewall) are declared here and run from
+commands (up, doctor, image, token, migrate, bench llm, firewall, eval) are declared here and run from
 ``overnight.admin``, imported only when one of them runs, so that the client starts fast and never loads the
 server side."""
 
@@ -186,6 +186,19 @@ def bench_llm(
 
     run_bench(base_url=base_url, model=model, api_key=api_key, compare=compare, concurrency=concurrency, steps=steps,
               max_tokens=max_tokens, output=output, trajectory=trajectory, say=err.print)  # fmt: skip
+
+
+@app.command(
+    "eval",
+    rich_help_panel=SERVER,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def eval_(ctx: typer.Context) -> None:
+    """Solve rate on SWE-bench-format instances, run as tasks and graded in sandboxes (`eval compare A B`)."""
+    from overnight.admin.eval.command import main as eval_main
+
+    raise typer.Exit(eval_main(ctx.args))
 
 
 def main() -> None:
