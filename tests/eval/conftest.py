@@ -37,7 +37,7 @@ class RoutedModel(ScriptedModel):
     def next_turn(
         self, body: dict[str, Any], affinity: str | None = None
     ) -> tuple[ScriptedTurn | None, dict[str, int]]:
-        first = next((m for m in body.get("messages", []) if m.get("role") == "user"), {})
+        first: dict[str, Any] = next((m for m in body.get("messages", []) if m.get("role") == "user"), {})
         text = json.dumps(first.get("content"))
         with self._route:
             marker = next((marker for marker in self.scripts if json.dumps(marker)[1:-1] in text), None)

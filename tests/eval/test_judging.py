@@ -11,7 +11,7 @@ import pytest
 from overnight.admin.eval.compare import compare, mcnemar_exact, wilson
 from overnight.admin.eval.grade import judge
 from overnight.admin.eval.instances import Instance, InstanceError, RepoSource, load_instances, patch_files
-from overnight.admin.eval.report import Report, RunRecord
+from overnight.admin.eval.report import Report, RunRecord, load_report, save
 from overnight.admin.eval.testlogs import parse_pytest, parse_tap
 
 INSTANCE = {"instance_id": "a__b-1", "repo": "a/b", "base_commit": "abc1234", "problem_statement": "it breaks",
@@ -94,3 +94,23 @@ def test_compare_pairs_runs_by_instance_and_attempt() -> None:
     result = compare(a, b)
     assert result.gained == ["x#2"] and result.lost == ["x#1"] and result.both == 1 and result.paired == 3
     assert (result.a.resolved, result.a.graded, result.b.resolved, result.b.graded) == (2, 4, 2, 3)
+
+
+def test_attempts_get_a_predictions_file_each_and_a_resolved_by_any_figure(tmp_path: Path) -> None:
+    def run(iid: str, attempt: int, outcome: str, cached: int = 0) -> RunRecord:
+        return RunRecord(instance_id=iid, attempt=attempt, task_id=f"{iid}{attempt}", graded=True, outcome=outcome,  # type: ignore[arg-type]
+                         model_patch=f"diff {iid} {attempt}\n", prompt_tokens=100, cached_tokens=cached)  # fmt: skip
+
+    runs = [run("y", 2, "unresolved"), run("x", 1, "unresolved", 50), run("y", 1, "unresolved")]
+    runs.append(run("x", 2, "resolved"))
+    report = Report(model_name_or_path="overnight/m", instances_file="f", attempts=2, planned=4, runs=runs)
+    report.runs.append(RunRecord(instance_id="z", attempt=1, task_id="filed, not graded"))
+    save(report, tmp_path, order=["y", "x", "z"])
+    first = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [(p["instance_id"], p["model_patch"]) for p in first] == [("y", "diff y 1\n"), ("x", "diff x 1\n")]
+    assert first[0]["model_name_or_path"] == "overnight/m"
+    assert len((tmp_path / "predictions-attempt-2.jsonl").read_text().splitlines()) == 2
+    summary = load_report(tmp_path).summary  # type: ignore[union-attr]
+    assert summary is not None and summary.graded == 4 and summary.resolved == 1 and summary.resolved_percent == 25.0
+    assert summary.by_attempt == {1: 0.0, 2: 50.0} and summary.resolved_any_percent == 50.0
+    assert summary.cached_share == 0.125
