@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import httpx
 from httpx_sse import SSEError, connect_sse
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from tenacity import (
     RetryError,
     Retrying,
@@ -28,27 +28,39 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class LLMConfig(BaseModel):
-    """How to reach the model."""
+    """How to reach the model (the server's settings nest it as it is: ``OVERNIGHT_LLM_*``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    base_url: str
-    """OpenAI-compatible base URL, ending in /v1."""
-    model: str
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI-compatible base URL ending in /v1 (vLLM, Mistral's API, any compatible server)."""
     provider: Literal["vllm", "mistral"] = "vllm"
-    """vllm: reasoning goes back in the ``reasoning`` field; mistral (La Plateforme): as thinking chunks."""
+    """Wire dialect: vllm (reasoning in the `reasoning` field) or mistral (La Plateforme: thinking chunks)."""
+    model: str = "mistral-medium-3.5"
+    """Model name as the endpoint serves it (vLLM's --served-model-name)."""
     api_key: SecretStr | None = None
+    """Bearer key of the model endpoint (vLLM's --api-key), if it needs one."""
     reasoning_effort: Literal["high", "none"] = "high"
-    temperature: float = 0.7
-    top_p: float = 0.95
+    """Medium 3.5 accepts only "high" and "none"."""
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    """Sampling temperature (the model card's 0.7 for reasoning_effort="high")."""
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    """Nucleus sampling cut-off."""
     max_tokens: int = Field(default=32768, gt=0)
+    """Output budget of one model call, reasoning included (doubled once when a turn is cut off)."""
     timeout: float = Field(default=600.0, gt=0)
-    """Seconds one request may take, streaming included."""
+    """Seconds one chat-completion request may take, streaming included."""
     retries: int = Field(default=4, ge=0)
+    """Attempts after the first on 429, 5xx and connection errors, with exponential backoff."""
     backoff_max: float = Field(default=30.0, gt=0)
     """Longest wait between two attempts."""
     session_id: str | None = None
     """Sent as ``x-session-affinity`` so that a router keeps a task's turns on one replica's prefix cache."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
 
 
 class _RetryableStatus(Exception):

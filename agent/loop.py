@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.base import AssistantTurn, Cancelled, LimitsExceeded, ModelClient, Submitted, ToolCall
-from agent.budget import Budget, Spend
+from agent.budget import AgentConfig, Spend
 from agent.leaks import TOOL_CALLS_TOKEN
 from agent.prompts import (
     COMPACTION_PROMPT,
@@ -43,16 +43,6 @@ log = logging.getLogger(__name__)
 MAX_TURNS_WITHOUT_TOOLS = 3
 EVENT_TEXT_LIMIT = 4_000
 CHARS_PER_TOKEN = 4
-
-
-@dataclass(kw_only=True)
-class AgentConfig:
-    budget: Budget = field(default_factory=Budget)
-    tool_output_limit: int = 16_000
-    command_timeout: float = 300
-    compact_threshold: int = 200_000
-    """Context tokens (prompt + completion of the last call) at which the history is compacted."""
-    max_compactions: int = 1
 
 
 @dataclass(kw_only=True)
