@@ -22,6 +22,7 @@ from api.app import create_app
 from overnight.settings import Settings
 from store.engine import make_engine, make_sessionmaker, migrate
 from store.models import TaskState
+from tests.web.stack import chromium, shots, stack, visit  # noqa: F401  (the browser tests' fixtures)
 
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 SIGN_IN_NONCE = re.compile(r'name="csrf_token" value="([^"]+)"')

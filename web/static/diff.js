@@ -138,8 +138,11 @@ const Diff = (() => {
       const removed = this.files.reduce((sum, file) => sum + file.deletedLines, 0);
       this.count.textContent = patch.diff ? `+${added} −${removed}` : "";
       const notes = [];
-      if (patch.title) notes.push(el("h2", {}, patch.title));
-      if (patch.body) notes.push(el("details", {}, el("summary", {}, "Description"), el("div", { class: "content wrap" }, patch.body)));
+      if (patch.body) {
+        notes.push(el("details", {}, el("summary", {}, el("strong", {}, patch.title || "Description"), patch.title ? " — description" : ""), el("div", { class: "content wrap" }, patch.body)));
+      } else if (patch.title) {
+        notes.push(el("h2", {}, patch.title));
+      }
       if (!patch.complete) notes.push(el("p", { class: "notice warn" }, "Incomplete: the run ended early (a budget or a cancel); this is what was done so far."));
       if (!patch.diff) notes.push(el("p", { class: "notice" }, "The task found no changes to make."));
       if (patch.excluded?.length) {

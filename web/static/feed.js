@@ -106,10 +106,10 @@ const Feed = (() => {
     retry: (d) => ({ kind: "Retry", body: [el("p", {}, "A new attempt of ", el("a", { href: `/tasks/${encodeURIComponent(d.retry_of)}` }, d.retry_of), ".")] }),
   };
 
-  function toolResult(d) {
+  function toolResult(d, seq) {
     const status = d.error ? "✗ failed" : "✓ done";
     const duration = d.duration != null ? ` in ${Number(d.duration).toFixed(2)} s` : "";
-    return el("div", { class: `tool-result${d.error ? " error" : ""}` }, el("div", { class: "status" }, status + duration), output(d.output));
+    return el("div", { class: `tool-result${d.error ? " error" : ""}`, "data-seq": seq }, el("div", { class: "status" }, status + duration), output(d.output));
   }
 
   function render(event) {
@@ -136,10 +136,19 @@ const Feed = (() => {
       this.calls = new Map();
       this.backoff = 1000;
       this.queue = Promise.resolve();
-      this.following = true; // changed only by the reader's scrolling, not by the feed growing or the window resizing
+      // Following stops only when the reader scrolls up (wheel, touch, keys, the scroll bar), never because the
+      // feed grew or the layout moved under it; it resumes when they come back to the bottom.
+      this.following = true;
+      this.readerScrolled = 0;
+      const reader = () => { this.readerScrolled = Date.now(); };
+      for (const type of ["wheel", "touchmove", "keydown", "pointerdown"]) container.addEventListener(type, reader, { passive: true });
       container.addEventListener("scroll", () => {
-        this.following = this.atBottom();
-        if (this.following) this.jump.hidden = true;
+        if (this.atBottom()) {
+          this.following = true;
+          this.jump.hidden = true;
+        } else if (Date.now() - this.readerScrolled < 1000) {
+          this.following = false;
+        }
       });
       new ResizeObserver(() => { if (this.following) this.toBottom(); }).observe(container);
       jump.addEventListener("click", () => this.toBottom());
@@ -167,7 +176,7 @@ const Feed = (() => {
       const data = event.data || {};
       const call = event.type === "tool_result" ? this.calls.get(data.id) : null;
       if (call) {
-        call.querySelector(".event-body").append(toolResult(data));
+        call.querySelector(".event-body").append(toolResult(data, event.seq));
       } else {
         const node = render(event);
         if (event.type === "tool_call" && data.id) this.calls.set(data.id, node);
