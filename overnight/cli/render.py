@@ -4,54 +4,77 @@ from __future__ import annotations
 
 from contextlib import suppress
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
+if TYPE_CHECKING:
+    from overnight.events import TaskEvent
+
+
+def read(event: dict[str, Any]) -> TaskEvent | None:
+    """The typed event of one the API sent (fields a newer server added are ignored); None if it is none."""
+    from overnight.events import UnreadableEvent, parse_event  # here: `--help` starts without pydantic
+
+    try:
+        return parse_event(event["type"], event["data"], ignore_unknown_fields=True)
+    except (UnreadableEvent, KeyError, TypeError):
+        return None
+
 
 def describe(event: dict[str, Any]) -> str | None:
-    """The event as one line of rich markup (None: nothing worth a line); an event whose data is not what its
-    type promises (a newer or broken server) is shown by its type alone."""
-    try:
-        return _line(event["type"], event["data"])
-    except (KeyError, TypeError, AttributeError, ValueError):
-        return f"[dim]{escape(str(event.get('type')))}[/dim]"
+    """The event as one line of rich markup (None: nothing worth a line, or a type this client does not know);
+    an event whose data is not what its type promises (a newer or broken server) is shown by its type alone."""
+    from overnight.events import EVENT_MODELS
 
-
-def _line(kind: str, data: dict[str, Any]) -> str | None:
-    if kind == "state":
-        reason = f": {escape(str(data['reason']))}" if data.get("reason") else ""
-        colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(data["state"], "bold")
-        return f"[{colour}]● {escape(str(data['state']))}[/{colour}]{reason}"
-    if kind == "phase":
-        return f"[dim]… {escape(data['phase'])}[/dim]"
-    if kind == "setup":
-        what = (
-            "cached environment"
-            if data.get("cached")
-            else escape(f"exit {data.get('exit_code')} in {data.get('duration')} s")
-        )
-        return f"[dim]… set-up ({escape(str(data.get('script')))}): {what}[/dim]"
-    if kind == "model_response":
-        text = (data.get("content") or "").strip().splitlines()
-        return f"[blue]step {int(data['step'])}[/blue] {escape(text[0][:140])}" if text else None
-    if kind == "tool_call":
-        name, arguments = escape(str(data["name"])), escape(_short(str(data["arguments"]), 140))
-        return f"[cyan]step {int(data['step'])} ▸ {name}[/cyan] {arguments}"
-    if kind == "tool_result":
-        lines = [line for line in (data.get("output") or "").splitlines() if line.strip()]
-        mark = "[red]✗[/red]" if data.get("error") else "[dim]↳[/dim]"
-        return f"  {mark} [dim]{escape(_short(lines[0] if lines else '(no output)', 140))}[/dim]"
-    if kind == "patch":
-        return f"[bold]patch[/bold]: {int(data['files_changed'])} file(s), {int(data['bytes'])} bytes"
-    if kind == "publish":
-        if data.get("state") == "published":
-            return f"[green]published[/green]: {escape(str(data.get('pull_request') or data.get('branch')))}"
-        if data.get("state") == "failed":
-            return f"[red]publishing failed[/red]: {escape(str(data.get('reason')))}"
+    if isinstance(event.get("type"), str) and event["type"] not in EVENT_MODELS:
         return None
-    if kind in ("compaction", "format_error", "finish"):
-        return f"[magenta]{kind}[/magenta]"
+    parsed = read(event)
+    return f"[dim]{escape(str(event.get('type')))}[/dim]" if parsed is None else _line(parsed)
+
+
+def _line(event: TaskEvent) -> str | None:
+    from overnight.events import (
+        CompactionEvent,
+        FinishEvent,
+        FormatErrorEvent,
+        ModelResponseEvent,
+        PatchEvent,
+        PhaseEvent,
+        PublishEvent,
+        SetupEvent,
+        StateEvent,
+        ToolCallEvent,
+        ToolResultEvent,
+    )
+
+    match event:
+        case StateEvent():
+            reason = f": {escape(event.reason)}" if event.reason else ""
+            colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(event.state, "bold")
+            return f"[{colour}]● {escape(event.state)}[/{colour}]{reason}"
+        case PhaseEvent():
+            return f"[dim]… {escape(event.phase)}[/dim]"
+        case SetupEvent():
+            what = "cached environment" if event.cached else escape(f"exit {event.exit_code} in {event.duration} s")
+            return f"[dim]… set-up ({escape(event.script)}): {what}[/dim]"
+        case ModelResponseEvent():
+            text = (event.content or "").strip().splitlines()
+            return f"[blue]step {event.step}[/blue] {escape(text[0][:140])}" if text else None
+        case ToolCallEvent():
+            return f"[cyan]step {event.step} ▸ {escape(event.name)}[/cyan] {escape(_short(event.arguments, 140))}"
+        case ToolResultEvent():
+            lines = [line for line in event.output.splitlines() if line.strip()]
+            mark = "[red]✗[/red]" if event.error else "[dim]↳[/dim]"
+            return f"  {mark} [dim]{escape(_short(lines[0] if lines else '(no output)', 140))}[/dim]"
+        case PatchEvent():
+            return f"[bold]patch[/bold]: {event.files_changed} file(s), {event.bytes} bytes"
+        case PublishEvent(state="published"):
+            return f"[green]published[/green]: {escape(str(event.pull_request or event.branch))}"
+        case PublishEvent(state="failed"):
+            return f"[red]publishing failed[/red]: {escape(str(event.reason))}"
+        case CompactionEvent() | FormatErrorEvent() | FinishEvent():
+            return f"[magenta]{event.type}[/magenta]"
     return None
 
 
@@ -70,20 +93,18 @@ class Status:
         self.started: datetime | None = None
 
     def update(self, event: dict[str, Any]) -> None:
-        # An event not shaped as its type promises leaves the status line as it was.
-        with suppress(KeyError, TypeError, AttributeError, ValueError):
-            self._update(event)
+        """An event not shaped as its type promises leaves the status line as it was."""
+        from overnight.events import ModelResponseEvent, StateEvent
 
-    def _update(self, event: dict[str, Any]) -> None:
-        data = event["data"]
-        if event["type"] == "model_response":
-            self.step = data["step"]
-            usage = data.get("usage") or {}
-            self.tokens += int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
-        if event["type"] == "state":
-            self.state = data["state"]
-            if self.started is None and data["state"] == "preparing":
-                self.started = datetime.fromisoformat(event["created_at"])
+        parsed = read(event)
+        if isinstance(parsed, ModelResponseEvent):
+            self.step = parsed.step
+            self.tokens += parsed.usage.prompt_tokens + parsed.usage.completion_tokens
+        if isinstance(parsed, StateEvent):
+            self.state = parsed.state
+            if self.started is None and parsed.state == "preparing":
+                with suppress(KeyError, TypeError, ValueError):
+                    self.started = datetime.fromisoformat(event["created_at"])
 
     def __rich__(self) -> str:
         """Rendered afresh at every refresh of a ``Live`` display, so the elapsed time keeps moving between
