@@ -38,15 +38,15 @@ def create_app(
         queue = TaskQueue(broker_url, queue=settings.queue)
     app.state.queue = queue
     # The webhook may look an installation up while GitHub waits (10 s): one short try, no retries.
-    app.state.github = github_client or client_from_settings(settings, attempts=1, timeout=4.0)
+    app.state.github = github_client or client_from_settings(settings.github, attempts=1, timeout=4.0)
     install_error_handlers(app)
     # Added last, runs first: the token is checked before the body is counted, and both before it is parsed.
     app.add_middleware(
         BodyLimitMiddleware,
-        default=settings.api_max_body_bytes,
+        default=settings.api.max_body_bytes,
         limits={
-            ("POST", "/v1/tasks"): settings.api_max_upload_bytes,
-            ("POST", "/v1/github/webhook"): settings.github_webhook_max_body_bytes,
+            ("POST", "/v1/tasks"): settings.api.max_upload_bytes,
+            ("POST", "/v1/github/webhook"): settings.github.webhook_max_body_bytes,
         },
     )
     cookie_auth = install_web(app, settings)  # the web pages; their scripts reach the API with the cookie

@@ -56,8 +56,8 @@ class RepoAccess:
     def from_settings(cls, settings: Settings) -> RepoAccess:
         forbidden = [settings.data_dir, settings.config_dir, settings.mirrors_dir, settings.workspaces_dir,
                      settings.environments_dir]  # fmt: skip
-        if settings.sandbox_rootfs is not None:
-            forbidden.append(settings.sandbox_rootfs)
+        if settings.sandbox.rootfs is not None:
+            forbidden.append(settings.sandbox.rootfs)
         return cls(
             allow_local=settings.allow_local_repos,
             local_roots=tuple(_resolve(root) for root in settings.local_repo_roots),

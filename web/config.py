@@ -25,13 +25,13 @@ class WebConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> WebConfig:
         return cls(
-            price_input=settings.price_input_per_mtok,
-            price_cached_input=settings.price_cached_input_per_mtok,
-            price_output=settings.price_output_per_mtok,
-            max_steps=settings.agent_max_steps,
-            max_total_tokens=settings.agent_max_total_tokens,
-            max_cost=settings.agent_max_cost,
-            github_base=settings.github_git_base,
+            price_input=settings.agent.budget.price_input,
+            price_cached_input=settings.agent.budget.price_cached_input,
+            price_output=settings.agent.budget.price_output,
+            max_steps=settings.agent.budget.max_steps,
+            max_total_tokens=settings.agent.budget.max_total_tokens,
+            max_cost=settings.agent.budget.max_cost,
+            github_base=settings.github.git_base,
             secure_cookies=(settings.public_url or "").startswith("https://"),
         )
 

@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     # Sandboxes a crashed worker left behind, their folders and its workspaces on this host: now, then periodically.
     environments = [settings.environments_dir / backend for backend in ("docker", "bwrap")]
     start_reaper(
-        settings.reap_seconds,
+        settings.worker.reap_seconds,
         (settings.data_dir / "control", settings.environments_dir, *environments, settings.workspaces_dir),
     )
-    app = create_celery(broker_url, queue=settings.queue, task_time_limit=settings.task_time_limit)
+    app = create_celery(broker_url, queue=settings.queue, task_time_limit=settings.worker.task_time_limit)
     start_reconciler(settings, TaskQueue(broker_url, queue=settings.queue))
     register_tasks(app)
     concurrency = (argv or sys.argv[1:] or ["1"])[0]

@@ -72,16 +72,16 @@ def start_reconciler(settings: Settings, queue: TaskQueue) -> threading.Thread:
     def loop() -> None:
         answering_since: float | None = time.monotonic()  # since when the database has answered every pass
         while True:
-            time.sleep(settings.reconcile_seconds)
+            time.sleep(settings.worker.reconcile_seconds)
             now = time.monotonic()
             try:
                 done = reconcile(
                     sessions, queue,
-                    stale_after=timedelta(seconds=settings.worker_stale_seconds),
-                    lost_after=timedelta(seconds=max(settings.reconcile_seconds * 2, 30)),
-                    max_attempts=settings.task_max_attempts,
+                    stale_after=timedelta(seconds=settings.worker.stale_seconds),
+                    lost_after=timedelta(seconds=max(settings.worker.reconcile_seconds * 2, 30)),
+                    max_attempts=settings.worker.task_max_attempts,
                     recover_stale=answering_since is not None
-                    and now - answering_since >= settings.worker_stale_seconds,
+                    and now - answering_since >= settings.worker.stale_seconds,
                 )  # fmt: skip
                 if answering_since is None:
                     answering_since = now

@@ -10,13 +10,14 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from overnight.settings import Settings
+from overnight.settings import SandboxSettings, Settings
 from sandbox.base import SandboxBackend, SandboxUnavailableError
 from sandbox.bwrap import BwrapConfig
 from sandbox.disk import probe_kernel_disks
 from sandbox.docker import DockerConfig
 from sandbox.egress import EgressPolicy
 from sandbox.reaper import reap
+from worker.environment import SetupPolicy
 
 log = logging.getLogger(__name__)
 
@@ -32,47 +33,48 @@ def docker_answers() -> bool:
 
 
 def sandbox_config(settings: Settings, *, docker_available: bool | None = None) -> DockerConfig | BwrapConfig:
-    choice = settings.sandbox_backend
+    sandbox = settings.sandbox
+    choice = sandbox.backend
     if choice == "auto":
         available = docker_answers() if docker_available is None else docker_available
         choice = "docker" if available else "bwrap"
     common = {
-        "memory": settings.sandbox_memory,
-        "pids": settings.sandbox_pids,
-        "cpus": settings.sandbox_cpus,
-        "command_timeout": settings.sandbox_command_timeout,
-        "disk_limit": settings.sandbox_disk_limit,
-        "disk_enforcement": settings.sandbox_disk_enforcement,
-        "tmp_size": settings.sandbox_tmp_size,
-        "home_size": settings.sandbox_home_size,
+        **sandbox.limits.model_dump(),
         "control_root": settings.data_dir / "control",
-        "setup_egress": setup_egress(settings),
+        "setup_egress": setup_egress(sandbox),
     }
     if choice == "docker":
-        return DockerConfig(
-            image=settings.sandbox_image,
-            environments=settings.environments_dir / "docker",
-            **common,  # type: ignore[arg-type]
-        )
+        return DockerConfig(image=sandbox.image, environments=settings.environments_dir / "docker", **common)
     return BwrapConfig(
-        rootfs=settings.sandbox_rootfs_for(settings.sandbox_image),
-        environments=settings.environments_dir / "bwrap",
-        **common,  # type: ignore[arg-type]
+        rootfs=settings.sandbox_rootfs_for(sandbox.image), environments=settings.environments_dir / "bwrap", **common
     )
 
 
-def setup_egress(settings: Settings) -> EgressPolicy:
+def setup_egress(sandbox: SandboxSettings) -> EgressPolicy:
     return EgressPolicy(
-        allowed_networks=tuple(settings.sandbox_setup_allowed_networks),
-        proxy=settings.sandbox_proxy,
-        install=settings.sandbox_setup_firewall == "install",
+        allowed_networks=tuple(sandbox.setup_allowed_networks),
+        proxy=sandbox.proxy,
+        install=sandbox.setup_firewall == "install",
+    )
+
+
+def setup_policy(sandbox: SandboxSettings, *, lifetime: float) -> SetupPolicy:
+    """How set-up sandboxes start; ``lifetime``: the task's time limit."""
+    return SetupPolicy(
+        image=sandbox.image,
+        network=sandbox.setup_network,
+        timeout=sandbox.setup_timeout,
+        lifetime=lifetime,
+        ca_bundle=sandbox.ca_bundle,
+        proxy_env=sandbox.proxy_env(),
+        repo_images=tuple(sandbox.repo_images),
     )
 
 
 def check_disk_enforcement(settings: Settings) -> None:
     """Refuse a worker that cannot have the kernel-enforced disk limits it is set to (``sandbox.disk``), with
     the reason and the way out; say loudly what ``poll`` gives up."""
-    if settings.sandbox_disk_enforcement == "poll":
+    if settings.sandbox.limits.disk_enforcement == "poll":
         log.warning(
             "OVERNIGHT_SANDBOX_DISK_ENFORCEMENT=poll: the disk limit is a once-a-second measurement that a fast "
             "writer passes by gigabytes; a task can fill this host's disk"

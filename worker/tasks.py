@@ -6,13 +6,13 @@ import os
 import socket
 import threading
 from datetime import timedelta
+from functools import partial
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session, sessionmaker
 
-from agent.budget import Budget
 from agent.client import ChatClient, LLMConfig
-from agent.loop import AgentConfig
 from overnight.access import RepoAccess
 from overnight.github.client import client_from_settings
 from overnight.settings import Settings
@@ -21,98 +21,65 @@ from store.attempts import mark_enqueued
 from store.engine import make_engine, make_sessionmaker
 from store.models import TaskState
 from store.tasks import transition
-from worker.environment import SetupPolicy
 from worker.github import GitHubHooks
 from worker.hostgit import DataLimits
 from worker.mirrors import MirrorCache
 from worker.pipeline import WorkerContext, run_task
 from worker.repo import Checkout
-from worker.sandboxes import sandbox_backend
+from worker.sandboxes import sandbox_backend, setup_policy
 
 _context: WorkerContext | None = None
 _lock = threading.Lock()
 
 
 def build_context(settings: Settings) -> WorkerContext:
-    engine = make_engine(settings.resolved_database_url)
-
-    def model_factory(task_id: str) -> ChatClient:
-        return ChatClient(
-            LLMConfig(
-                base_url=settings.llm_base_url,
-                model=settings.llm_model,
-                provider=settings.llm_provider,
-                api_key=settings.llm_api_key,
-                reasoning_effort=settings.llm_reasoning_effort,
-                temperature=settings.llm_temperature,
-                top_p=settings.llm_top_p,
-                max_tokens=settings.llm_max_tokens,
-                timeout=settings.llm_request_timeout,
-                retries=settings.llm_retries,
-                session_id=task_id,
-            )
-        )
-
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     backend = sandbox_backend(settings)
-    sessions = make_sessionmaker(engine)
-    github = client_from_settings(settings)
-    hooks = None
-    if github is not None:
-        hooks = GitHubHooks(
-            github, sessions, allow_local=settings.allow_local_repos, label=settings.github_trigger_label,
-            draft=settings.github_draft, public_url=settings.public_url,
-        )  # fmt: skip
+    sandbox, worker = settings.sandbox, settings.worker
     return WorkerContext(
         sessions=sessions,
-        hooks=hooks,
+        hooks=github_hooks(settings, sessions),
         backend=backend,
         environments=EnvironmentCache(
             settings.environments_dir,
             backend,
-            max_age=settings.sandbox_env_max_age_hours * 3600,
-            max_bytes=settings.sandbox_env_max_bytes,
+            max_age=sandbox.env_max_age_hours * 3600,
+            max_bytes=sandbox.env_max_bytes,
         ),
-        setup=SetupPolicy(
-            image=settings.sandbox_image,
-            network=settings.sandbox_setup_network,
-            timeout=settings.sandbox_setup_timeout,
-            lifetime=settings.task_time_limit,
-            ca_bundle=settings.sandbox_ca_bundle,
-            proxy_env=settings.sandbox_proxy_env(),
-            repo_images=tuple(settings.sandbox_repo_images),
-        ),
-        agent_network=settings.sandbox_agent_network,
-        model_factory=model_factory,
+        setup=setup_policy(sandbox, lifetime=worker.task_time_limit),
+        agent_network=sandbox.agent_network,
+        model_factory=partial(model_client, settings.llm),
         workspaces=settings.workspaces_dir,
         checkout=Checkout(
-            mirrors=MirrorCache(settings.mirrors_dir, max_bytes=settings.mirror_max_bytes),
+            mirrors=MirrorCache(settings.mirrors_dir, max_bytes=worker.mirror_max_bytes),
             access=RepoAccess.from_settings(settings),
             credentials={host: token.get_secret_value() for host, token in settings.git_credentials.items()},
         ),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
-        max_active_per_user=settings.max_active_tasks_per_user,
-        max_attempts=settings.task_max_attempts,
-        heartbeat_seconds=settings.worker_heartbeat_seconds,
-        stale_after=timedelta(seconds=settings.worker_stale_seconds),
-        database_retry_seconds=settings.database_retry_seconds,
-        author=(settings.git_author_name, settings.git_author_email),
-        limits=DataLimits(git_memory=settings.git_memory_limit, max_patch_bytes=settings.max_patch_bytes),
-        agent=AgentConfig(
-            budget=Budget(
-                max_steps=settings.agent_max_steps,
-                max_wall_seconds=settings.agent_max_wall_seconds,
-                max_total_tokens=settings.agent_max_total_tokens,
-                max_cost=settings.agent_max_cost,
-                price_input=settings.price_input_per_mtok,
-                price_cached_input=settings.price_cached_input_per_mtok,
-                price_output=settings.price_output_per_mtok,
-            ),
-            tool_output_limit=settings.agent_tool_output_limit,
-            command_timeout=settings.sandbox_command_timeout,
-            compact_threshold=settings.agent_compact_threshold,
-            max_compactions=settings.agent_max_compactions,
-        ),
+        max_active_per_user=worker.max_active_tasks_per_user,
+        max_attempts=worker.task_max_attempts,
+        heartbeat_seconds=worker.heartbeat_seconds,
+        stale_after=timedelta(seconds=worker.stale_seconds),
+        database_retry_seconds=worker.database_retry_seconds,
+        author=worker.author,
+        limits=DataLimits(git_memory=worker.git_memory_limit, max_patch_bytes=worker.max_patch_bytes),
+        agent=settings.agent,
     )
+
+
+def model_client(config: LLMConfig, task_id: str) -> ChatClient:
+    """The model client of one task: the task id is its cache-affinity key."""
+    return ChatClient(config.model_copy(update={"session_id": task_id}))
+
+
+def github_hooks(settings: Settings, sessions: sessionmaker[Session]) -> GitHubHooks | None:
+    github = client_from_settings(settings.github)
+    if github is None:
+        return None
+    return GitHubHooks(
+        github, sessions, allow_local=settings.allow_local_repos, label=settings.github.trigger_label,
+        author=settings.worker.author, draft=settings.github.draft, public_url=settings.public_url,
+    )  # fmt: skip
 
 
 def worker_context() -> WorkerContext:

@@ -76,14 +76,14 @@ async def receive_webhook(
     x_github_delivery: str | None = Header(default=None),
 ) -> Response:
     settings: Settings = request.app.state.settings
-    if settings.github_webhook_secret is None:
+    if settings.github.webhook_secret is None:
         log.error("refused a GitHub delivery: OVERNIGHT_GITHUB_WEBHOOK_SECRET is not set, so none can be verified")
         raise APIError(401, "webhook_secret_unset", "this server has no GitHub webhook secret configured")
     if not (x_hub_signature_256 or "").startswith("sha256="):  # refused before a byte of the body is read
         log.warning("refused GitHub delivery %s: no X-Hub-Signature-256", x_github_delivery)
         raise APIError(401, "bad_signature", "missing or wrong X-Hub-Signature-256")
     body = await request.body()  # at most OVERNIGHT_GITHUB_WEBHOOK_MAX_BODY_BYTES (api.limits counts it)
-    secret = settings.github_webhook_secret.get_secret_value().encode()
+    secret = settings.github.webhook_secret.get_secret_value().encode()
     if not signature_valid(secret, body, x_hub_signature_256):
         log.warning("refused GitHub delivery %s: missing or wrong X-Hub-Signature-256", x_github_delivery)
         raise APIError(401, "bad_signature", "missing or wrong X-Hub-Signature-256")
@@ -149,13 +149,13 @@ def _handle(state: Any, settings: Settings, event: str, delivery_id: str, payloa
         if event in ("installation", "installation_repositories"):
             _record_installation(session, delivery)
             return record.done(200, f"recorded: installation {action}")
-        rules = Rules(label=settings.github_trigger_label, command=settings.github_command,
-                      associations=frozenset(settings.github_allowed_associations),
-                      pr_comments_need_command=settings.github_pr_comments_need_command)  # fmt: skip
+        rules = Rules(label=settings.github.trigger_label, command=settings.github.command,
+                      associations=frozenset(settings.github.allowed_associations),
+                      pr_comments_need_command=settings.github.pr_comments_need_command)  # fmt: skip
         asked = request_of(event, delivery, rules)
         if isinstance(asked, str):
             return record.done(204, f"ignored: {asked}")
-        if asked.source not in settings.github_triggers:
+        if asked.source not in settings.github.triggers:
             return record.done(204, f"ignored: the {asked.source} trigger is off (OVERNIGHT_GITHUB_TRIGGERS)")
         if asked.comment_id is not None and store.github.is_progress_comment(session, asked.comment_id):
             return record.done(204, "ignored: Overnight's own progress comment")
@@ -179,7 +179,7 @@ def _decide(
     refused = _sender_refused(state.github, installation, asked, rules)
     if refused:
         reply = None
-        if settings.github_reply_unauthorised:
+        if settings.github.reply_unauthorised:
             reply = (installation, asked.repo, asked.number, UNAUTHORISED_REPLY.format(login=asked.sender))
         return record.done(204, f"refused: {refused}", reply=reply)
     parent = None
@@ -231,7 +231,7 @@ def _repository_refused(
     if client is None:
         return "GitHub is not configured (no App id and key, and no token): cannot publish results"
     if not client.credentials.app_mode:
-        allowed = {name.lower() for name in settings.github_repositories}
+        allowed = {name.lower() for name in settings.github.repositories}
         if allowed and asked.repo.lower() not in allowed:
             return f"{asked.repo} is not in OVERNIGHT_GITHUB_REPOSITORIES"
         return None
@@ -254,11 +254,11 @@ def _repository_refused(
 
 def _create_task(session: Any, settings: Settings, asked: TriggerRequest, installation: int | None, parent: Any) -> str:
     try:
-        repo_url = validate_repo_url(f"{settings.github_git_base}/{asked.repo}.git",
+        repo_url = validate_repo_url(f"{settings.github.git_base}/{asked.repo}.git",
                                      allow_local=settings.allow_local_repos)  # fmt: skip
     except InvalidRepoError as exc:  # the payload's name is checked already: the configured base is at fault
         log.error("GitHub tasks cannot be created: the clone address %s/%s.git is refused: %s",
-                  settings.github_git_base, asked.repo, exc)  # fmt: skip
+                  settings.github.git_base, asked.repo, exc)  # fmt: skip
         raise APIError(500, "github_misconfigured", "this server's GitHub clone address is not usable; "
                             "see `overnight doctor`") from exc  # fmt: skip
     instruction = instruction_for(asked).encode()[:MAX_INSTRUCTION_BYTES].decode(errors="ignore")

@@ -66,7 +66,7 @@ def _check_quota(session: Session, settings: Settings, user_id: int | None) -> N
     if user_id is None:
         return
     unfinished = store.users.unfinished_tasks_locked(session, user_id)
-    if unfinished >= settings.max_queued_tasks_per_user:
+    if unfinished >= settings.api.max_queued_tasks_per_user:
         session.rollback()
         raise APIError(429, "too_many_tasks", f"you have {unfinished} unfinished tasks (queued, preparing or "
                        f"running), the most one user may have; wait for some to end or cancel some")  # fmt: skip
@@ -253,7 +253,8 @@ def task_events(
     _task_or_404(session, task_id, user)
     if "text/event-stream" in request.headers.get("accept", ""):
         resume = max(after, int(last_event_id or 0))
-        return event_stream(request.app.state.sessions, task_id, after=resume, ping_seconds=settings.sse_ping_seconds)
+        ping_seconds = settings.api.sse_ping_seconds
+        return event_stream(request.app.state.sessions, task_id, after=resume, ping_seconds=ping_seconds)
     events = store.events.list_events(session, task_id, after=after, limit=limit)
     return EventList(events=[event_public(row) for row in events])
 

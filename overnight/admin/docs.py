@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings
+from collections.abc import Iterable
+
+from pydantic.fields import FieldInfo
 
 from overnight.cli.settings import ClientSettings
-from overnight.settings import Settings
+from overnight.settings import variables
 
 BEGIN = "<!-- settings-table:begin -->"
 END = "<!-- settings-table:end -->"
 
 
-def _rows(model: type[BaseSettings]) -> list[str]:
-    rows = []
-    for name, field in model.model_fields.items():
+def _rows(fields: Iterable[tuple[str, FieldInfo]]) -> list[str]:
+    rows: dict[str, str] = {}
+    for name, field in fields:
         default = field.get_default(call_default_factory=False)
         shown = "(computed)" if field.default_factory is not None else ("" if default is None else f"`{default}`")
         description = " ".join((field.description or "").split())
-        rows.append(f"| `OVERNIGHT_{name.upper()}` | {shown} | {description} |")
-    return rows
+        rows.setdefault(name, f"| `{name}` | {shown} | {description} |")  # a variable that sets two fields: once
+    return list(rows.values())
 
 
 def settings_table() -> str:
     lines = ["| variable | default | meaning |", "|---|---|---|"]
-    lines += _rows(Settings)
+    lines += _rows((variable.name, variable.field) for variable in variables())
     lines += ["", "Client side (the `overnight` CLI):", "", "| variable | default | meaning |", "|---|---|---|"]
-    lines += _rows(ClientSettings)
+    lines += _rows((f"OVERNIGHT_{name.upper()}", field) for name, field in ClientSettings.model_fields.items())
     return "\n".join(lines)
 
 

@@ -96,10 +96,10 @@ def _github(settings: Settings) -> str:
     found = problems(settings)
     if found:
         raise RuntimeError("; ".join(found))
-    client = client_from_settings(settings, attempts=1, timeout=10.0)
+    client = client_from_settings(settings.github, attempts=1, timeout=10.0)
     if client is None:
         return f"git credentials for {', '.join(sorted(settings.git_credentials))}"
-    return f"{client.identity()} at {settings.github_api_url}"
+    return f"{client.identity()} at {settings.github.api_url}"
 
 
 def _database(settings: Settings) -> str:
@@ -134,10 +134,10 @@ def _image(settings: Settings) -> str:
     if config.__class__.__name__ == "DockerConfig":
         import docker
 
-        if not image_present(docker.from_env(), settings.sandbox_image):
-            raise RuntimeError(f"image {settings.sandbox_image} is missing")
-        return f"Docker image {settings.sandbox_image}"
-    rootfs = settings.sandbox_rootfs_for(settings.sandbox_image)
+        if not image_present(docker.from_env(), settings.sandbox.image):
+            raise RuntimeError(f"image {settings.sandbox.image} is missing")
+        return f"Docker image {settings.sandbox.image}"
+    rootfs = settings.sandbox_rootfs_for(settings.sandbox.image)
     if not rootfs_complete(rootfs):
         raise RuntimeError(f"no root filesystem at {rootfs}")
     return f"root filesystem {rootfs}"
@@ -169,30 +169,30 @@ def _sandbox(settings: Settings) -> str:
 def _model_checks(settings: Settings) -> list[Check]:
     # One affinity key for every probe: behind the router, the repeated probe must reach the same replica's cache.
     headers = {"x-session-affinity": f"overnight-doctor-{secrets.token_hex(4)}"}
-    if settings.llm_api_key is not None:
-        headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
-    http = httpx.Client(base_url=settings.llm_base_url, headers=headers, timeout=httpx.Timeout(120, connect=5))
-    base = settings.llm_base_url
+    if settings.llm.api_key is not None:
+        headers["Authorization"] = f"Bearer {settings.llm.api_key.get_secret_value()}"
+    http = httpx.Client(base_url=settings.llm.base_url, headers=headers, timeout=httpx.Timeout(120, connect=5))
+    base = settings.llm.base_url
     checks = [_check("model endpoint reachable", f"start the model server at {base} or set OVERNIGHT_LLM_BASE_URL",
                      lambda: _models(http))]  # fmt: skip
     if not checks[0].ok:
         return checks
-    body = {"model": settings.llm_model, "messages": PROBE_MESSAGES, "max_tokens": 64, "temperature": 0}
-    effort = {**body, "reasoning_effort": settings.llm_reasoning_effort}
+    body = {"model": settings.llm.model, "messages": PROBE_MESSAGES, "max_tokens": 64, "temperature": 0}
+    effort = {**body, "reasoning_effort": settings.llm.reasoning_effort}
     probe = {**effort, "tools": [PROBE_TOOL], "tool_choice": "auto"}
     responses: list[dict[str, Any]] = []
     checks += [
         _check(
             "serves the configured model",
-            f"serve it as {settings.llm_model} (--served-model-name) or set OVERNIGHT_LLM_MODEL",
-            lambda: _serves(http, settings.llm_model),
+            f"serve it as {settings.llm.model} (--served-model-name) or set OVERNIGHT_LLM_MODEL",
+            lambda: _serves(http, settings.llm.model),
         ),
         _check(
             "accepts reasoning_effort",
             "use a Mistral reasoning parser and a vLLM that knows the setting "
             "(--reasoning-parser mistral; vLLM >= 0.18)",
             lambda: _reasons(http, effort, responses),
-            weights=settings.llm_reasoning_effort == "high",
+            weights=settings.llm.reasoning_effort == "high",
         ),
         _check(
             "returns a tool call for a probe request",

@@ -19,7 +19,7 @@ def run_firewall(*, watch: float, check: bool, say: Say) -> int:
     from sandbox.egress import EgressError, docker_iptables, docker_jumps, install, installed
     from worker.sandboxes import setup_egress
 
-    policy = setup_egress(Settings())
+    policy = setup_egress(Settings().sandbox)
     said = False
     while True:
         try:

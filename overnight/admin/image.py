@@ -23,7 +23,7 @@ def build_image(
     from sandbox.image import SMOKE_COMMANDS, build_from_dockerfile, ensure_image, image_present
 
     settings = Settings()
-    image = name or settings.sandbox_image
+    image = name or settings.sandbox.image
     rootfs = settings.sandbox_rootfs_for(image)
     client: docker.DockerClient | None
     try:

@@ -23,16 +23,14 @@ STOP_GRACE_SECONDS = 10
 
 
 def _settings_for_up(host: str | None, port: int | None) -> Settings:
-    overrides: dict[str, object] = {}
-    if "OVERNIGHT_ALLOW_LOCAL_REPOS" not in os.environ:
-        overrides["allow_local_repos"] = True  # embedded default: the admin's own checkouts are fair game...
-    if "OVERNIGHT_LOCAL_REPO_ROOTS" not in os.environ:
-        overrides["local_repo_roots"] = [Path.home()]  # ...those under their home (never the data folder)
-    if host:
-        overrides["api_host"] = host
-    if port:
-        overrides["api_port"] = port
-    return Settings(**overrides)  # type: ignore[arg-type]
+    settings = Settings()
+    embedded: dict[str, object] = {}
+    if "allow_local_repos" not in settings.model_fields_set:
+        embedded["allow_local_repos"] = True  # embedded default: the admin's own checkouts are fair game...
+    if "local_repo_roots" not in settings.model_fields_set:
+        embedded["local_repo_roots"] = [Path.home()]  # ...those under their home (never the data folder)
+    api = settings.api.model_copy(update={"host": host or settings.api.host, "port": port or settings.api.port})
+    return settings.model_copy(update={**embedded, "api": api})
 
 
 def _choose_sandbox(settings: Settings, say: Say) -> str:
@@ -40,7 +38,7 @@ def _choose_sandbox(settings: Settings, say: Say) -> str:
     from sandbox.image import image_present, rootfs_complete
     from worker.sandboxes import docker_answers
 
-    backend = settings.sandbox_backend
+    backend = settings.sandbox.backend
     if backend == "auto":
         backend = "docker" if docker_answers() else "bwrap"
         why = "a Docker engine answers" if backend == "docker" else "no Docker engine answered"
@@ -50,10 +48,10 @@ def _choose_sandbox(settings: Settings, say: Say) -> str:
         import docker
 
         client = docker.from_env()
-        ready = image_present(client, settings.sandbox_image)
-        say(f"sandbox: Docker {client.version().get('Version', '?')} ({why}), image {settings.sandbox_image}")
+        ready = image_present(client, settings.sandbox.image)
+        say(f"sandbox: Docker {client.version().get('Version', '?')} ({why}), image {settings.sandbox.image}")
     else:
-        rootfs = settings.sandbox_rootfs_for(settings.sandbox_image)
+        rootfs = settings.sandbox_rootfs_for(settings.sandbox.image)
         ready = rootfs_complete(rootfs)
         say(f"sandbox: bubblewrap ({why}), root filesystem {rootfs}")
     if not ready:
@@ -66,10 +64,10 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 def _choose_ca_bundle(settings: Settings, say: Say) -> Path | None:
     """The host's CA bundle for set-up sandboxes when it trusts more than the image does (a TLS proxy's CA)."""
-    if settings.sandbox_ca_bundle is not None:
-        say(f"set-up sandboxes trust {settings.sandbox_ca_bundle} (OVERNIGHT_SANDBOX_CA_BUNDLE)")
-        return settings.sandbox_ca_bundle
-    image_bundle = settings.sandbox_rootfs_for(settings.sandbox_image) / HOST_CA_BUNDLE.relative_to("/")
+    if settings.sandbox.ca_bundle is not None:
+        say(f"set-up sandboxes trust {settings.sandbox.ca_bundle} (OVERNIGHT_SANDBOX_CA_BUNDLE)")
+        return settings.sandbox.ca_bundle
+    image_bundle = settings.sandbox_rootfs_for(settings.sandbox.image) / HOST_CA_BUNDLE.relative_to("/")
     if not HOST_CA_BUNDLE.is_file() or not image_bundle.is_file():
         return None
     if HOST_CA_BUNDLE.read_bytes() == image_bundle.read_bytes():
@@ -108,13 +106,13 @@ def run_up(*, host: str | None, port: int | None, concurrency: int, say: Say) ->
     engine = make_engine(database_url)
     migrate(engine)
     say(f"database: {redact(database_url)} (migrated)")
-    base = f"http://{settings.api_host}:{settings.api_port}"
+    base = f"http://{settings.api.host}:{settings.api.port}"
     _ensure_local_admin(settings, engine, base, say)
     broker_url, broker_description = resolve_broker_url(settings)
     say(broker_description)
     backend = _choose_sandbox(settings, say)
     ca_bundle = _choose_ca_bundle(settings, say)
-    say(f"model: {settings.llm_model} at {settings.llm_base_url}")
+    say(f"model: {settings.llm.model} at {settings.llm.base_url}")
     _say_local_repos(settings, say)
     env = _children_env(settings, database_url, broker_url, backend, ca_bundle)
     children = _start_children(settings, env, concurrency)
@@ -141,8 +139,8 @@ def _children_env(
 
 def _start_children(settings: Settings, env: dict[str, str], concurrency: int) -> dict[str, subprocess.Popen[bytes]]:
     """The worker and the API (uvicorn), each in a session of its own so that stopping reaches their children."""
-    api = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--host", settings.api_host,
-           "--port", str(settings.api_port), "--log-level", "warning"]  # fmt: skip
+    api = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--host", settings.api.host,
+           "--port", str(settings.api.port), "--log-level", "warning"]  # fmt: skip
     return {
         "worker": subprocess.Popen([sys.executable, "-m", "worker", str(concurrency)], env=env, start_new_session=True),
         "api": subprocess.Popen(api, env=env, start_new_session=True),

@@ -29,7 +29,7 @@ def expiry(settings: Settings, expires_in_days: float | None) -> datetime | None
     """When a new token expires: ``expires_in_days`` if given, else OVERNIGHT_TOKEN_TTL_DAYS; 0 means never."""
     from store.models import utcnow
 
-    days = settings.token_ttl_days if expires_in_days is None else expires_in_days
+    days = settings.api.token_ttl_days if expires_in_days is None else expires_in_days
     return utcnow() + timedelta(days=days) if days > 0 else None
 
 

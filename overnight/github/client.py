@@ -17,7 +17,7 @@ from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attem
 from overnight.github.auth import API_HEADERS, Credentials
 from overnight.github.errors import GitHubError
 from overnight.github.markers import MARK
-from overnight.settings import Settings
+from overnight.settings import GitHubSettings
 
 log = logging.getLogger(__name__)
 MAX_WAIT = 60.0
@@ -228,12 +228,12 @@ def _marked(body: str) -> str:
     return body if body.startswith(MARK) else f"{MARK}\n{body}"
 
 
-def client_from_settings(settings: Settings, *, attempts: int = 4, timeout: float = 15.0) -> GitHubClient | None:
+def client_from_settings(github: GitHubSettings, *, attempts: int = 4, timeout: float = 15.0) -> GitHubClient | None:
     """The client for the configured App or token; None when GitHub is not configured."""
-    token = settings.github_token.get_secret_value() if settings.github_token else None
-    key = settings.github_private_key.get_secret_value() if settings.github_private_key else None
-    if not token and not (settings.github_app_id and key):
+    token = github.token.get_secret_value() if github.token else None
+    key = github.private_key.get_secret_value() if github.private_key else None
+    if not token and not (github.app_id and key):
         return None
-    credentials = Credentials(api_url=settings.github_api_url, app_id=settings.github_app_id, private_key=key,
-                              personal_token=token, http=httpx.Client(timeout=timeout))  # fmt: skip
+    credentials = Credentials(api_url=github.api_url, app_id=github.app_id, private_key=key, personal_token=token,
+                              http=httpx.Client(timeout=timeout))  # fmt: skip
     return GitHubClient(credentials, http=httpx.Client(timeout=timeout), attempts=attempts)

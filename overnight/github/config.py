@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from overnight.github.auth import app_jwt, load_private_key
 from overnight.github.errors import GitHubError
 from overnight.repourl import InvalidRepoError, validate_repo_url
-from overnight.settings import Settings
+from overnight.settings import GitHubSettings, Settings
 
 log = logging.getLogger(__name__)
 _CREDENTIAL_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?$")
@@ -24,8 +24,8 @@ class ConfigError(RuntimeError):
 
 def configured(settings: Settings) -> bool:
     """Whether any GitHub setting is given (otherwise GitHub is simply off and nothing is checked)."""
-    return any((settings.github_webhook_secret, settings.github_app_id, settings.github_private_key,
-                settings.github_token))  # fmt: skip
+    github = settings.github
+    return any((github.webhook_secret, github.app_id, github.private_key, github.token))
 
 
 def problems(settings: Settings) -> list[str]:
@@ -33,24 +33,25 @@ def problems(settings: Settings) -> list[str]:
     found = _credential_hosts(settings)
     if not configured(settings):
         return found
-    api = _api_url(settings.github_api_url)
+    github = settings.github
+    api = _api_url(github.api_url)
     found += api
-    has_app = bool(settings.github_app_id and settings.github_private_key)
-    if settings.github_token is None and not has_app:
-        if settings.github_app_id or settings.github_private_key:
+    has_app = bool(github.app_id and github.private_key)
+    if github.token is None and not has_app:
+        if github.app_id or github.private_key:
             found.append("OVERNIGHT_GITHUB_APP_ID and OVERNIGHT_GITHUB_PRIVATE_KEY go together: set both")
         else:
             found.append("OVERNIGHT_GITHUB_WEBHOOK_SECRET is set but there are no GitHub credentials, so no delivery "
                          "could start a task: set OVERNIGHT_GITHUB_APP_ID and OVERNIGHT_GITHUB_PRIVATE_KEY (an App) "
                          "or OVERNIGHT_GITHUB_TOKEN")  # fmt: skip
-    elif settings.github_token is None and settings.github_private_key is not None:
-        found += _private_key(settings)
-    if api and not settings.github_git_url:
+    elif github.token is None and github.private_key is not None:
+        found += _private_key(github)
+    if api and not github.git_url:
         return found  # the clone address comes from the API root: one fix for both
     try:
-        validate_repo_url(f"{settings.github_git_base}/owner/repo.git", allow_local=settings.allow_local_repos)
+        validate_repo_url(f"{github.git_base}/owner/repo.git", allow_local=settings.allow_local_repos)
     except InvalidRepoError as exc:
-        found.append(f"repositories would be cloned from {settings.github_git_base}/OWNER/REPO.git, which tasks may "
+        found.append(f"repositories would be cloned from {github.git_base}/OWNER/REPO.git, which tasks may "
                      f"not use ({exc}): set OVERNIGHT_GITHUB_GIT_URL to https://HOST")  # fmt: skip
     return found
 
@@ -91,10 +92,10 @@ def _api_url(url: str) -> list[str]:
     return [f"OVERNIGHT_GITHUB_API_URL={url} is not a REST API root: {fix}"]
 
 
-def _private_key(settings: Settings) -> list[str]:
-    assert settings.github_private_key is not None and settings.github_app_id is not None
+def _private_key(github: GitHubSettings) -> list[str]:
+    assert github.private_key is not None and github.app_id is not None
     try:
-        app_jwt(settings.github_app_id, load_private_key(settings.github_private_key.get_secret_value()))
+        app_jwt(github.app_id, load_private_key(github.private_key.get_secret_value()))
     except GitHubError as exc:
         return [f"OVERNIGHT_GITHUB_PRIVATE_KEY: {exc}"]
     return []

@@ -67,13 +67,12 @@ def fake() -> Iterator[FakeGitHubServer]:
 
 
 def make_settings(tmp_path: Path, redis_url: str, database: str, fake: FakeGitHubServer, **changes: Any) -> Settings:
-    """App mode by default; ``token=True`` in ``changes``: personal-token mode."""
-    mode = {"github_token": TOKEN} if changes.pop("token", False) else {"github_app_id": "4242",
-                                                                         "github_private_key": KEYS[0]}  # fmt: skip
+    """App mode by default; ``token=True`` in ``changes``: personal-token mode; the rest: GitHub settings."""
+    mode = {"token": TOKEN} if changes.pop("token", False) else {"app_id": "4242", "private_key": KEYS[0]}
     return Settings.model_validate({
         "data_dir": tmp_path, "database_url": database, "broker_url": redis_url,
-        "queue": f"test-ghr-{secrets.token_hex(4)}", "allow_local_repos": True, "github_webhook_secret": SECRET,
-        "github_api_url": fake.url, "github_git_url": str(tmp_path / "git"), **mode, **changes,
+        "queue": f"test-ghr-{secrets.token_hex(4)}", "allow_local_repos": True,
+        "github": {"webhook_secret": SECRET, "api_url": fake.url, "git_url": str(tmp_path / "git"), **mode, **changes},
     })  # fmt: skip
 
 
@@ -104,7 +103,7 @@ def test_overnight_never_answers_its_own_comments_even_where_any_comment_asks(
     tmp_path: Path, redis_url: str, database: str, fake: FakeGitHubServer
 ) -> None:
     # Personal-token mode: Overnight comments as the token's owner, who is also the person asking.
-    settings = make_settings(tmp_path, redis_url, database, fake, token=True, github_pr_comments_need_command=False)
+    settings = make_settings(tmp_path, redis_url, database, fake, token=True, pr_comments_need_command=False)
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with TestClient(create_app(settings)) as api:
         first = deliver(api, "issues", labeled()).json()["task_id"]

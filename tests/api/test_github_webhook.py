@@ -16,7 +16,7 @@ import store.github
 import store.tasks
 from api.app import create_app
 from overnight.github.webhooks import sign
-from overnight.settings import Settings
+from overnight.settings import GitHubSettings, Settings
 from store.engine import make_engine, make_sessionmaker, migrate
 from store.models import GitHubDelivery, Task, User
 from tests.github_fake import (
@@ -32,6 +32,11 @@ from tests.github_fake import (
 )
 
 
+def with_github(settings: Settings, **changes: object) -> Settings:
+    """``settings`` with some GitHub settings changed (validated, as they would be from the environment)."""
+    return Settings(**{**settings.model_dump(), "github": {**settings.github.model_dump(), **changes}})
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeGitHubServer]:
     with FakeGitHubServer(FakeGitHub(public_key=KEYS[1], installations={INSTALLATION})) as server:
@@ -42,9 +47,9 @@ def fake() -> Iterator[FakeGitHubServer]:
 def settings(tmp_path: Path, redis_url: str, fake: FakeGitHubServer) -> Iterator[Settings]:
     settings = Settings(
         data_dir=tmp_path, broker_url=redis_url, queue=f"test-gh-{secrets.token_hex(4)}", allow_local_repos=True,
-        github_webhook_secret=SECRET, github_app_id="4242", github_private_key=KEYS[0], github_api_url=fake.url,
-        github_git_url=str(tmp_path / "git"),
-    )  # type: ignore[arg-type]  # fmt: skip
+        github=GitHubSettings(webhook_secret=SECRET, app_id="4242", private_key=KEYS[0], api_url=fake.url,
+                              git_url=str(tmp_path / "git")),  # type: ignore[arg-type]
+    )  # fmt: skip
     migrate(make_engine(settings.resolved_database_url))
     yield settings
     redis.Redis.from_url(redis_url).delete(settings.queue)
@@ -69,7 +74,7 @@ def test_a_labelled_issue_queues_one_task_and_a_redelivery_none(
     task_id = response.json()["task_id"]
     [task] = tasks(settings)
     assert task.id == task_id and task.state == "queued" and task.ref == "master"
-    assert task.repo == f"{settings.github_git_url}/Codertocat/Hello-World.git"
+    assert task.repo == f"{settings.github.git_url}/Codertocat/Hello-World.git"
     assert "Resolve issue #1 of the GitHub repository Codertocat/Hello-World" in task.instruction
     assert "Spelling error in the README file" in task.instruction
     assert redis.Redis.from_url(redis_url).llen(settings.queue) == 1
@@ -98,7 +103,7 @@ def test_missing_or_wrong_signature_is_401_and_creates_nothing(
 def test_without_a_configured_secret_every_delivery_is_refused_and_the_log_says_why(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = create_app(settings.model_copy(update={"github_webhook_secret": None}))
+    app = create_app(with_github(settings, webhook_secret=None))
     with TestClient(app) as client, caplog.at_level(logging.ERROR, logger="api.routes.github"):
         response = deliver(client, "issues", labeled())
     assert response.status_code == 401 and response.json()["error"]["code"] == "webhook_secret_unset"
@@ -172,14 +177,13 @@ def test_only_known_installations_may_trigger(client: TestClient, settings: Sett
 
 def test_personal_token_mode_limits_triggers_to_the_listed_repositories(settings: Settings, fake: FakeGitHubServer):
     fake.fake.personal_token = "ghp_" + "b" * 36
-    changes = {"github_app_id": None, "github_private_key": None, "github_token": fake.fake.personal_token,
-               "github_repositories": ["acme/other"]}  # fmt: skip
-    personal = Settings(**{**settings.model_dump(), **changes})
+    personal = with_github(settings, app_id=None, private_key=None, token=fake.fake.personal_token,
+                           repositories=["acme/other"])  # fmt: skip
     with TestClient(create_app(personal)) as client:
         plain = labeled()
         del plain["installation"]
         assert deliver(client, "issues", plain).status_code == 204
-        personal.github_repositories.append("codertocat/hello-world")
+        personal.github.repositories.append("codertocat/hello-world")
         plain = labeled()  # labelled again: the first was refused, and its replay would start nothing
         del plain["installation"]
         assert deliver(client, "issues", plain).status_code == 202
@@ -233,7 +237,7 @@ def test_comments_on_overnight_s_pull_request_become_follow_ups_on_its_branch(
 
 
 def test_a_trigger_switched_off_starts_nothing(settings: Settings) -> None:
-    only_comments = Settings(**{**settings.model_dump(), "github_triggers": ["issue-comment"]})
+    only_comments = with_github(settings, triggers=["issue-comment"])
     with TestClient(create_app(only_comments)) as client:
         assert deliver(client, "issues", labeled()).status_code == 204
         assert deliver(client, "issue_comment", command("/overnight go")).status_code == 202

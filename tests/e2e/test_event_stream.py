@@ -18,7 +18,7 @@ import store.users
 from api.app import create_app
 from overnight.cli.client import APIClient
 from overnight.cli.settings import ClientSettings
-from overnight.settings import Settings
+from overnight.settings import APISettings, Settings
 from store.engine import make_engine, make_sessionmaker, migrate
 from store.models import TaskEvent as TaskEventRow
 from store.models import TaskState
@@ -92,7 +92,8 @@ def test_following_events_survives_an_api_restart_and_ends_only_with_the_task(tm
 
 
 def test_a_quiet_task_gets_keepalives_at_the_set_interval_and_the_follower_skips_them(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, broker_url=REDIS_URL, queue="test-sse-ping", sse_ping_seconds=0.2)
+    api = APISettings(sse_ping_seconds=0.2)
+    settings = Settings(data_dir=tmp_path, broker_url=REDIS_URL, queue="test-sse-ping", api=api)
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
     sessions = make_sessionmaker(engine)

@@ -58,13 +58,12 @@ def test_a_label_becomes_a_draft_pull_request_on_github_enterprise_on_its_own_po
 ) -> None:  # fmt: skip
     settings = Settings.model_validate({
         "data_dir": tmp_path / "data", "broker_url": redis_url, "queue": f"test-ghe-{secrets.token_hex(4)}",
-        "github_webhook_secret": SECRET, "github_app_id": "4242", "github_private_key": KEYS[0],
-        "github_api_url": enterprise.api_url,
+        "github": {"webhook_secret": SECRET, "app_id": "4242", "private_key": KEYS[0], "api_url": enterprise.api_url},
     })  # fmt: skip
-    assert settings.github_git_base == enterprise.url == f"https://127.0.0.1:{enterprise.port}"
+    assert settings.github.git_base == enterprise.url == f"https://127.0.0.1:{enterprise.port}"
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
-    client = client_from_settings(settings)
+    client = client_from_settings(settings.github)
     assert client is not None
     hooks = GitHubHooks(client, make_sessionmaker(engine), allow_local=False)
     context = make_context(engine, docker_backend, scripted_model.base_url, tmp_path, hooks=hooks)

@@ -24,7 +24,7 @@ import store.users
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
 from api.app import create_app
 from overnight.github.client import client_from_settings
-from overnight.settings import Settings
+from overnight.settings import GitHubSettings, Settings
 from sandbox.docker import DockerBackend
 from store.engine import make_engine, make_sessionmaker, migrate
 from tests.conftest import git
@@ -65,12 +65,13 @@ def world(
     with FakeGitHubServer(FakeGitHub(public_key=KEYS[1], installations={INSTALLATION})) as server:
         settings = Settings(
             data_dir=tmp_path / "data", broker_url=redis_url, queue=f"test-ghflow-{secrets.token_hex(4)}",
-            allow_local_repos=True, github_webhook_secret=SECRET, github_app_id="4242", github_private_key=KEYS[0],
-            github_api_url=server.url, github_git_url=str(tmp_path / "git"),
-        )  # type: ignore[arg-type]  # fmt: skip
+            allow_local_repos=True,
+            github=GitHubSettings(webhook_secret=SECRET, app_id="4242", private_key=KEYS[0], api_url=server.url,
+                                  git_url=str(tmp_path / "git")),  # type: ignore[arg-type]
+        )  # fmt: skip
         engine = make_engine(settings.resolved_database_url)
         migrate(engine)
-        client = client_from_settings(settings)
+        client = client_from_settings(settings.github)
         assert client is not None
         hooks = GitHubHooks(client, make_sessionmaker(engine), allow_local=True)
         context = make_context(engine, docker_backend, scripted_model.base_url, tmp_path, hooks=hooks)
@@ -210,7 +211,7 @@ def test_a_failed_task_reports_its_reason_on_the_issue_and_opens_nothing(
 
 def test_clone_credentials_are_the_installation_s_token_for_https_only(world: World) -> None:
     task_id = deliver(world.api, "issues", labeled()).json()["task_id"]
-    client = client_from_settings(world.settings)
+    client = client_from_settings(world.settings.github)
     assert client is not None
     hooks = GitHubHooks(client, make_sessionmaker(world.engine), allow_local=True)
     credentials = hooks.git_credentials(task_id, f"https://github.com/{REPO}.git")

@@ -23,8 +23,15 @@ from worker.mirrors import credential_origin, git_env
 APP = {"github_webhook_secret": SECRET, "github_app_id": "4242", "github_private_key": KEYS[0]}
 
 
+def settings_with(tmp_path: Path, **changes: object) -> Settings:
+    """Settings with ``changes`` named as their variables are (``github_api_url``: OVERNIGHT_GITHUB_API_URL)."""
+    github = {name.removeprefix("github_"): value for name, value in changes.items() if name.startswith("github_")}
+    others = {name: value for name, value in changes.items() if not name.startswith("github_")}
+    return Settings(data_dir=tmp_path, github=github, **others)  # type: ignore[arg-type]
+
+
 def found(tmp_path: Path, **changes: object) -> list[str]:
-    return problems(Settings(data_dir=tmp_path, **changes))  # type: ignore[arg-type]
+    return problems(settings_with(tmp_path, **changes))
 
 
 @pytest.mark.parametrize(
@@ -73,7 +80,7 @@ def test_github_off_is_not_a_problem_and_nothing_of_it_is_checked(tmp_path: Path
 
 def test_the_api_refuses_to_start_instead_of_blaming_every_payload(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"the API cannot start: OVERNIGHT_GITHUB_API_URL=http://ghe\.example\.com"):
-        create_app(Settings(data_dir=tmp_path, github_api_url="http://ghe.example.com/api/v3", **APP))  # type: ignore[arg-type]
+        create_app(settings_with(tmp_path, github_api_url="http://ghe.example.com/api/v3", **APP))
 
 
 def server_env(tmp_path: Path, **settings: str) -> dict[str, str]:
@@ -113,11 +120,11 @@ def fake() -> Iterator[FakeGitHubServer]:
 
 
 def test_doctor_asks_github_who_the_credentials_are(tmp_path: Path, fake: FakeGitHubServer) -> None:
-    where = {"data_dir": tmp_path, "github_api_url": fake.url, "github_git_url": "https://git.example.com"}
-    assert _github(Settings(**where, **APP)) == f"GitHub App overnight-test (id 4242) at {fake.url}"  # type: ignore[arg-type]
-    token = Settings(**where, github_token=fake.fake.personal_token)  # type: ignore[arg-type]
+    where = {"github_api_url": fake.url, "github_git_url": "https://git.example.com"}
+    assert _github(settings_with(tmp_path, **where, **APP)) == f"GitHub App overnight-test (id 4242) at {fake.url}"
+    token = settings_with(tmp_path, **where, github_token=fake.fake.personal_token)
     assert _github(token) == f"the token of @Codertocat at {fake.url}"
-    wrong = Settings(**where, github_token="ghp_wrong")  # type: ignore[arg-type]
+    wrong = settings_with(tmp_path, **where, github_token="ghp_wrong")
     with pytest.raises(Exception, match="user lookup failed: GitHub answered 401 Bad credentials"):
         _github(wrong)
 
