@@ -68,7 +68,12 @@ def evaluate(
         max_steps=max_steps, model_name=model_name or f"overnight/{settings.llm.model}", user=user,
         test_timeout=test_timeout,
     )  # fmt: skip
-    report = run_eval(plan, settings, err)
+    try:
+        report = run_eval(plan, settings, err)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the report in {escape(str(plan.output))} is saved and the filed tasks go on in the "
+                  "workers; the same command resumes (graded runs skipped, filed ones waited for)")  # fmt: skip
+        raise typer.Exit(130) from None
     if as_json:
         sys.stdout.write((report.summary or report.summarise()).model_dump_json(indent=2) + "\n")
     else:
