@@ -4,31 +4,24 @@ Settings are nested by part (``settings.api``, ``settings.llm``, ``settings.agen
 ``settings.worker``, ``settings.github``), and a part that has a config type of its own is given that type as it
 is (``LLMConfig``, ``AgentConfig`` and its ``Budget``, ``SandboxLimits``). Each value is still one flat
 ``OVERNIGHT_*`` variable (or ``.env`` line): ``OVERNIGHT_<PART>_<FIELD>`` (``OVERNIGHT_SANDBOX_MEMORY`` sets
-``sandbox.limits.memory``), the few older names in ``RENAMED``, a top-level field ``OVERNIGHT_<FIELD>``.
-``variables()`` lists them all (the README's table is made from it). Settings are passed down explicitly; no
-other module reads ``os.environ`` (but ``overnight.cli.settings``, for the client's).
+``sandbox.limits.memory``), the few older names in ``Settings.renamed``, a top-level field ``OVERNIGHT_<FIELD>``
+(``overnight.variables`` reads them; the README's table is made from ``variables(Settings)``). Settings are
+passed down explicitly; no other module reads ``os.environ`` (but ``overnight.cli.settings``, for the client's).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from platformdirs import user_config_path, user_data_path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-)
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.budget import AgentConfig
 from agent.client import LLMConfig
+from overnight.variables import VariablesSource
 from sandbox.base import SandboxLimits
 
 APP_NAME = "overnight"
@@ -227,40 +220,39 @@ class GitHubSettings(BaseModel):
         return self.api_url.removesuffix("/api/v3")
 
 
-RENAMED = {
-    # Variables whose name is not OVERNIGHT_<PART>_<FIELD> (they were named before the parts were).
-    "api.sse_ping_seconds": "OVERNIGHT_SSE_PING_SECONDS",
-    "api.token_ttl_days": "OVERNIGHT_TOKEN_TTL_DAYS",
-    "api.max_queued_tasks_per_user": "OVERNIGHT_MAX_QUEUED_TASKS_PER_USER",
-    "llm.timeout": "OVERNIGHT_LLM_REQUEST_TIMEOUT",
-    "agent.budget.price_input": "OVERNIGHT_PRICE_INPUT_PER_MTOK",
-    "agent.budget.price_cached_input": "OVERNIGHT_PRICE_CACHED_INPUT_PER_MTOK",
-    "agent.budget.price_output": "OVERNIGHT_PRICE_OUTPUT_PER_MTOK",
-    "agent.command_timeout": "OVERNIGHT_SANDBOX_COMMAND_TIMEOUT",  # one variable: the sandbox's default too
-    "worker.task_time_limit": "OVERNIGHT_TASK_TIME_LIMIT",
-    "worker.task_max_attempts": "OVERNIGHT_TASK_MAX_ATTEMPTS",
-    "worker.max_active_tasks_per_user": "OVERNIGHT_MAX_ACTIVE_TASKS_PER_USER",
-    "worker.database_retry_seconds": "OVERNIGHT_DATABASE_RETRY_SECONDS",
-    "worker.reap_seconds": "OVERNIGHT_REAP_SECONDS",
-    "worker.reconcile_seconds": "OVERNIGHT_RECONCILE_SECONDS",
-    "worker.mirror_max_bytes": "OVERNIGHT_MIRROR_MAX_BYTES",
-    "worker.git_author_name": "OVERNIGHT_GIT_AUTHOR_NAME",
-    "worker.git_author_email": "OVERNIGHT_GIT_AUTHOR_EMAIL",
-    "worker.git_memory_limit": "OVERNIGHT_GIT_MEMORY_LIMIT",
-    "worker.max_patch_bytes": "OVERNIGHT_MAX_PATCH_BYTES",
-}
-NOT_SETTINGS = frozenset({
-    # Fields of the parts' own types that the worker fills in itself.
-    "llm.backoff_max", "llm.session_id", "sandbox.limits.startup_timeout", "sandbox.limits.control_root",
-})  # fmt: skip
-
-
 class Settings(BaseSettings):
     """Server-side settings (API and worker)."""
 
     model_config = SettingsConfigDict(
         env_prefix="OVERNIGHT_", env_file=".env", env_ignore_empty=True, extra="forbid", use_attribute_docstrings=True
     )
+
+    renamed: ClassVar[dict[str, str]] = {
+        # Variables whose name is not OVERNIGHT_<PART>_<FIELD> (they were named before the parts were).
+        "api.sse_ping_seconds": "OVERNIGHT_SSE_PING_SECONDS",
+        "api.token_ttl_days": "OVERNIGHT_TOKEN_TTL_DAYS",
+        "api.max_queued_tasks_per_user": "OVERNIGHT_MAX_QUEUED_TASKS_PER_USER",
+        "llm.timeout": "OVERNIGHT_LLM_REQUEST_TIMEOUT",
+        "agent.budget.price_input": "OVERNIGHT_PRICE_INPUT_PER_MTOK",
+        "agent.budget.price_cached_input": "OVERNIGHT_PRICE_CACHED_INPUT_PER_MTOK",
+        "agent.budget.price_output": "OVERNIGHT_PRICE_OUTPUT_PER_MTOK",
+        "agent.command_timeout": "OVERNIGHT_SANDBOX_COMMAND_TIMEOUT",  # one variable: the sandbox's default too
+        "worker.task_time_limit": "OVERNIGHT_TASK_TIME_LIMIT",
+        "worker.task_max_attempts": "OVERNIGHT_TASK_MAX_ATTEMPTS",
+        "worker.max_active_tasks_per_user": "OVERNIGHT_MAX_ACTIVE_TASKS_PER_USER",
+        "worker.database_retry_seconds": "OVERNIGHT_DATABASE_RETRY_SECONDS",
+        "worker.reap_seconds": "OVERNIGHT_REAP_SECONDS",
+        "worker.reconcile_seconds": "OVERNIGHT_RECONCILE_SECONDS",
+        "worker.mirror_max_bytes": "OVERNIGHT_MIRROR_MAX_BYTES",
+        "worker.git_author_name": "OVERNIGHT_GIT_AUTHOR_NAME",
+        "worker.git_author_email": "OVERNIGHT_GIT_AUTHOR_EMAIL",
+        "worker.git_memory_limit": "OVERNIGHT_GIT_MEMORY_LIMIT",
+        "worker.max_patch_bytes": "OVERNIGHT_MAX_PATCH_BYTES",
+    }
+    not_settings: ClassVar[frozenset[str]] = frozenset({
+        # Fields of the parts' own types that the worker fills in itself.
+        "llm.backoff_max", "llm.session_id", "sandbox.limits.startup_timeout", "sandbox.limits.control_root",
+    })  # fmt: skip
 
     config_dir: Path = Field(default_factory=default_config_dir)
     """Where `overnight up` writes the local client config (server and admin token)."""
@@ -337,63 +329,3 @@ class Settings(BaseSettings):
     def sql_broker_url(self) -> str:
         """The kombu SQLAlchemy transport on a SQLite file beside the database."""
         return f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Variable:
-    """One ``OVERNIGHT_*`` variable and the field it sets."""
-
-    name: str
-    path: tuple[str, ...]
-    field: FieldInfo
-
-
-def variables(model: type[BaseModel] = Settings) -> list[Variable]:
-    """Every variable of ``model``'s settings, in the order of its fields (``SANDBOX_COMMAND_TIMEOUT`` sets two)."""
-    prefix = Settings.model_config.get("env_prefix", "")
-    found: list[Variable] = []
-
-    def walk(fields: dict[str, FieldInfo], path: tuple[str, ...]) -> None:
-        for name, field in fields.items():
-            here = (*path, name)
-            dotted = ".".join(here)
-            nested = getattr(field.annotation, "__pydantic_fields__", None)
-            if dotted in NOT_SETTINGS:
-                continue
-            if nested is not None:
-                walk(nested, here)
-                continue
-            default = f"{prefix}{here[0]}_{name}" if path else f"{prefix}{name}"
-            found.append(Variable(name=RENAMED.get(dotted, default.upper()), path=here, field=field))
-
-    walk(model.model_fields, ())
-    return found
-
-
-class VariablesSource(PydanticBaseSettingsSource):
-    """The flat ``OVERNIGHT_*`` variables one of pydantic-settings' own sources read (the environment, or the
-    ``.env`` file), put in place in the nested settings, each parsed as that source parses it."""
-
-    def __init__(self, settings_cls: type[BaseSettings], read: EnvSettingsSource) -> None:
-        super().__init__(settings_cls)
-        self.read = read
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ reads every variable at once
-
-    def __call__(self) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for variable in variables(self.settings_cls):
-            raw = self.read.env_vars.get(variable.name if self.read.case_sensitive else variable.name.lower())
-            if raw is None:
-                continue
-            try:
-                value = self.read.prepare_field_value(variable.name, variable.field, raw, False)
-            except ValueError as exc:
-                raise SettingsError(f"{variable.name}: {exc}") from exc
-            *parents, last = variable.path
-            node = values
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[last] = value
-        return values

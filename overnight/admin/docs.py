@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from pydantic.fields import FieldInfo
 
 from overnight.cli.settings import ClientSettings
-from overnight.settings import variables
+from overnight.settings import Settings
+from overnight.variables import variables
 
 BEGIN = "<!-- settings-table:begin -->"
 END = "<!-- settings-table:end -->"
@@ -25,7 +26,7 @@ def _rows(fields: Iterable[tuple[str, FieldInfo]]) -> list[str]:
 
 def settings_table() -> str:
     lines = ["| variable | default | meaning |", "|---|---|---|"]
-    lines += _rows((variable.name, variable.field) for variable in variables())
+    lines += _rows((variable.name, variable.field) for variable in variables(Settings))
     lines += ["", "Client side (the `overnight` CLI):", "", "| variable | default | meaning |", "|---|---|---|"]
     lines += _rows((f"OVERNIGHT_{name.upper()}", field) for name, field in ClientSettings.model_fields.items())
     return "\n".join(lines)

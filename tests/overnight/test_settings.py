@@ -10,7 +10,8 @@ import pytest
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
 
-from overnight.settings import GitHubSettings, Settings, variables
+from overnight.settings import GitHubSettings, Settings
+from overnight.variables import variables
 
 # Every variable of the flat settings class the parts' settings replaced, what it was set to and where the
 # nested settings keep it: a deployment's environment keeps working unchanged.
@@ -132,7 +133,7 @@ def test_every_variable_of_the_flat_settings_sets_the_same_value_in_the_nested_o
     settings = Settings()
     for name, _, path, expected in FLAT_NAMES:
         assert at(settings, path) == expected, f"OVERNIGHT_{name} -> {path}"
-    assert {f"OVERNIGHT_{name}" for name, *_ in FLAT_NAMES} == {variable.name for variable in variables()}
+    assert {f"OVERNIGHT_{name}" for name, *_ in FLAT_NAMES} == {variable.name for variable in variables(Settings)}
 
 
 def test_a_dotenv_file_sets_nested_values_and_the_environment_wins_over_it(
@@ -152,10 +153,10 @@ def test_a_dotenv_file_sets_nested_values_and_the_environment_wins_over_it(
 
 def test_the_documented_defaults_are_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    for variable in variables():
+    for variable in variables(Settings):
         monkeypatch.delenv(variable.name, raising=False)
     settings = Settings()
-    for variable in variables():
+    for variable in variables(Settings):
         if variable.field.default_factory is None:
             assert reduce(getattr, variable.path, settings) == variable.field.default, variable.name
 
