@@ -78,7 +78,7 @@ def github_hooks(settings: Settings, sessions: sessionmaker[Session]) -> GitHubH
         return None
     return GitHubHooks(
         github, sessions, allow_local=settings.allow_local_repos, label=settings.github.trigger_label,
-        author=settings.worker.author, draft=settings.github.draft, public_url=settings.public_url,
+        draft=settings.github.draft, public_url=settings.public_url,
     )  # fmt: skip
 
 
