@@ -13,8 +13,8 @@ import json
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Any
 
+from agent.loop import Trajectory
 from sandbox.base import Sandbox, SandboxFileTooLargeError
 from sandbox.environments import WORKSPACE_MODIFIED
 from worker.errors import TaskFailure
@@ -98,11 +98,11 @@ TEST_COMMAND = re.compile(
 )
 
 
-def tests_run(messages: list[dict[str, Any]]) -> list[tuple[str, int | None]]:
-    """The test commands the agent ran (bash calls that look like a test runner) and their exit codes."""
+def tests_run(trajectory: Trajectory) -> list[tuple[str, int | None]]:
+    """The test commands the agent ran (bash calls that look like a test runner) and their exit codes, as the
+    trajectory recorded them (None: the call failed before its command ended)."""
     commands: dict[str, str] = {}
-    found: list[tuple[str, int | None]] = []
-    for message in messages:
+    for message in trajectory.messages:
         for call in message.get("tool_calls") or []:
             if call["function"]["name"] == "bash":
                 try:
@@ -111,10 +111,8 @@ def tests_run(messages: list[dict[str, Any]]) -> list[tuple[str, int | None]]:
                     continue
                 if isinstance(command, str) and TEST_COMMAND.search(command):
                     commands[call["id"]] = command
-        if message.get("role") == "tool" and message.get("tool_call_id") in commands:
-            match = re.match(r"returncode: (-?\d+)", message.get("content") or "")
-            found.append((commands[message["tool_call_id"]], int(match.group(1)) if match else None))
-    return found
+    return [(commands[result["id"]], result.get("exit_code")) for result in trajectory.tool_results
+            if result["id"] in commands]  # fmt: skip
 
 
 def commit_message(*, title: str, summary: str, files: list[str], tests: list[tuple[str, int | None]]) -> str:

@@ -50,7 +50,7 @@ def store_patch(
     patch = extract_patch(sandbox, base_sha, max_bytes=limits.max_patch_bytes)
     files = changed_files(patch.diff)
     message = commit_message(
-        title=submission.pr_title, summary=submission.summary, files=files, tests=tests_run(trajectory.messages)
+        title=submission.pr_title, summary=submission.summary, files=files, tests=tests_run(trajectory)
     )
     commit = commit_patch(mirror, base_sha, patch.diff, message, into=commit_into, author=author[0],
                           email=author[1], memory=limits.git_memory)  # fmt: skip
@@ -73,7 +73,8 @@ def store_patch(
 
 
 def store_trajectory(attempt: Attempt, trajectory: Trajectory) -> None:
-    data = {"tools": trajectory.tools, "messages": trajectory.messages, "steps": trajectory.steps}
+    data = {"tools": trajectory.tools, "messages": trajectory.messages, "steps": trajectory.steps,
+            "tool_results": trajectory.tool_results}  # fmt: skip
     try:
         attempt.write(lambda session: store.patches.store_trajectory(session, attempt.task_id, data))
     except Superseded:

@@ -1,7 +1,8 @@
 """The agent's tools, with Mistral Vibe's names and argument schemas (the harness Medium 3.5 was tuned
 with) plus ``finish``. Each tool's JSON schema is generated from the pydantic model of its arguments, and
-the same model parses the model's arguments back. A tool never crashes the loop: every failure is a
-``ToolError`` whose text goes back to the model."""
+the same model parses the model's arguments back; each returns a ``ToolResult``: the text the model sees and,
+as data, how a command ended. A tool never crashes the loop: every failure is a ``ToolError`` whose text goes
+back to the model."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import json
 from pydantic import ValidationError
 
 from agent.base import ToolCall
-from agent.tools.base import Tool, ToolContext, ToolError, resolve_path
+from agent.tools.base import Tool, ToolContext, ToolError, ToolResult, resolve_path
 from agent.tools.files import EditArgs, ReadFileArgs, WriteFileArgs, edit, read_file, write_file
 from agent.tools.meta import FinishArgs, TodoArgs, finish, todo
 from agent.tools.shell import BashArgs, GrepArgs, grep, run_bash
 
-__all__ = ["TOOLS", "Tool", "ToolContext", "ToolError", "Toolbox", "resolve_path"]
+__all__ = ["TOOLS", "Tool", "ToolContext", "ToolError", "ToolResult", "Toolbox", "resolve_path"]
 
 TOOLS: tuple[Tool, ...] = (
     Tool(
@@ -61,7 +62,7 @@ class Toolbox:
         self.tools = {tool.name: tool for tool in tools}
         self.schemas = [tool.schema() for tool in tools]
 
-    def execute(self, call: ToolCall, ctx: ToolContext) -> str:
+    def execute(self, call: ToolCall, ctx: ToolContext) -> ToolResult:
         if call.problem:  # a name or arguments the client had to replace (agent/leaks.py)
             raise ToolError(f"{call.problem}. Call one of {', '.join(self.tools)} with a JSON object of arguments.")
         tool = self.tools.get(call.name)

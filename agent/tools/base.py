@@ -1,4 +1,5 @@
-"""What every tool shares: typed arguments, the context a call runs in, errors, and path confinement."""
+"""What every tool shares: typed arguments, the context a call runs in, its result, errors, and path
+confinement."""
 
 from __future__ import annotations
 
@@ -46,12 +47,28 @@ class ToolArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ToolResult(BaseModel):
+    """What a tool call gave back: the text the model is shown and, as data, how a command ended (what the
+    worker reads, e.g. whether the tests the agent ran passed; never parsed back out of the text)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    output: str
+    """The text the model is shown."""
+    exit_code: int | None = None
+    """The exit code of the model's command (bash); None for a tool that runs none, or a call that failed."""
+    timed_out: bool = False
+    """The command was killed at its time limit."""
+    error: bool = False
+    """The call was refused or failed; ``output`` says why."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Tool:
     name: str
     description: str
     args: type[ToolArgs]
-    run: Callable[[Any, ToolContext], str]
+    run: Callable[[Any, ToolContext], ToolResult]
 
     def schema(self) -> dict[str, Any]:
         return {

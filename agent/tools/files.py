@@ -8,7 +8,7 @@ import shlex
 
 from pydantic import Field
 
-from agent.tools.base import ToolArgs, ToolContext, ToolError, instructions_along, resolve_path
+from agent.tools.base import ToolArgs, ToolContext, ToolError, ToolResult, instructions_along, resolve_path
 from sandbox.base import SandboxError, SandboxFileTooLargeError
 
 READ_MAX_BYTES = 64_000
@@ -47,7 +47,7 @@ class EditArgs(ToolArgs):
     replace_all: bool = Field(default=False, description="Replace all occurrences of old_string (default false)")
 
 
-def read_file(args: ReadFileArgs, ctx: ToolContext) -> str:
+def read_file(args: ReadFileArgs, ctx: ToolContext) -> ToolResult:
     """The lines are picked inside the sandbox: only the page shown crosses into the worker. A page holds what
     fits in the loop's cut of a tool result (``ctx.output_limit``), so the hint names exactly the lines shown."""
     path = resolve_path(ctx, args.file_path)
@@ -87,7 +87,7 @@ def read_file(args: ReadFileArgs, ctx: ToolContext) -> str:
         shown.append(f"[{args.file_path} has {page.total} lines; showing lines {first}-{end}. "
                      f"Use offset={end + 1} to read on.]")  # fmt: skip
     output = "\n".join(shown) if shown else f"[{args.file_path} is empty]"
-    return f"{output}\n\n{extra}" if extra else output
+    return ToolResult(output=f"{output}\n\n{extra}" if extra else output)
 
 
 def _fitting_instructions(ctx: ToolContext, path: str) -> str:
@@ -99,7 +99,7 @@ def _fitting_instructions(ctx: ToolContext, path: str) -> str:
     return extra[:half] + "\n[the instructions go on: read the AGENTS.md files above for the rest]"
 
 
-def write_file(args: WriteFileArgs, ctx: ToolContext) -> str:
+def write_file(args: WriteFileArgs, ctx: ToolContext) -> ToolResult:
     size = len(args.content.encode("utf-8"))
     if size > WRITE_MAX_BYTES:
         raise ToolError(f"content is {size} bytes; write_file takes at most {WRITE_MAX_BYTES}")
@@ -115,7 +115,7 @@ def write_file(args: WriteFileArgs, ctx: ToolContext) -> str:
     return _with_instructions(ctx, path, f"Created {args.file_path} ({lines} lines, {size} bytes).")
 
 
-def edit(args: EditArgs, ctx: ToolContext) -> str:
+def edit(args: EditArgs, ctx: ToolContext) -> ToolResult:
     if args.old_string == args.new_string:
         raise ToolError("old_string and new_string are the same: nothing to change")
     if not args.old_string:
@@ -172,9 +172,9 @@ def check_python(shown_as: str, before: str | None, after: str) -> None:
         ) from exc
 
 
-def _with_instructions(ctx: ToolContext, path: str, output: str) -> str:
+def _with_instructions(ctx: ToolContext, path: str, output: str) -> ToolResult:
     extra = instructions_along(ctx, path)
-    return f"{output}\n\n{extra}" if extra else output
+    return ToolResult(output=f"{output}\n\n{extra}" if extra else output)
 
 
 def _nearest(text: str, needle: str) -> str:

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.base import Submitted
-from agent.tools.base import ToolArgs, ToolContext, ToolError
+from agent.tools.base import ToolArgs, ToolContext, ToolError, ToolResult
 
 
 class TodoItem(BaseModel):
@@ -30,7 +30,7 @@ class FinishArgs(ToolArgs):
     pr_body: str = Field(description="The pull-request description in Markdown.")
 
 
-def todo(args: TodoArgs, ctx: ToolContext) -> str:
+def todo(args: TodoArgs, ctx: ToolContext) -> ToolResult:
     if args.action == "write":
         if args.todos is None:
             raise ToolError("todos is required when action is 'write'")
@@ -39,10 +39,11 @@ def todo(args: TodoArgs, ctx: ToolContext) -> str:
             raise ToolError("todo ids must be unique")
         ctx.todos = [item.model_dump() for item in args.todos]
     if not ctx.todos:
-        return "The todo list is empty."
+        return ToolResult(output="The todo list is empty.")
     marks = {"pending": "[ ]", "in_progress": "[~]", "completed": "[x]", "cancelled": "[-]"}
-    return "\n".join(f"{marks[t['status']]} {t['id']}: {t['content']} ({t['priority']})" for t in ctx.todos)
+    lines = (f"{marks[t['status']]} {t['id']}: {t['content']} ({t['priority']})" for t in ctx.todos)
+    return ToolResult(output="\n".join(lines))
 
 
-def finish(args: FinishArgs, ctx: ToolContext) -> str:
+def finish(args: FinishArgs, ctx: ToolContext) -> ToolResult:
     raise Submitted(summary=args.summary, pr_title=args.pr_title.strip(), pr_body=args.pr_body)

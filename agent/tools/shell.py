@@ -6,7 +6,7 @@ import shlex
 
 from pydantic import Field
 
-from agent.tools.base import ToolArgs, ToolContext, ToolError, relative, resolve_path
+from agent.tools.base import ToolArgs, ToolContext, ToolError, ToolResult, relative, resolve_path
 from sandbox.output import truncate_middle
 
 GREP_DEFAULT_MATCHES = 100
@@ -28,7 +28,7 @@ class GrepArgs(ToolArgs):
     use_default_ignore: bool = Field(default=True, description="Whether to respect .gitignore and .ignore files.")
 
 
-def run_bash(args: BashArgs, ctx: ToolContext) -> str:
+def run_bash(args: BashArgs, ctx: ToolContext) -> ToolResult:
     if not args.command.strip():
         raise ToolError("command is empty")
     timeout = ctx.command_limit(args.timeout)
@@ -42,10 +42,10 @@ def run_bash(args: BashArgs, ctx: ToolContext) -> str:
         parts.append(f"timed out: the command was killed after {timeout:g} seconds")
     parts.append("stdout:\n" + truncate_middle(result.stdout, stdout_limit))
     parts.append("stderr:\n" + truncate_middle(result.stderr, stderr_limit))
-    return "\n".join(parts)
+    return ToolResult(output="\n".join(parts), exit_code=result.exit_code, timed_out=result.timed_out)
 
 
-def grep(args: GrepArgs, ctx: ToolContext) -> str:
+def grep(args: GrepArgs, ctx: ToolContext) -> ToolResult:
     if not args.pattern:
         raise ToolError("pattern is empty")
     target = resolve_path(ctx, args.path)
@@ -56,7 +56,7 @@ def grep(args: GrepArgs, ctx: ToolContext) -> str:
     command = f"rg {' '.join(flags)} -e {shlex.quote(args.pattern)} -- {shlex.quote(relative(ctx, target))}"
     result = ctx.sandbox.run(command, timeout=min(ctx.command_timeout, 120))
     if result.exit_code == 1:
-        return f"No matches for {args.pattern!r} in {args.path}."
+        return ToolResult(output=f"No matches for {args.pattern!r} in {args.path}.")
     if result.exit_code != 0:
         message = result.stderr.strip()[:600] or f"exit code {result.exit_code}"
         raise ToolError(f"grep failed: {message}")
@@ -70,4 +70,4 @@ def grep(args: GrepArgs, ctx: ToolContext) -> str:
         shown.append(line)
     if len(shown) < len(lines):
         shown.append(f"[{len(lines)} matches; showing the first {len(shown)}. Narrow the pattern or path.]")
-    return "\n".join(shown)
+    return ToolResult(output="\n".join(shown))

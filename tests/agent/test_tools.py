@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.base import Submitted, ToolCall
-from agent.tools import Toolbox, ToolContext, ToolError
+from agent.tools import Toolbox, ToolContext, ToolError, ToolResult
 from sandbox.base import SandboxSpec
 from sandbox.docker import DockerBackend
 
@@ -28,8 +28,13 @@ def ctx(docker_backend: DockerBackend, new_workspace: Callable[..., Path]) -> It
         sandbox.close()
 
 
-def call(ctx: ToolContext, name: str, **arguments: object) -> str:
+def run(ctx: ToolContext, name: str, **arguments: object) -> ToolResult:
     return Toolbox().execute(ToolCall(id="abcDEF123", name=name, arguments=json.dumps(arguments)), ctx)
+
+
+def call(ctx: ToolContext, name: str, **arguments: object) -> str:
+    """What the model is shown."""
+    return run(ctx, name, **arguments).output
 
 
 SAMPLE_ARGUMENTS = {
@@ -163,10 +168,12 @@ def test_symlinks_that_leave_the_workspace_are_refused(ctx: ToolContext, tmp_pat
 
 
 def test_bash_reports_exit_code_streams_and_timeouts(ctx: ToolContext) -> None:
-    out = call(ctx, "bash", command="echo out; echo err >&2; exit 3")
-    assert out == "returncode: 3\nstdout:\nout\n\nstderr:\nerr\n"
-    slow = call(ctx, "bash", command="sleep 30", timeout=1)
-    assert "timed out: the command was killed after 1 seconds" in slow
+    out = run(ctx, "bash", command="echo out; echo err >&2; exit 3")
+    assert out.output == "returncode: 3\nstdout:\nout\n\nstderr:\nerr\n"
+    assert out.exit_code == 3 and not out.timed_out and not out.error  # as data, not only in the text
+    slow = run(ctx, "bash", command="sleep 30", timeout=1)
+    assert "timed out: the command was killed after 1 seconds" in slow.output and slow.timed_out
+    assert run(ctx, "read_file", file_path="calc.py").exit_code is None  # no command of the model's ran
     noisy = call(ctx, "bash", command="seq 1 100000")
     assert "lines /" in noisy and "omitted ...]" in noisy and len(noisy) < 2500
 

@@ -38,7 +38,7 @@ result = {}
 try:
     ctx = ToolContext(sandbox=sandbox, output_limit=2000, command_timeout=30)
     call = lambda name, **args: Toolbox().execute(ToolCall(id="abcDEF123", name=name, arguments=json.dumps(args)), ctx)
-    result["page"] = call("read_file", file_path="big.log", offset=2, limit=3)
+    result["page"] = call("read_file", file_path="big.log", offset=2, limit=3).output
     try:
         call("edit", file_path="big.log", old_string="line 2", new_string="line two")
     except ToolError as exc:
