@@ -81,51 +81,27 @@ def run_agent(
     spend = Spend(budget=config.budget)
     ctx.instructions_shown.add(".")
     task_message = first_user_message(instruction, read_instructions(ctx, "."), environment_note)
-    messages: list[dict[str, Any]] = []
-
-    pending_chars = 0
-
-    def append(message: dict[str, Any]) -> None:
-        nonlocal pending_chars
-        messages.append(message)
-        trajectory.messages.append(message)
-        pending_chars += len(str(message.get("content") or ""))
-
-    append({"role": "system", "content": SYSTEM_PROMPT})
-    append({"role": "user", "content": task_message})
-    turns_without_tools = compactions = 0
-    last_context = 0
+    history = _History(trajectory=trajectory)
+    history.append({"role": "system", "content": SYSTEM_PROMPT})
+    history.append({"role": "user", "content": task_message})
+    turns_without_tools = 0
     while True:
         if should_stop():
             raise Cancelled("cancelled by user")
         spend.check_before_step()
-        # The next prompt: the last call's context plus what was appended since (estimated from its length).
-        context = last_context + pending_chars // CHARS_PER_TOKEN
-        if context >= config.compact_threshold:
-            if compactions >= config.max_compactions:
-                raise LimitsExceeded(f"context budget exhausted ({context} tokens) after {compactions} compaction(s)")
-            messages[:] = _compact(model, messages, toolbox, task_message, spend, on_event, context)
-            trajectory.messages.append({**messages[-1], "overnight_compaction": True})
-            compactions += 1
-            last_context, pending_chars = 0, sum(len(str(m["content"])) for m in messages)
+        if history.context_tokens() >= config.compact_threshold:
+            _compact(model, history, toolbox, task_message, spend, on_event, config.max_compactions)
         spend.steps += 1
         step = spend.steps
         started = time.monotonic()
-        turn = model.complete(messages, toolbox.schemas)
+        turn = model.complete(history.messages, toolbox.schemas)
         spend.add(turn.usage)
-        last_context, pending_chars = turn.usage.prompt_tokens + turn.usage.completion_tokens, 0
-        messages.append(model.history_message(turn))
-        trajectory.messages.append(messages[-1])
+        history.add_turn(model.history_message(turn), turn)
         _record_turn(on_event, trajectory, step, turn, time.monotonic() - started)
         spend.check_after_call()
         if not turn.tool_calls:
             turns_without_tools += 1
-            if turns_without_tools >= MAX_TURNS_WITHOUT_TOOLS:
-                raise LimitsExceeded(f"the model answered {turns_without_tools} times in a row without calling a tool")
-            leaked = TOOL_CALLS_TOKEN in (turn.content or "")
-            if leaked:
-                on_event(FormatErrorEvent(step=step, content=truncate_middle(turn.content or "", 1000)))
-            append({"role": "user", "content": UNPARSED_TOOL_CALL if leaked else NO_TOOL_CALL_REMINDER})
+            history.append(_reminder(on_event, step, turn, turns_without_tools))
             continue
         turns_without_tools = 0
         for call in turn.tool_calls:
@@ -135,31 +111,83 @@ def run_agent(
             except Submitted as submitted:
                 on_event(FinishEvent(step=step, pr_title=submitted.pr_title, summary=submitted.summary))
                 return AgentResult(submission=submitted, steps=step)
-            append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": output})
+            history.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": output})
+
+
+@dataclass(kw_only=True)
+class _History:
+    """The messages the model is sent, each also added to the trajectory, and how many tokens they hold: the
+    last call's context plus what was appended since (estimated from its length)."""
+
+    trajectory: Trajectory
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    last_context: int = 0
+    pending_chars: int = 0
+    compactions: int = 0
+
+    def append(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        self.trajectory.messages.append(message)
+        self.pending_chars += len(str(message.get("content") or ""))
+
+    def add_turn(self, message: dict[str, Any], turn: AssistantTurn) -> None:
+        """The model's own answer: the context is now what its call reported."""
+        self.last_context, self.pending_chars = turn.usage.prompt_tokens + turn.usage.completion_tokens, 0
+        self.messages.append(message)
+        self.trajectory.messages.append(message)
+
+    def context_tokens(self) -> int:
+        return self.last_context + self.pending_chars // CHARS_PER_TOKEN
+
+    def replace(self, messages: list[dict[str, Any]]) -> None:
+        """Compaction: the only rewrite of the history (the trajectory keeps everything, and the summary)."""
+        self.messages[:] = messages
+        self.trajectory.messages.append({**messages[-1], "overnight_compaction": True})
+        self.compactions += 1
+        self.last_context, self.pending_chars = 0, sum(len(str(m["content"])) for m in messages)
+
+
+def _reminder(on_event: EventSink, step: int, turn: AssistantTurn, turns_without_tools: int) -> dict[str, Any]:
+    """What a model that answered without calling a tool is told (a tool call written as text is a format
+    error); after ``MAX_TURNS_WITHOUT_TOOLS`` such answers in a row the run ends."""
+    if turns_without_tools >= MAX_TURNS_WITHOUT_TOOLS:
+        raise LimitsExceeded(f"the model answered {turns_without_tools} times in a row without calling a tool")
+    leaked = TOOL_CALLS_TOKEN in (turn.content or "")
+    if leaked:
+        on_event(FormatErrorEvent(step=step, content=truncate_middle(turn.content or "", 1000)))
+    return {"role": "user", "content": UNPARSED_TOOL_CALL if leaked else NO_TOOL_CALL_REMINDER}
 
 
 def _compact(
     model: ModelClient,
-    messages: list[dict[str, Any]],
+    history: _History,
     toolbox: Toolbox,
     task_message: str,
     spend: Spend,
     on_event: EventSink,
-    context_tokens: int,
-) -> list[dict[str, Any]]:
+    max_compactions: int,
+) -> None:
     """Ask the model for a summary of the work so far; it replaces every turn after the task."""
-    turn = model.complete([*messages, {"role": "user", "content": COMPACTION_PROMPT}], toolbox.schemas)
+    context_tokens = history.context_tokens()
+    if history.compactions >= max_compactions:
+        raise LimitsExceeded(
+            f"context budget exhausted ({context_tokens} tokens) after {history.compactions} compaction(s)"
+        )
+    request = [*history.messages, {"role": "user", "content": COMPACTION_PROMPT}]
+    turn = model.complete(request, toolbox.schemas)
     spend.add(turn.usage)
     summary = (turn.content or turn.reasoning or "").strip() or "(the model gave no summary)"
     on_event(CompactionEvent(context_tokens=context_tokens, summary=truncate_middle(summary, EVENT_TEXT_LIMIT)))
-    return [
-        messages[0],
-        {
-            "role": "user",
-            "content": f"{task_message}\n\n<compaction_summary>\nThe conversation so far was compacted. Summary of "
-            f"your progress:\n{summary}\n</compaction_summary>\nContinue the task from here.",
-        },
-    ]
+    history.replace(
+        [
+            history.messages[0],
+            {
+                "role": "user",
+                "content": f"{task_message}\n\n<compaction_summary>\nThe conversation so far was compacted. Summary "
+                f"of your progress:\n{summary}\n</compaction_summary>\nContinue the task from here.",
+            },
+        ]
+    )
 
 
 def _run_tool(
