@@ -124,6 +124,66 @@ class FollowUpCreate(BaseModel):
     max_steps: int | None = Field(default=None, ge=1, le=1000)
 
 
+MAX_MESSAGE_BYTES = 16 * 1024
+
+
+def _check_message(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text must not be empty")
+    size = len(value.encode("utf-8"))
+    if size > MAX_MESSAGE_BYTES:
+        raise ValueError(f"text is {size} bytes; at most {MAX_MESSAGE_BYTES} are allowed")
+    return value
+
+
+class MessageCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"mode": "steer", "text": "Don't touch the migrations; use the helper."}]},
+    )
+
+    mode: Literal["steer", "queue"] = Field(
+        default="steer",
+        description="steer: given to the model at its next tool boundary; queue: held until it would finish, "
+        "then the run goes on with it (same sandbox and history).",
+    )
+    text: Annotated[
+        str,
+        Field(max_length=MAX_MESSAGE_BYTES, json_schema_extra={"pattern": r"\S"}),
+        AfterValidator(_check_message),
+    ] = Field(description=f"The message (at most {MAX_MESSAGE_BYTES} bytes).")
+
+
+class MessagePublic(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {"id": 7, "task_id": "3f2a9c1e7b4d5a60", "mode": "steer", "author": "alice",
+                 "text": "Don't touch the migrations; use the helper.", "state": "delivered", "step": 12,
+                 "reason": None, "created_at": "2026-11-30T01:03:00Z", "settled_at": "2026-11-30T01:03:04Z"},
+            ]
+        },
+    )  # fmt: skip
+
+    id: int
+    task_id: str
+    mode: Literal["steer", "queue"]
+    author: str
+    text: str
+    state: Literal["pending", "delivered", "dropped"] = Field(
+        description="pending; delivered (to the model, at `step`); dropped (the task ended first: `reason`)."
+    )
+    step: int | None = Field(description="The step after whose tool results the model got it (delivered only).")
+    reason: str | None = Field(description="Why it was dropped (dropped only).")
+    created_at: datetime
+    settled_at: datetime | None = Field(description="When it was delivered or dropped.")
+
+
+class MessageList(BaseModel):
+    messages: list[MessagePublic] = Field(description="Oldest first.")
+
+
 class PatchSummary(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

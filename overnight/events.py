@@ -177,6 +177,31 @@ class RetryEvent(_Event):
     """The ended task's id."""
 
 
+MessageMode = Literal["steer", "queue"]
+
+
+class MessageDeliveredEvent(_Event):
+    """A message the user sent while the task ran reached the model: a steer after the tool results of
+    ``step``, a queued one when the model would have finished at ``step`` (the run went on instead)."""
+
+    type: Literal["message_delivered"] = "message_delivered"
+    message_id: int
+    mode: MessageMode
+    step: int
+    author: str
+    text: str
+    """The message, truncated."""
+
+
+class MessageDroppedEvent(_Event):
+    """A message the user sent was never given to the model: the task ended first (the reason says how)."""
+
+    type: Literal["message_dropped"] = "message_dropped"
+    message_id: int
+    mode: MessageMode
+    reason: str
+
+
 TaskEvent = Annotated[
     StateEvent
     | PhaseEvent
@@ -189,7 +214,9 @@ TaskEvent = Annotated[
     | FinishEvent
     | PatchEvent
     | PublishEvent
-    | RetryEvent,
+    | RetryEvent
+    | MessageDeliveredEvent
+    | MessageDroppedEvent,
     Field(discriminator="type"),
 ]
 TASK_EVENT: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)

@@ -18,6 +18,7 @@ from typing import Literal
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+import store.messages
 from store.models import ACTIVE_STATES, Task, TaskState, User, utcnow
 from store.tasks import transition
 
@@ -89,6 +90,7 @@ def requeue_or_fail(session: Session, task: Task, *, max_attempts: int, reason: 
                    reason=f"worker lost: {reason} (after {task.attempt} attempts)")  # fmt: skip
         return "failed"
     if transition(session, task.id, from_states=states, to_state=TaskState.queued, reason=reason):
+        store.messages.redeliver(session, task.id)  # the next attempt starts a new history: they go in it again
         return "requeued"
     return "unchanged"
 

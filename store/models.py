@@ -192,6 +192,32 @@ class Trajectory(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class TaskMessage(Base):
+    """A message a user sent to a task while it ran: a steer (given to the model at its next tool boundary) or
+    a queued one (given when the model would finish; the run goes on). Each is delivered at a step, or dropped
+    with the reason when its task ended first — never left pending."""
+
+    __tablename__ = "task_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    author: Mapped[str] = mapped_column(String(100))
+    """The sender's user name as it was then (github:LOGIN for a comment on GitHub)."""
+    mode: Mapped[str] = mapped_column(String(8))
+    """steer or queue."""
+    text: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    """pending, delivered or dropped."""
+    step: Mapped[int | None] = mapped_column(Integer)
+    """The step after whose tool results it was given to the model (delivered only)."""
+    reason: Mapped[str | None] = mapped_column(Text)
+    """Why it was dropped."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    settled_at: Mapped[datetime | None]
+    """When it was delivered or dropped."""
+
+
 class GitHubDelivery(Base):
     """A webhook delivery seen (its GUID is the key: a redelivery finds it and starts nothing)."""
 

@@ -11,6 +11,7 @@ from typing import Any, cast
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+import store.messages
 from overnight.events import StateEvent, TaskStateName
 from store.events import append_event
 from store.models import ACTIVE_STATES, FINAL_STATES, Task, TaskState, User, utcnow
@@ -112,7 +113,8 @@ def transition(
     reason: str | None = None,
     **fields: Any,
 ) -> bool:
-    """Move a task to ``to_state`` only if it is in one of ``from_states``; record the change as an event.
+    """Move a task to ``to_state`` only if it is in one of ``from_states``; record the change as an event. A task
+    that ends drops the messages still pending for it (``store.messages``), with the reason.
 
     The conditional UPDATE makes a cancel racing with a worker's progress resolve to exactly one winner.
     """
@@ -129,6 +131,9 @@ def transition(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     append_event(session, task_id, _state_event(to_state, reason))
+    if to_state in FINAL_STATES:  # in the same transaction: a message is refused or dropped, never left pending
+        ended = f"{to_state.value} ({reason})" if reason else to_state.value
+        store.messages.drop_pending(session, task_id, reason=f"the task ended before it was delivered: {ended}")
     return True
 
 

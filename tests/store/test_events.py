@@ -15,6 +15,8 @@ from overnight.events import (
     CompactionEvent,
     FinishEvent,
     FormatErrorEvent,
+    MessageDeliveredEvent,
+    MessageDroppedEvent,
     ModelResponseEvent,
     PatchEvent,
     PhaseEvent,
@@ -65,6 +67,10 @@ EXAMPLES: list[tuple[TaskEvent, dict[str, Any]]] = [
     (PublishEvent(state="failed", reason="push rejected"), {"state": "failed", "reason": "push rejected"}),
     (PublishEvent(state="acknowledge-failed", reason="403"), {"state": "acknowledge-failed", "reason": "403"}),
     (RetryEvent(retry_of="0123456789abcdef"), {"retry_of": "0123456789abcdef"}),
+    (MessageDeliveredEvent(message_id=3, mode="steer", step=4, author="alice", text="use the helper"),
+     {"message_id": 3, "mode": "steer", "step": 4, "author": "alice", "text": "use the helper"}),
+    (MessageDroppedEvent(message_id=4, mode="queue", reason="the task ended (failed) before it was delivered"),
+     {"message_id": 4, "mode": "queue", "reason": "the task ended (failed) before it was delivered"}),
 ]  # fmt: skip
 
 # Shapes found in rows of earlier versions (read from the history of the emitters).
