@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.models import GitHubDelivery, GitHubInstallation, GitHubLink, Task, User
+from store.models import FINAL_STATES, GitHubDelivery, GitHubInstallation, GitHubLink, Task, User
 
 USER_PREFIX = "github:"
 
@@ -83,6 +83,23 @@ def create_link(session: Session, **fields: object) -> GitHubLink:
 
 def get_link(session: Session, task_id: str) -> GitHubLink | None:
     return session.get(GitHubLink, task_id)
+
+
+def live_task_of_issue(session: Session, repo: str, number: int) -> str | None:
+    """The newest task started from issue ``number`` of ``repo`` (a label or a command on it) that has not
+    ended, or None."""
+    return session.scalar(
+        select(Task.id)
+        .join(GitHubLink, GitHubLink.task_id == Task.id)
+        .where(
+            GitHubLink.repo == repo,
+            GitHubLink.number == number,
+            GitHubLink.source.in_(["label", "issue-comment"]),
+            Task.state.not_in([state.value for state in FINAL_STATES]),
+        )
+        .order_by(Task.created_at.desc())
+        .limit(1)
+    )
 
 
 def link_of_pull_request(session: Session, repo: str, number: int) -> GitHubLink | None:

@@ -1,7 +1,8 @@
 """POST /v1/github/webhook: a labelled issue or a command in a comment becomes a task.
 
 The signature is checked over the raw body before anything is parsed; the answer comes well inside GitHub's
-ten seconds (the work is enqueued, never done here). 202: a task was queued; 200: a ping, an installation
+ten seconds (the work is enqueued, never done here). 202: a task was queued, or a command comment on an issue
+whose task has not ended was passed to that task as a steer; 200: a ping, an installation
 change, a redelivery or a replay of a request already made (nothing new started); 204: a delivery that asks
 for nothing, or from someone without write access (logged with the reason); 503: GitHub could not be asked
 about the sender (nothing recorded, so a redelivery is decided afresh).
@@ -21,12 +22,14 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 import store.github
+import store.messages
 import store.tasks
 from api.errors import APIError
 from api.queueing import enqueue_or_fail
-from api.schemas import MAX_INSTRUCTION_BYTES, ErrorResponse
+from api.schemas import MAX_INSTRUCTION_BYTES, MAX_MESSAGE_BYTES, ErrorResponse
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
+from overnight.github.markers import reaction_target
 from overnight.github.webhooks import (
     Delivery,
     PayloadError,
@@ -38,12 +41,14 @@ from overnight.github.webhooks import (
     request_key,
     request_of,
     signature_valid,
+    steer_text,
 )
 from overnight.github.webhooks import (
     Request as TriggerRequest,
 )
 from overnight.repourl import InvalidRepoError, validate_repo_url
 from overnight.settings import Settings
+from store.messages import TaskEnded
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/github", tags=["github"])
@@ -59,6 +64,7 @@ UNAUTHORISED_REPLY = (
     "/webhook",
     status_code=202,
     responses={
+        202: {"description": "A task was queued, or a command on an issue whose task runs steered it."},
         200: {"description": "Ping, installation change, redelivery or replay: nothing new started."},
         204: {"description": "Not a trigger, or from someone without write access (logged)."},
         400: {"model": ErrorResponse, "description": "Missing headers or a payload GitHub would not send."},
@@ -99,13 +105,14 @@ async def receive_webhook(
         _handle, request.app.state, settings, x_github_event, x_github_delivery, payload
     )
     if reply is not None:  # after the answer: GitHub's ten seconds are not spent on it
-        background.add_task(_reply, request.app.state.github, *reply)
+        background.add_task(_reply if len(reply) == 4 else _react, request.app.state.github, *reply)
     if status == 204:
         return Response(status_code=204, background=background)
     return JSONResponse(content, status_code=status, background=background)
 
 
-Reply = tuple[int | None, str, int, str]
+Reply = tuple[int | None, str, int, str] | tuple[int | None, str, str]
+"""A comment to write (installation, repo, number, body), or a reaction to make (installation, repo, target)."""
 Outcome = tuple[int, dict[str, Any], Reply | None]
 
 
@@ -182,6 +189,10 @@ def _decide(
         if settings.github.reply_unauthorised:
             reply = (installation, asked.repo, asked.number, UNAUTHORISED_REPLY.format(login=asked.sender))
         return record.done(204, f"refused: {refused}", reply=reply)
+    if asked.source == "issue-comment":
+        steered = _steer_live_task(session, settings, asked, record, installation)
+        if steered is not None:
+            return steered
     parent = None
     if asked.on_pull_request:
         parent = store.github.link_of_pull_request(session, asked.repo, asked.number)
@@ -192,6 +203,30 @@ def _decide(
     if outcome[0] == 202:
         enqueue_or_fail(session, state.queue, task_id)
     return outcome
+
+
+def _steer_live_task(
+    session: Any, settings: Settings, asked: TriggerRequest, record: _Recorder, installation: int | None
+) -> Outcome | None:
+    """A command comment on an issue whose task has not ended: the comment goes to that task as a steer (👀 on
+    it once passed on) instead of starting a second task. None: no such task, so a task is started."""
+    task_id = store.github.live_task_of_issue(session, asked.repo, asked.number)
+    if task_id is None:
+        return None
+    text = steer_text(asked, settings.github.command)
+    if text is None:
+        return record.done(204, f"ignored: task {task_id} is still running on this issue and the comment says "
+                           "nothing more")  # fmt: skip
+    user = store.github.github_user(session, asked.sender)
+    try:
+        message = store.messages.add_message(
+            session, task_id, mode="steer", text=text.encode()[:MAX_MESSAGE_BYTES].decode(errors="ignore"),
+            author=user.name, user_id=user.id,
+        )  # fmt: skip
+    except TaskEnded:  # it ended meanwhile: the comment starts a task of its own
+        return None
+    reaction = (installation, asked.repo, reaction_target(asked.source, asked.number, asked.comment_id))
+    return record.done(202, f"steered: message {message.id} to task {task_id}", task_id, reply=reaction)
 
 
 def _sender_refused(client: GitHubClient, installation: int | None, asked: TriggerRequest, rules: Rules) -> str | None:
@@ -275,6 +310,13 @@ def _create_task(session: Any, settings: Settings, asked: TriggerRequest, instal
         pr_number=parent.pr_number if parent else None, pr_url=parent.pr_url if parent else None,
     )  # fmt: skip
     return task.id
+
+
+def _react(client: GitHubClient, installation: int | None, repo: str, target: str) -> None:
+    try:
+        client.react(installation, repo, target, "eyes")
+    except GitHubError as exc:
+        log.warning("could not react to %s on %s: %s", target, repo, exc)
 
 
 def _reply(client: GitHubClient, installation: int | None, repo: str, number: int, body: str) -> None:

@@ -30,6 +30,7 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 TASK: dict[str, type] = {"id": str, "state": str, "repo": str, "instruction": str, "created_at": str}
 EVENT: dict[str, type] = {"seq": int, "type": str, "data": dict, "created_at": str}
 PATCH: dict[str, type] = {"base_sha": str, "files_changed": int}
+MESSAGE: dict[str, type] = {"id": int, "task_id": str, "mode": str, "state": str, "text": str}
 _JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
                bool: "a boolean", type(None): "null"}  # fmt: skip
 
@@ -199,6 +200,11 @@ class APIClient:
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self.post(f"/v1/tasks/{task_id}/cancel")
+
+    def send_message(self, task_id: str, text: str, *, mode: str) -> dict[str, Any]:
+        """A message to a task not yet ended (steer or queue); the answer is the message, pending."""
+        response = self.request("POST", f"/v1/tasks/{task_id}/messages", json={"mode": mode, "text": text})
+        return self._json(response, MESSAGE)
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -63,7 +63,7 @@ def _task_exit(task: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (submit, list_, show, logs, diff, apply, cancel, retry, follow_up, login, logout):
+    for command in (submit, list_, show, logs, diff, apply, say, cancel, retry, follow_up, login, logout):
         name = {"list_": "list", "follow_up": "follow-up"}.get(command.__name__, command.__name__)
         panel = "Account" if command in (login, logout) else "Tasks"
         app.command(name, rich_help_panel=panel)(command)
@@ -330,6 +330,26 @@ def apply(task_id: str, as_json: JsonOption = False) -> None:
     else:
         err.print(f"on branch {branch}: {patch['files_changed']} file(s) changed" if mbox else
                   f"on branch {branch}: no changes needed (the patch is empty)")  # fmt: skip
+
+
+def say(
+    task_id: str,
+    text: Annotated[str, typer.Argument(help="The message.")],
+    queue: Annotated[
+        bool, typer.Option("--queue", help="Hold it until the agent would finish, then go on with it.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Talk to a task while it runs: a steer reaches the model at its next tool boundary; --queue waits until
+    it would finish, and the run goes on with it. `logs` shows when it was delivered, or why it was dropped."""
+    try:
+        message = _client().send_message(task_id, text, mode="queue" if queue else "steer")
+    except ClientError as exc:
+        raise fail(str(exc), exc.exit_code) from exc
+    if as_json:
+        _print_json(message)
+    else:
+        console.print(f"message {message['id']} to {task_id}: {message['state']} ({message['mode']})", markup=False)
 
 
 def cancel(task_id: str, as_json: JsonOption = False) -> None:

@@ -38,6 +38,8 @@ def _line(event: TaskEvent) -> str | None:
         CompactionEvent,
         FinishEvent,
         FormatErrorEvent,
+        MessageDeliveredEvent,
+        MessageDroppedEvent,
         ModelResponseEvent,
         PatchEvent,
         PhaseEvent,
@@ -73,6 +75,11 @@ def _line(event: TaskEvent) -> str | None:
             return f"[green]published[/green]: {escape(str(event.pull_request or event.branch))}"
         case PublishEvent(state="failed"):
             return f"[red]publishing failed[/red]: {escape(str(event.reason))}"
+        case MessageDeliveredEvent():
+            what = "queued message" if event.mode == "queue" else "steer"
+            return f"[magenta]✉ {what} from {escape(event.author)} delivered at step {event.step}[/magenta]"
+        case MessageDroppedEvent():
+            return f"[yellow]✉ message {event.message_id} dropped[/yellow]: {escape(event.reason)}"
         case CompactionEvent() | FormatErrorEvent() | FinishEvent():
             return f"[magenta]{event.type}[/magenta]"
     return None

@@ -151,6 +151,8 @@ class Request:
     """The issue's body, or the comment's."""
     review_context: str | None = None
     pr_head: str | None = None
+    comment: str | None = None
+    """The comment's own text (comments only)."""
 
     @property
     def on_pull_request(self) -> bool:
@@ -217,6 +219,7 @@ def request_of(event: str, delivery: Delivery, rules: Rules) -> Request | str:
                 source=source, repo=repo.full_name, default_branch=repo.default_branch, number=issue.number,
                 sender=comment.user.login, association=comment.author_association, comment_id=comment.id,
                 extra=extra, title=issue.title, text=(comment.body or "") if issue.pull_request else (issue.body or ""),
+                comment=comment.body or "",
             )  # fmt: skip
         pull = delivery.pull_request
         assert pull is not None
@@ -274,6 +277,17 @@ def instruction_for(request: Request) -> str:
         f"made by you in an earlier task. @{request.sender} asked for a change in this comment:\n\n"
         f"{_clean(request.text)}{where}\n\nMake the change on top of the branch as it is."
     )
+
+
+def steer_text(request: Request, command: str) -> str | None:
+    """What a command comment on an issue whose task is still running tells that task: the comment without
+    the command, said to come from its author (None when nothing is left to say)."""
+    text = _clean(request.comment or "")
+    if text.lower().startswith(command.lower()):
+        text = text[len(command) :].strip()
+    if not text:
+        return None
+    return f"@{request.sender} commented on issue #{request.number}:\n\n{text}"
 
 
 _SLUG = re.compile(r"[^a-z0-9]+")

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 import store.github
+import store.messages
 from api.app import create_app
 from overnight.github.webhooks import MARK
 from overnight.settings import Settings
@@ -156,8 +157,10 @@ def test_a_replayed_delivery_starts_nothing_new(settings: Settings, fake: FakeGi
         replay = deliver(api, "issues", label, delivery="replayed-label")  # the same signed body, a new id
         assert replay.status_code == 200 and replay.json()["status"] == "duplicate"
         assert "first-label" in replay.json()["detail"]
-        assert deliver(api, "issues", labeled()).status_code == 202  # labelled again for real: a new task
-        assert deliver(api, "issue_comment", comment).status_code == 202
+        second = deliver(api, "issues", labeled())  # labelled again for real: a new task
+        assert second.status_code == 202
+        steered = deliver(api, "issue_comment", comment)  # the issue's task has not ended: the comment steers it
+        assert steered.status_code == 202 and steered.json()["task_id"] == second.json()["task_id"]
         assert deliver(api, "issue_comment", comment).json()["status"] == "duplicate"
         assert deliver(api, "issue_comment", unauthorised).status_code == 204
         assert deliver(api, "issue_comment", unauthorised).json()["status"] == "duplicate"
@@ -166,7 +169,9 @@ def test_a_replayed_delivery_starts_nothing_new(settings: Settings, fake: FakeGi
         with ThreadPoolExecutor(max_workers=6) as pool:
             answers = list(pool.map(lambda n: deliver(api, "issues", again, delivery=f"burst-{n}"), range(6)))
     assert sorted(answer.status_code for answer in answers) == [200] * 5 + [202]
-    assert len(tasks(settings)) == 4 and redis.Redis.from_url(redis_url).llen(settings.queue) == 4
+    assert len(tasks(settings)) == 3 and redis.Redis.from_url(redis_url).llen(settings.queue) == 3
+    with make_sessionmaker(make_engine(settings.resolved_database_url))() as session:  # steered once, not twice
+        assert len(store.messages.list_messages(session, second.json()["task_id"])) == 1
     assert len(fake.fake.comments) == 1  # one polite reply, however often its request is replayed
     recorded = outcomes(settings)
     assert recorded["replayed-label"] == "duplicate: delivery first-label asked for the same"
