@@ -43,6 +43,10 @@ class CookieAuthenticator(Protocol):
         """The session's user; raises CookieRefused."""
         ...
 
+    def guard_send(self, cookie: str, send: Send) -> Send:
+        """How the answer to a cookie's request goes out (its caching, a long stream's end)."""
+        ...
+
 
 def unauthorized(message: str, *, has_body: bool) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"}
@@ -107,4 +111,4 @@ class BearerAuthMiddleware:
             await JSONResponse(refusal, status_code=exc.status, headers=extra)(scope, receive, send)
             return
         scope[USER_SCOPE_KEY] = user
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, self.cookie_auth.guard_send(cookie, send))

@@ -8,7 +8,7 @@ from fastapi.staticfiles import StaticFiles
 from overnight.settings import Settings
 from web.config import WebConfig
 from web.pages import STATIC, SignInRequired, WebState, asset_version, make_templates, sign_in_redirect
-from web.routes import signin, tasks
+from web.routes import apidocs, signin, tasks
 from web.session import CookieAuth, SessionCodec, load_session_key
 
 
@@ -26,6 +26,7 @@ def install_web(app: FastAPI, settings: Settings) -> CookieAuth:
         version=asset_version(),
     )
     app.add_exception_handler(SignInRequired, sign_in_redirect)
+    app.include_router(apidocs.router)
     app.include_router(signin.router)
     app.include_router(tasks.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

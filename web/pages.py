@@ -74,7 +74,8 @@ def make_templates() -> Environment:
 
 
 class SignInRequired(Exception):
-    """Raised by a page whose visitor has no valid session; answered with a redirect to the sign-in page."""
+    """Raised by a page whose visitor has no valid session; answered with a redirect to the sign-in page, which
+    says why in its own words (``reason`` is a code: a link cannot make the page say anything else)."""
 
     def __init__(self, target: str, reason: str | None = None) -> None:
         super().__init__(target)
@@ -103,7 +104,7 @@ def current_session(request: Request) -> WebSession:
     try:
         return state.cookie_auth.web_session(cookie)
     except CookieRefused as exc:
-        raise SignInRequired(target, exc.message) from exc
+        raise SignInRequired(target, exc.code) from exc
 
 
 WebSessionDep = Annotated[WebSession, Depends(current_session)]

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from typing import Any
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.datastructures import Headers
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import cookie_parser
+from starlette.types import Message, Send
 
 import store.users
 from api.auth import CookieRefused
@@ -35,6 +38,9 @@ CSRF_FIELD = "csrf_token"
 SESSION_SECONDS = 7 * 24 * 3600
 """A session lasts a week at most, and never past its token's own expiry."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+RECHECK_SECONDS = 0.2
+"""A long answer (an event stream) checks its session again before sending anything this long after the last
+check: every poll of a stream does (they are half a second apart), a burst of events once."""
 KEY_FILE = "web-session.key"
 
 
@@ -142,6 +148,41 @@ class CookieAuth:
             session.commit()  # last_used_at, when it moved
             _ = user.name, user.is_admin  # loaded while the session is open
             return user
+
+    def still_valid(self, cookie: str) -> bool:
+        try:
+            payload = self.codec.read(cookie)
+            with self.sessions() as session:
+                token_user(session, payload)
+            return True
+        except CookieRefused:
+            return False
+
+    def guard_send(self, cookie: str, send: Send) -> Send:
+        """The API's answers to the pages are never cached (a shared computer's browser, a proxy), and a long
+        one (a task's event stream) ends as soon as its session's token is revoked or expires: nothing written
+        after that reaches it."""
+        checked, ended = time.monotonic(), False
+
+        def due() -> bool:
+            return time.monotonic() - checked >= RECHECK_SECONDS
+
+        async def guarded(message: Message) -> None:
+            nonlocal checked, ended
+            if ended:
+                return
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(raw=list(message.get("headers", [])))
+                headers["Cache-Control"] = "no-store"
+                message = {**message, "headers": headers.raw}
+            elif message["type"] == "http.response.body" and message.get("more_body") and due():
+                checked = time.monotonic()
+                if not await run_in_threadpool(self.still_valid, cookie):
+                    ended = True
+                    message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        return guarded
 
     def web_session(self, cookie: str) -> WebSession:
         """For the pages: the user and the CSRF token their forms and scripts send back."""

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from agent.budget import AgentConfig, Budget
 from api.app import create_app
 from overnight.events import EVENT_MODELS
 from overnight.settings import Settings
@@ -72,7 +73,7 @@ def test_the_rows_fragment_is_the_same_page_for_refreshing(
 def test_the_task_page_says_why_it_failed_and_what_it_cost(
     settings: Settings, tokens: dict[str, str], make_task: Callable[..., str], sessions: Any
 ) -> None:
-    priced = settings.model_copy(update={"price_input_per_mtok": 1.5, "price_output_per_mtok": 7.5})
+    priced = settings.model_copy(update={"agent": AgentConfig(budget=Budget(price_input=1.5, price_output=7.5))})
     client = TestClient(create_app(priced), follow_redirects=False)
     sign_in(client, tokens["alice"])
     task_id = make_task("alice", state=TaskState.failed, reason="step budget exhausted (100 steps)")

@@ -268,3 +268,40 @@ def test_the_session_key_is_private_and_survives_a_restart(
     restarted = TestClient(create_app(settings), follow_redirects=False)
     restarted.cookies.set(SESSION_COOKIE, session_cookie(alice))
     assert restarted.get("/").status_code == 200
+
+
+def test_sign_out_needs_the_session_and_its_token_and_touches_nothing_else(
+    browser: Callable[..., Browser],
+) -> None:
+    stranger = browser().client.post("/sign-out", data={})
+    assert stranger.status_code == 303 and "set-cookie" not in stranger.headers  # a page elsewhere: no cookie sent
+    alice = browser("alice")
+    signed_out = alice.client.post("/sign-out", data={"csrf_token": alice.csrf})
+    assert signed_out.status_code == 303 and f'{SESSION_COOKIE}=""' in signed_out.headers["set-cookie"]
+    assert alice.page("/").status_code == 303
+
+
+def test_the_sign_in_page_says_only_its_own_words(browser: Callable[..., Browser]) -> None:
+    client = browser().client
+    assert "was revoked" in client.get("/sign-in?reason=token_revoked").text
+    lure = client.get("/sign-in?reason=Overnight+moved+to+https://evil.example")
+    assert "evil.example" not in lure.text
+
+
+def test_api_answers_to_the_pages_are_never_cached(
+    browser: Callable[..., Browser], make_task: Callable[..., str], tokens: dict[str, str]
+) -> None:
+    task_id = make_task("alice", state=TaskState.succeeded, diff=DIFF)
+    alice = browser("alice")
+    for path in ["/v1/tasks", f"/v1/tasks/{task_id}", f"/v1/tasks/{task_id}/patch?format=diff"]:
+        assert alice.api("GET", path).headers["cache-control"] == "no-store", path
+    bearer = browser().client.get(f"/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {tokens['alice']}"})
+    assert bearer.status_code == 200 and "cache-control" not in bearer.headers  # the bearer API is as it was
+
+
+def test_the_api_documentation_is_served_from_here_under_the_policy(browser: Callable[..., Browser]) -> None:
+    client = browser().client
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "script-src 'self'" in docs.headers["content-security-policy"]
+    assert "/static/vendor/swagger-ui-bundle.js" in docs.text and "cdn." not in docs.text
+    assert client.get("/redoc").status_code == 404

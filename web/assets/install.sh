@@ -21,6 +21,9 @@ cp node_modules/highlight.js/styles/github.min.css "$vendor/highlight-github.min
 cp node_modules/highlight.js/styles/github-dark.min.css "$vendor/highlight-github-dark.min.css"
 cp node_modules/diff2html/LICENSE.md "$vendor/diff2html.LICENSE.md"
 cp node_modules/highlight.js/LICENSE "$vendor/highlight.js.LICENSE"
+# The API's own documentation (/docs) draws with Swagger UI, served from here too.
+cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css "$vendor/"
+cp node_modules/swagger-ui-dist/LICENSE "$vendor/swagger-ui.LICENSE"
 rm -rf node_modules
 echo "$want" >"$stamp"
 echo "web assets: installed into $vendor"

@@ -15,6 +15,13 @@ from web.session import CSRF_FIELD, SESSION_COOKIE, SIGN_IN_COOKIE, CookieAuth, 
 
 router = APIRouter(include_in_schema=False)
 MAX_FORM_BYTES = 64 * 1024
+REASONS = {
+    "session_expired": "Your session has ended (they last a week at most); sign in again.",
+    "token_revoked": "The token this browser signed in with was revoked; sign in with another.",
+    "token_expired": "The token this browser signed in with has expired; sign in with another.",
+    "unauthorized": "This browser's session is no longer valid; sign in again.",
+}
+"""What the sign-in page says for each ``?reason=`` code; any other value shows nothing."""
 
 
 def safe_next(target: str | None) -> str:
@@ -52,7 +59,7 @@ def sign_in_page(
 
 @router.get("/sign-in")
 def sign_in_form(request: Request, web: WebStateDep, next: str = "/", reason: str | None = None) -> HTMLResponse:
-    return sign_in_page(request, web, target=safe_next(next), message=reason)
+    return sign_in_page(request, web, target=safe_next(next), message=REASONS.get(reason or ""))
 
 
 @router.post("/sign-in")
@@ -89,9 +96,11 @@ async def sign_out(request: Request, web: WebStateDep) -> Response:
     """Ends this browser's session (the cookie is dropped); revoking the token ends every session made with it."""
     form = await read_form(request)
     cookie = CookieAuth.session_cookie(request.headers)
-    if cookie is not None and not web.codec.csrf_matches(cookie, form.get(CSRF_FIELD)):
+    response = RedirectResponse("/sign-in", status_code=303, headers={"Cache-Control": "no-store"})
+    if cookie is None:  # nothing to sign out of (or a page elsewhere, which the browser sent no cookie with)
+        return response
+    if not web.codec.csrf_matches(cookie, form.get(CSRF_FIELD)):
         return HTMLResponse("The sign-out form is missing its CSRF token; reload the page and try again.",
                             status_code=403, headers=PAGE_HEADERS)  # fmt: skip
-    response = RedirectResponse("/sign-in", status_code=303, headers={"Cache-Control": "no-store"})
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=secure(request, web))
     return response

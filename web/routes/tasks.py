@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 import store.events
 import store.tasks
+from api.events import event_public
 from store.models import Task
 from web import present, queries
 from web.pages import WebSessionDep, WebStateDep, render
@@ -99,10 +100,9 @@ def task_page(request: Request, task_id: str, web: WebSessionDep, app: WebStateD
         task = store.tasks.get_task(session, task_id, user=web.user)
         if task is None:
             return not_found(request, web, task_id)
-        events = [
-            {"seq": event.seq, "type": event.type, "data": event.data, "created_at": present.iso(event.created_at)}
-            for event in store.events.list_events(session, task_id, limit=FIRST_EVENTS)
-        ]
+        # The typed records the API itself sends (an unreadable row: as stored, with its ``error``).
+        rows = store.events.list_events(session, task_id, limit=FIRST_EVENTS)
+        events = [event_public(row).model_dump(mode="json") for row in rows]
         return render(request, "task.html", {**summary_context(session, task, web, app), "events": events}, web=web)
 
 

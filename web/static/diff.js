@@ -5,6 +5,9 @@
 const Diff = (() => {
   const { el } = Overnight;
   const MAX_LINES = 20000;
+  const FIRST_LINES = 200;
+  /** Changed lines drawn before the page is handed back to the reader; the other files follow when it is idle. */
+  const idle = window.requestIdleCallback ? (work) => window.requestIdleCallback(work, { timeout: 250 }) : (work) => setTimeout(() => work({ timeRemaining: () => 10 }), 16);
 
   class Review {
     constructor(taskId, onChange) {
@@ -116,8 +119,15 @@ const Diff = (() => {
     }
 
     async load() {
+      if (this.loading) return this.loading;
+      this.loading = this.fetchAndDraw();
+      return this.loading;
+    }
+
+    async fetchAndDraw() {
       const result = await Overnight.api("GET", `/v1/tasks/${encodeURIComponent(this.taskId)}/patch?format=json`);
       if (!result.ok) {
+        this.loading = null; // asked again later (the task ends, the API comes back)
         if (result.status === 409) this.message("The patch appears here when the task ends.");
         else if (result.status === 404) this.message("This task ended without a patch.");
         else this.message(Overnight.errorMessage(result));
@@ -168,51 +178,76 @@ const Diff = (() => {
         this.container.replaceChildren(el("p", { class: "notice warn" }, `This patch changes ${lines} lines, too many to show here; download it above.`));
         return;
       }
-      const ui = new window.Diff2HtmlUI(this.container, this.files, {
+      // One slot per file, drawn and highlighted one file at a time: the first files at once (what the reader
+      // sees first), the rest when the browser is idle, so a long patch never blocks the page for seconds.
+      const generation = (this.generation = (this.generation || 0) + 1);
+      this.slots = this.files.map((_, index) => el("div", { class: "diff-file", id: `diff-file-${index}`, tabindex: -1 }));
+      this.container.replaceChildren(...this.slots);
+      delete this.container.dataset.drawn;
+      this.pending = this.files.map((_, index) => index);
+      let budget = FIRST_LINES;
+      while (this.pending.length && budget > 0) {
+        const index = this.pending.shift();
+        budget -= this.files[index].addedLines + this.files[index].deletedLines;
+        this.drawFile(index);
+      }
+      const more = (deadline) => {
+        if (generation !== this.generation) return; // redrawn since (the other view was chosen)
+        do {
+          if (this.pending.length) this.drawFile(this.pending.shift());
+        } while (this.pending.length && deadline.timeRemaining() > 8);
+        if (this.pending.length) idle(more); else this.container.dataset.drawn = "all";
+      };
+      if (this.pending.length) idle(more); else this.container.dataset.drawn = "all";
+      this.help.hidden = false;
+    }
+
+    drawFile(index) {
+      const slot = this.slots[index];
+      if (!slot || slot.dataset.drawn) return;
+      slot.dataset.drawn = "true";
+      this.pending = this.pending.filter((other) => other !== index);
+      const ui = new window.Diff2HtmlUI(slot, [this.files[index]], {
         outputFormat: this.view(), drawFileList: false, matching: "none", highlight: true, fileContentToggle: true,
         stickyFileHeaders: false, synchronisedScroll: true, colorScheme: "auto",
       });
       ui.draw();
       ui.highlightCode();
-      this.decorate();
-      this.showComments();
-      this.help.hidden = false;
+      this.decorate(slot, index);
+      this.showComments(filePath(this.files[index]));
     }
 
     showFile(index) {
-      const wrapper = this.container.querySelector(`#diff-file-${index}`);
-      if (!wrapper) return;
-      wrapper.scrollIntoView({ block: "start" });
-      wrapper.focus({ preventScroll: true });
+      this.drawFile(index);
+      const slot = this.slots?.[index];
+      if (!slot) return;
+      slot.scrollIntoView({ block: "start" });
+      slot.focus({ preventScroll: true });
     }
 
-    /** Marks each line-number cell with its file, side and line so it can take a comment. */
-    decorate() {
-      this.container.querySelectorAll(".d2h-file-wrapper").forEach((wrapper, index) => {
-        wrapper.id = `diff-file-${index}`;
-        wrapper.tabIndex = -1;
-        const path = filePath(this.files[index] || {});
-        const sides = wrapper.querySelectorAll(".d2h-file-side-diff");
-        let first = null;
-        const mark = (cell, side, line) => {
-          if (!/^\d+$/.test(line)) return;
-          Object.assign(cell.dataset, { path, side, line });
-          cell.tabIndex = -1;
-          cell.setAttribute("role", "button");
-          first = first || cell;
-        };
-        if (sides.length === 2) {
-          sides.forEach((pane, which) => {
-            for (const cell of pane.querySelectorAll("td.d2h-code-side-linenumber:not(.d2h-info)")) mark(cell, which ? "new" : "old", cell.textContent.trim());
-          });
-        } else {
-          for (const cell of wrapper.querySelectorAll("td.d2h-code-linenumber:not(.d2h-info)")) {
-            const next = cell.querySelector(".line-num2")?.textContent.trim();
-            if (next) mark(cell, "new", next); else mark(cell, "old", cell.querySelector(".line-num1")?.textContent.trim() || "");
-          }
+    /** Marks each line-number cell of a file with its path, side and line so it can take a comment. */
+    decorate(slot, index) {
+      const path = filePath(this.files[index] || {});
+      const sides = slot.querySelectorAll(".d2h-file-side-diff");
+      let first = null;
+      const mark = (cell, side, line) => {
+        if (!/^\d+$/.test(line)) return;
+        Object.assign(cell.dataset, { path, side, line });
+        cell.tabIndex = -1;
+        cell.setAttribute("role", "button");
+        first = first || cell;
+      };
+      if (sides.length === 2) {
+        sides.forEach((pane, which) => {
+          for (const cell of pane.querySelectorAll("td.d2h-code-side-linenumber:not(.d2h-info)")) mark(cell, which ? "new" : "old", cell.textContent.trim());
+        });
+      } else {
+        for (const cell of slot.querySelectorAll("td.d2h-code-linenumber:not(.d2h-info)")) {
+          const next = cell.querySelector(".line-num2")?.textContent.trim();
+          if (next) mark(cell, "new", next); else mark(cell, "old", cell.querySelector(".line-num1")?.textContent.trim() || "");
         }
-        if (first) first.tabIndex = 0;
-      });
+      }
+      if (first) first.tabIndex = 0;
     }
 
     cellFor(item) {
@@ -289,9 +324,11 @@ const Diff = (() => {
       text.focus();
     }
 
-    showComments() {
-      this.container.querySelectorAll(".comment-saved").forEach((row) => row.remove());
-      for (const item of this.review.items) {
+    /** The saved comments under their lines (of one file, or of every file drawn). */
+    showComments(path = null) {
+      const items = this.review.items.filter((item) => path === null || item.path === path);
+      if (path === null) this.container.querySelectorAll(".comment-saved").forEach((row) => row.remove());
+      for (const item of items) {
         const cell = this.cellFor(item);
         if (!cell) continue;
         const remove = el("button", { type: "button", "data-remove-comment": item.id, "aria-label": `Remove the comment ${Review.where(item)}` }, "Remove");
@@ -300,6 +337,8 @@ const Diff = (() => {
     }
 
     focusComment(item) {
+      const index = this.files.findIndex((file) => filePath(file) === item.path);
+      if (index >= 0) this.drawFile(index);
       const cell = this.cellFor(item);
       if (!cell) return;
       cell.scrollIntoView({ block: "center" });

@@ -18,7 +18,7 @@ const Feed = (() => {
 
   /** Monospace output; past LONG_LINES lines (or LONG_CHARS characters) the head shows and the rest folds. */
   function output(text) {
-    const value = text ?? "";
+    const value = typeof text === "string" ? text : JSON.stringify(text ?? "", null, 2);
     const lines = value.split("\n");
     if (lines.length <= LONG_LINES && value.length <= LONG_CHARS) return el("pre", {}, value || "(no output)");
     const head = lines.slice(0, 8).join("\n").slice(0, 800);
@@ -104,6 +104,12 @@ const Feed = (() => {
       return { kind: d.state === "failed" ? "Publishing failed" : "GitHub acknowledgement failed", cls: "failed", body: [el("p", {}, d.reason ?? "")] };
     },
     retry: (d) => ({ kind: "Retry", body: [el("p", {}, "A new attempt of ", el("a", { href: `/tasks/${encodeURIComponent(d.retry_of)}` }, d.retry_of), ".")] }),
+    message_delivered: (d) => ({
+      kind: d.mode === "queue" ? "Queued message delivered" : "Message delivered",
+      extra: el("span", { class: "sub" }, `from ${d.author} · after step ${d.step}`),
+      body: [el("p", { class: "content" }, d.text ?? "")],
+    }),
+    message_dropped: (d) => ({ kind: "Message not delivered", cls: "failed", body: [el("p", {}, d.reason ?? "")] }),
   };
 
   function toolResult(d, seq) {
@@ -112,15 +118,20 @@ const Feed = (() => {
     return el("div", { class: `tool-result${d.error ? " error" : ""}`, "data-seq": seq }, el("div", { class: "status" }, status + duration), output(d.output));
   }
 
+  /** An event the server could not read (``error``: a newer version's, or a broken row), or one whose data the
+   * page cannot draw: its type, and its data as stored. */
+  function unreadable(event, why) {
+    return { kind: String(event.type), extra: el("span", { class: "sub" }, `unreadable: ${why}`), body: [folded("Data as stored", JSON.stringify(event.data, null, 2))] };
+  }
+
   function render(event) {
-    const renderer = RENDERERS[event.type];
+    const renderer = event.error ? null : RENDERERS[event.type];
     let view;
     try {
-      view = renderer ? renderer(event.data || {}) : null;
+      view = renderer ? renderer(event.data || {}) : unreadable(event, event.error || "an event type this page does not know");
     } catch (error) {
-      view = null; // data not shaped as its type promises: shown raw below
+      view = unreadable(event, "its data is not what its type promises");
     }
-    view = view || { kind: String(event.type), body: [folded("Data", JSON.stringify(event.data, null, 2))] };
     const kind = view.badge ? el("span", { class: `badge ${view.badge}` }, view.kind) : el("span", { class: "event-kind" }, view.kind);
     const when = new Date(event.created_at);
     const head = el("div", { class: "event-head" }, kind, view.extra || null,
@@ -171,19 +182,27 @@ const Feed = (() => {
     }
 
     append(event) {
-      if (event.seq <= this.lastSeq) return; // seen already (a reconnect replays nothing twice)
+      if (!(event.seq > this.lastSeq)) return; // seen already (a reconnect replays nothing twice)
       this.lastSeq = event.seq;
-      const data = event.data || {};
-      const call = event.type === "tool_result" ? this.calls.get(data.id) : null;
-      if (call) {
-        call.querySelector(".event-body").append(toolResult(data, event.seq));
-      } else {
-        const node = render(event);
-        if (event.type === "tool_call" && data.id) this.calls.set(data.id, node);
-        this.container.append(node);
+      const data = event.data && typeof event.data === "object" ? event.data : {};
+      try {
+        const call = event.type === "tool_result" && !event.error ? this.calls.get(data.id) : null;
+        if (call) {
+          call.querySelector(".event-body").append(toolResult(data, event.seq));
+        } else {
+          const node = render(event);
+          if (event.type === "tool_call" && data.id) this.calls.set(data.id, node);
+          this.container.append(node);
+        }
+      } catch (error) { // one odd event never hides the ones after it
+        this.container.append(el("article", { class: "event", "data-seq": event.seq }, el("div", { class: "event-head" }, el("span", { class: "event-kind" }, String(event.type)), el("span", { class: "sub" }, "could not be shown"))));
       }
       if (event.type === "state" && FINAL.has(data.state)) this.final = true;
-      this.onEvent?.(event);
+      try {
+        this.onEvent?.(event);
+      } catch (error) {
+        // the page's own reaction to an event (a header refresh) never stops the feed
+      }
     }
 
     status(text) {

@@ -158,7 +158,9 @@
       : Overnight.errorMessage(result);
   });
 
-  // Start: the events the page came with, then the live stream from where they end.
+  // Start: the patch of an ended task is asked for first (it arrives while the feed is drawn), then the events
+  // the page came with, then the live stream from where they end.
+  if (final) diff.load();
   const initial = JSON.parse(document.getElementById("initial-events").textContent || "[]");
   feed.addAll(initial);
   feed.container.removeAttribute("aria-busy");
@@ -167,5 +169,4 @@
   feed.connect();
   const wantChanges = window.location.hash === "#changes" || (final && summary.dataset.patch === "true" && window.location.hash !== "#activity");
   selectTab(wantChanges ? changesTab : activityTab, false);
-  if (final && !diff.loaded) diff.load();
 })();
