@@ -33,6 +33,10 @@ SESSION_COOKIE = "overnight_session"
 SIGN_IN_COOKIE = "overnight_sign_in"
 """A nonce the sign-in form repeats in a hidden field (double submit): a page elsewhere cannot sign a browser
 in as someone else."""
+SECURE_PREFIX = "__Host-"
+"""Over HTTPS both cookies take this prefix: the browser then keeps them only if Secure, Path=/ and with no
+Domain, so a sibling host (another subdomain, a plain-HTTP page) cannot plant or replace them."""
+
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 SESSION_SECONDS = 7 * 24 * 3600
@@ -42,6 +46,16 @@ RECHECK_SECONDS = 0.2
 """A long answer (an event stream) checks its session again before sending anything this long after the last
 check: every poll of a stream does (they are half a second apart), a burst of events once."""
 KEY_FILE = "web-session.key"
+
+
+def cookie_name(base: str, *, secure: bool) -> str:
+    return SECURE_PREFIX + base if secure else base
+
+
+def read_cookie(headers: Headers, base: str) -> str | None:
+    """The cookie under its HTTPS name, else its plain one."""
+    cookies = cookie_parser(headers.get("cookie", ""))
+    return cookies.get(SECURE_PREFIX + base) or cookies.get(base) or None
 
 
 def load_session_key(data_dir: Path, configured: str | None = None) -> bytes:
@@ -133,7 +147,7 @@ class CookieAuth:
 
     @staticmethod
     def session_cookie(headers: Headers) -> str | None:
-        return cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE) or None
+        return read_cookie(headers, SESSION_COOKIE)
 
     def authenticate(self, cookie: str, *, method: str, headers: Headers) -> User:
         """The session's user; a state-changing request must also carry the session's CSRF token (403)."""

@@ -55,7 +55,15 @@ def test_cookies_are_secure_over_https_and_when_the_public_url_is_https(
     browser: Callable[..., Browser], tokens: dict[str, str], settings: Settings
 ) -> None:
     answer = sign_in(browser(base_url="https://testserver").client, tokens["alice"])
-    assert "; secure" in answer.headers["set-cookie"].lower()
+    session = next(value for value in answer.headers.get_list("set-cookie") if SESSION_COOKIE in value)
+    # __Host-: the browser keeps it only as Secure, Path=/, no Domain (no sibling host can plant or replace it)
+    assert session.startswith(f"__Host-{SESSION_COOKIE}=") and "; secure" in session.lower()
+    over_tls = browser("alice", base_url="https://testserver")  # the whole flow works under those names
+    assert over_tls.page("/").status_code == 200
+    assert (
+        over_tls.api("POST", "/v1/tasks", json={"repo": "https://github.com/a/b.git", "instruction": "x"}).status_code
+        == 201
+    )
     # Behind a proxy that ends TLS the API may see plain HTTP: its public address says the cookies travel over HTTPS.
     behind_proxy = settings.model_copy(update={"public_url": "https://overnight.example.com"})
     form = TestClient(create_app(behind_proxy), follow_redirects=False).get("/sign-in")

@@ -11,7 +11,16 @@ from starlette.concurrency import run_in_threadpool
 
 import store.users
 from web.pages import PAGE_HEADERS, WebStateDep, render
-from web.session import CSRF_FIELD, SESSION_COOKIE, SIGN_IN_COOKIE, CookieAuth, session_seconds, sign_in
+from web.session import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    SIGN_IN_COOKIE,
+    CookieAuth,
+    cookie_name,
+    read_cookie,
+    session_seconds,
+    sign_in,
+)
 
 router = APIRouter(include_in_schema=False)
 MAX_FORM_BYTES = 64 * 1024
@@ -52,8 +61,9 @@ def sign_in_page(
     nonce = secrets.token_urlsafe(24)
     response = render(request, "sign_in.html", {"next": target, "nonce": nonce, "message": message},
                       status_code=status_code)  # fmt: skip
-    response.set_cookie(SIGN_IN_COOKIE, nonce, max_age=3600, path="/sign-in", httponly=True, samesite="lax",
-                        secure=secure(request, web))  # fmt: skip
+    over_tls = secure(request, web)
+    name, path = cookie_name(SIGN_IN_COOKIE, secure=over_tls), "/" if over_tls else "/sign-in"
+    response.set_cookie(name, nonce, max_age=3600, path=path, httponly=True, samesite="lax", secure=over_tls)
     return response
 
 
@@ -66,7 +76,7 @@ def sign_in_form(request: Request, web: WebStateDep, next: str = "/", reason: st
 async def sign_in_submit(request: Request, web: WebStateDep) -> Response:
     form = await read_form(request)
     target = safe_next(form.get("next"))
-    if not web.codec.sign_in_nonce_matches(request.cookies.get(SIGN_IN_COOKIE), form.get(CSRF_FIELD)):
+    if not web.codec.sign_in_nonce_matches(read_cookie(request.headers, SIGN_IN_COOKIE), form.get(CSRF_FIELD)):
         message = "The sign-in form had expired (or came from another site); please try again."
         return sign_in_page(request, web, target=target, message=message, status_code=403)
     token = form.get("token", "").strip()
@@ -85,9 +95,11 @@ async def sign_in_submit(request: Request, web: WebStateDep) -> Response:
         message = str(exc).replace("the bearer token", "This token")
         return sign_in_page(request, web, target=target, message=message, status_code=401)
     response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
-    response.set_cookie(SESSION_COOKIE, cookie, max_age=seconds, path="/", httponly=True, samesite="lax",
-                        secure=secure(request, web))  # fmt: skip
-    response.delete_cookie(SIGN_IN_COOKIE, path="/sign-in")
+    over_tls = secure(request, web)
+    response.set_cookie(cookie_name(SESSION_COOKIE, secure=over_tls), cookie, max_age=seconds, path="/",
+                        httponly=True, samesite="lax", secure=over_tls)  # fmt: skip
+    response.delete_cookie(cookie_name(SIGN_IN_COOKIE, secure=over_tls), path="/" if over_tls else "/sign-in",
+                           secure=over_tls)  # fmt: skip
     return response
 
 
@@ -102,5 +114,7 @@ async def sign_out(request: Request, web: WebStateDep) -> Response:
     if not web.codec.csrf_matches(cookie, form.get(CSRF_FIELD)):
         return HTMLResponse("The sign-out form is missing its CSRF token; reload the page and try again.",
                             status_code=403, headers=PAGE_HEADERS)  # fmt: skip
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=secure(request, web))
+    over_tls = secure(request, web)
+    response.delete_cookie(cookie_name(SESSION_COOKIE, secure=over_tls), path="/", httponly=True, samesite="lax",
+                           secure=over_tls)  # fmt: skip
     return response

@@ -108,6 +108,15 @@ const Overnight = (() => {
     if (button) copyFrom(button);
   });
   document.addEventListener("DOMContentLoaded", () => localTimes());
+  // Signing out forgets the review comments kept in this browser (the next person here may see the same tasks).
+  document.addEventListener("submit", (event) => {
+    if (event.target.getAttribute("action") !== "/sign-out") return;
+    try {
+      for (const key of Object.keys(localStorage)) if (key.startsWith("overnight-review-")) localStorage.removeItem(key);
+    } catch (error) {
+      // storage unavailable: nothing kept
+    }
+  });
   setInterval(tick, 1000);
 
   return { api, errorMessage, el, durationText, localTimes, timeOnly, dateTime };

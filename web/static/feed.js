@@ -10,6 +10,7 @@ const Feed = (() => {
   const STATE_WORDS = { queued: "Queued", preparing: "Preparing", running: "Running", succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled" };
   const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 
+  const own = (table, key) => (typeof key === "string" && Object.hasOwn(table, key) ? table[key] : undefined); // never Object.prototype's
   const safeLink = (url) => (typeof url === "string" && /^https?:\/\//.test(url) ? url : null);
 
   function folded(label, content, { open = false, mono = true } = {}) {
@@ -78,8 +79,8 @@ const Feed = (() => {
   }
 
   const RENDERERS = {
-    state: (d) => ({ kind: STATE_WORDS[d.state] || String(d.state), badge: `state-${d.state}`, body: d.reason ? [el("p", { class: "content" }, d.reason)] : [] }),
-    phase: (d) => ({ kind: (PHASES[d.phase] || (() => `Phase ${d.phase}`))(d), cls: "quiet" }),
+    state: (d) => ({ kind: own(STATE_WORDS, d.state) || String(d.state), badge: `state-${d.state}`, body: d.reason ? [el("p", { class: "content" }, d.reason)] : [] }),
+    phase: (d) => ({ kind: (own(PHASES, d.phase) || (() => `Phase ${d.phase}`))(d), cls: "quiet" }),
     setup: setupBody,
     model_response: (d) => ({
       kind: `Step ${d.step}`,
@@ -125,7 +126,7 @@ const Feed = (() => {
   }
 
   function render(event) {
-    const renderer = event.error ? null : RENDERERS[event.type];
+    const renderer = event.error ? null : own(RENDERERS, event.type);
     let view;
     try {
       view = renderer ? renderer(event.data || {}) : unreadable(event, event.error || "an event type this page does not know");
