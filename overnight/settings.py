@@ -1,10 +1,10 @@
 """The one settings class of the server side (API, worker); the client's are in ``overnight.cli.settings``.
 
 Settings are nested by part (``settings.api``, ``settings.llm``, ``settings.agent``, ``settings.sandbox``,
-``settings.worker``, ``settings.github``), and a part that has a config type of its own is given that type as it
-is (``LLMConfig``, ``AgentConfig`` and its ``Budget``, ``SandboxLimits``). Each value is still one flat
-``OVERNIGHT_*`` variable (or ``.env`` line): ``OVERNIGHT_<PART>_<FIELD>`` (``OVERNIGHT_SANDBOX_MEMORY`` sets
-``sandbox.limits.memory``), the few older names in ``Settings.renamed``, a top-level field ``OVERNIGHT_<FIELD>``
+``settings.worker``, ``settings.github``, ``settings.secrets``), and a part that has a config type of its own is
+given that type as it is (``LLMConfig``, ``AgentConfig`` and its ``Budget``, ``SandboxLimits``). Each value is
+still one flat ``OVERNIGHT_*`` variable (or ``.env`` line): ``OVERNIGHT_<PART>_<FIELD>`` (``OVERNIGHT_SANDBOX_MEMORY``
+sets ``sandbox.limits.memory``), the few older names in ``Settings.renamed``, a top-level field ``OVERNIGHT_<FIELD>``
 (``overnight.variables`` reads them; the README's table is made from ``variables(Settings)``). Settings are
 passed down explicitly; no other module reads ``os.environ`` (but ``overnight.cli.settings``, for the client's).
 """
@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 from agent.budget import AgentConfig
 from agent.client import LLMConfig
+from overnight.secrets import SecretBox
 from overnight.variables import VariablesSource
 from sandbox.base import SandboxLimits
 
@@ -220,6 +221,23 @@ class GitHubSettings(BaseModel):
         return self.api_url.removesuffix("/api/v3")
 
 
+class SecretsSettings(BaseModel):
+    """The server key environments' secrets are encrypted with (docs/environments.md)."""
+
+    model_config = PART
+
+    key: SecretStr | None = None
+    """Fernet keys, comma-separated: the first encrypts, every one decrypts (to rotate: the new key first, then
+    `overnight secrets rotate`, then drop the old one). `overnight secrets new-key` prints a key."""
+    key_file: Path | None = None
+    """A file holding such keys, one a line, read where a secret is set or used (the API, every worker);
+    `overnight up` makes data_dir/secrets.key (mode 0600) when neither is set."""
+
+    def box(self) -> SecretBox:
+        """The keys as a SecretBox (raises SecretsUnavailable: none, or one that does not parse)."""
+        return SecretBox.from_config(self.key.get_secret_value() if self.key else None, self.key_file)
+
+
 class Settings(BaseSettings):
     """Server-side settings (API and worker)."""
 
@@ -290,6 +308,7 @@ class Settings(BaseSettings):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     github: GitHubSettings = Field(default_factory=GitHubSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
 
     @classmethod
     def settings_customise_sources(

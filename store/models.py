@@ -268,3 +268,42 @@ class GitHubLink(Base):
     publish_state: Mapped[str] = mapped_column(String(16), default="pending")
     """pending, published, failed or skipped."""
     publish_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Environment(Base):
+    """Per repository pattern: the set-up script override, variables, secrets and the phases' network
+    policies a task on a matching repository gets (docs/environments.md)."""
+
+    __tablename__ = "environments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pattern: Mapped[str] = mapped_column(String(2048), unique=True)
+    """``overnight.environments.pattern_key``'s spelling: *, an absolute path, or a normalised address."""
+    setup_script: Mapped[str | None] = mapped_column(Text)
+    """Run instead of the repository's set-up (None: the repository's, or the automatic one)."""
+    variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Name → value, given to the set-up and the agent's commands."""
+    setup_network: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """A NetworkPolicy's JSON; empty: the default."""
+    agent_network: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    owners: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """User names who may change it besides admins (set by admins)."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    secrets: Mapped[list[EnvironmentSecret]] = relationship(
+        order_by="EnvironmentSecret.name", cascade="all, delete-orphan"
+    )
+
+
+class EnvironmentSecret(Base):
+    """One secret of an environment, sealed with the server key (``overnight.secrets``); never sent back."""
+
+    __tablename__ = "environment_secrets"
+
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(String(32))
+    """Random, new each time the value is set: the set-up cache key holds it, never the value or its hash."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

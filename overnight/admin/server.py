@@ -16,6 +16,7 @@ import httpx
 
 from overnight.broker import redact, resolve_broker_url
 from overnight.cli.settings import read_client_config, write_client_config
+from overnight.secrets import write_key_file
 from overnight.settings import Settings
 
 Say = Callable[[str], None]
@@ -134,6 +135,11 @@ def _children_env(
     )
     if ca_bundle is not None:
         env["OVERNIGHT_SANDBOX_CA_BUNDLE"] = str(ca_bundle)
+    if settings.secrets.key is None and settings.secrets.key_file is None:
+        # Local mode: one key file both children read (a deployment sets OVERNIGHT_SECRETS_KEY itself).
+        key_file = settings.data_dir / "secrets.key"
+        write_key_file(key_file)
+        env["OVERNIGHT_SECRETS_KEY_FILE"] = str(key_file)
     return env
 
 

@@ -1,5 +1,5 @@
 """The ``overnight`` command line. Client commands (``overnight.cli.commands``) speak HTTP only; the server's
-commands (up, doctor, image, token, migrate, bench llm, firewall, eval) are declared here and run from
+commands (up, doctor, image, token, secrets, migrate, bench llm, firewall, eval) are declared here and run from
 ``overnight.admin``, imported only when one of them runs, so that the client starts fast and never loads the
 server side."""
 
@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from overnight.cli.commands import err, register
+from overnight.cli.environments import env_app
 
 app = typer.Typer(
     help="Overnight: file a coding task, come back to a PR-ready patch.",
@@ -21,12 +22,15 @@ app = typer.Typer(
 )
 SERVER = "Server (run on the Overnight host)"
 register(app)
+app.add_typer(env_app, name="env", rich_help_panel="Environments")
 image_app = typer.Typer(help="The sandbox base image.", no_args_is_help=True)
 app.add_typer(image_app, name="image", rich_help_panel=SERVER)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token", rich_help_panel=SERVER)
 bench_app = typer.Typer(help="Benchmarks (for the model host).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench", rich_help_panel=SERVER)
+secrets_app = typer.Typer(help="The key environments' secrets are sealed with.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets", rich_help_panel=SERVER)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
@@ -140,6 +144,22 @@ def token_revoke(
         if unknown:
             err.print(f"[red]error:[/red] no token with id {', '.join(map(str, unknown))}")
     raise typer.Exit(2 if unknown else 0)
+
+
+@secrets_app.command("new-key")
+def secrets_new_key() -> None:
+    """Print a new key for OVERNIGHT_SECRETS_KEY (the first key seals; older ones after it still open)."""
+    from overnight.admin.secrets import print_new_key
+
+    print_new_key()
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(as_json: JsonFlag = False) -> None:
+    """Re-seal every stored secret under the first key, so that the older keys can be dropped."""
+    from overnight.admin.secrets import rotate
+
+    raise typer.Exit(rotate(as_json=as_json, say=err.print))
 
 
 @app.command(rich_help_panel=SERVER)

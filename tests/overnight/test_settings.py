@@ -109,6 +109,8 @@ FLAT_NAMES: list[tuple[str, str, str, object]] = [
     ("GITHUB_REPLY_UNAUTHORISED", "false", "github.reply_unauthorised", False),
     ("GITHUB_DRAFT", "false", "github.draft", False),
     ("PUBLIC_URL", "https://overnight.example.com", "public_url", "https://overnight.example.com"),
+    ("SECRETS_KEY", "k1,k2", "secrets.key", "k1,k2"),
+    ("SECRETS_KEY_FILE", "/srv/secrets.key", "secrets.key_file", Path("/srv/secrets.key")),
 ]
 
 
