@@ -157,6 +157,13 @@ def test_cancel_a_running_task_from_its_page(stack: WebStack, visit: Any, buggy_
     page.goto(f"{stack.base}/tasks/{task_id}")
     expect(page.locator("#feed")).to_contain_text("$ sleep 120", timeout=WAIT)
     expect(page.locator("#task-state")).to_have_text("Running")
+    page.get_by_role("tab", name="Activity").focus()  # the tabs answer the arrow keys
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("tab", name=re.compile("Changes"))).to_be_focused()
+    expect(page.locator("#panel-changes")).to_be_visible()
+    expect(page.locator("#panel-changes")).to_contain_text("when the task ends")
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#panel-activity")).to_be_visible()
     page.get_by_role("button", name="Cancel task").click()
     expect(page.locator("#task-state")).to_have_text("Cancelled", timeout=30_000)
     expect(page.locator("#feed .ev-state").last).to_contain_text("cancelled by user")
