@@ -28,6 +28,8 @@ def create_app(
         title="Overnight",
         version="0.1.0",
         summary="File a coding task against a git repository; come back to a PR-ready patch.",
+        docs_url=None,  # the web app serves /docs with Swagger UI's files of its own, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
