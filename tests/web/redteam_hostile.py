@@ -154,6 +154,11 @@ def hostile_events(prefix: str) -> list[tuple[str, Any]]:
         ("publish", {"state": "published", "branch": h("branch"), "pull_request": script_url(f"{prefix}-pr")}),
         ("publish", {"state": "failed", "reason": h("publish-reason")}),
         ("retry", {"retry_of": h("retry-of")}),
+        (
+            "message_delivered",
+            {"message_id": 1, "mode": "steer", "step": 1, "author": h("msg-author"), "text": h("msg-text")},
+        ),
+        ("message_dropped", {"message_id": 2, "mode": "queue", "reason": h("msg-reason")}),
         # Types the feed has no renderer for, or names that are properties of every JavaScript object.
         (f"{prefix}-unknown", {"text": h("unknown"), "html": h("unknown-html")}),
         (
