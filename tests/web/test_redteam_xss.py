@@ -189,9 +189,6 @@ def test_a_script_link_in_the_list_runs_nothing_when_clicked(
     assert probe(alice.page)["ran"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="H9 finding 1: FastAPI's /docs and /redoc pages share the app's origin "
-                   "(and its session cookie) and run script from cdn.jsdelivr.net (any swagger-ui-dist 5.x, any "
-                   "redoc 2.x, no integrity) and inline script, with no Content-Security-Policy")  # fmt: skip
 def test_no_page_of_the_apps_origin_runs_script_from_another_host(
     live: LiveServer,
     visitor: Callable[..., Visitor],
@@ -218,8 +215,6 @@ def test_no_page_of_the_apps_origin_runs_script_from_another_host(
         assert session.get(Task, task_id).cancel_requested is False, "a script of another host acted as alice"  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(strict=True, reason="H9 finding 1: /docs and /redoc answer HTML without the pages' "
-                   "Content-Security-Policy and frame protection, loading scripts of another host")  # fmt: skip
 def test_every_html_answer_of_the_origin_carries_the_policy(browser: Callable[..., Browser], app: Any) -> None:
     nobody = browser()
     for method, path in sorted(set(routes(app))):
