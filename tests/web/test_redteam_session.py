@@ -9,17 +9,19 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import store.tasks
 import store.users
-from store.models import Task, TaskState
+from store.models import Task, TaskEvent, TaskState
 from tests.web.conftest import Browser, sign_in
-from tests.web.redteam import AttackerSite, LiveServer, Visitor, http
+from tests.web.redteam import AttackerSite, LiveServer, Visitor, http, routes
 from tests.web.redteam_hostile import add_event
 from web.session import SESSION_COOKIE
 
@@ -266,3 +268,32 @@ def test_over_https_a_cookie_planted_under_the_plain_name_is_not_read(
     visitor.cookies.set("overnight_sign_in", "planted-nonce")
     answer = visitor.post("/sign-in", data={"token": tokens["bob"], "csrf_token": "planted-nonce", "next": "/"})
     assert answer.status_code == 403, "a planted plain-named nonce let a form elsewhere sign the visitor in as bob"
+
+
+def test_every_state_changing_route_of_the_app_refuses_a_cookie_without_its_csrf_token(
+    app: Any, browser: Callable[..., Browser], make_task: Callable[..., str], sessions: sessionmaker[Session]
+) -> None:
+    """Found by walking the app's routes, so that routes added later (messages, environments and their secrets)
+    are tried too: each POST, PUT, PATCH and DELETE with the cookie alone is refused as csrf_failed and changes
+    nothing. The sign-in and sign-out forms carry their own token (tried above); the GitHub webhook is
+    authenticated by its body's signature, never by a cookie."""
+    task_id = make_task("alice", state=TaskState.running)
+    alice = browser("alice")
+    before = snapshot(sessions)
+    own_checks = {"/sign-in", "/sign-out", "/v1/github/webhook"}
+    tried = []
+    for method, path in sorted(set(routes(app))):
+        if method in ("GET", "HEAD", "OPTIONS") or path in own_checks:
+            continue
+        url = re.sub(r"\{[^}]+\}", "1", path.replace("{task_id}", task_id))
+        answer = alice.api(method, url, csrf=False, json={"instruction": "x", "value": "x", "text": "x"})
+        assert answer.status_code == 403 and answer.json()["error"]["code"] == "csrf_failed", (method, path)
+        tried.append(f"{method} {path}")
+    assert len(tried) >= 6, tried
+    assert snapshot(sessions) == before
+
+
+def snapshot(sessions: sessionmaker[Session]) -> tuple[Any, ...]:
+    with sessions() as session:
+        tasks = session.execute(select(Task.id, Task.state, Task.cancel_requested).order_by(Task.id)).all()
+        return tuple(tasks), session.scalar(select(func.count()).select_from(TaskEvent))
