@@ -16,11 +16,6 @@ EXTRA_MODULES = ("migrations/env.py",)
 """Alembic's revisions (migrations/versions) are generated and never read as code; tests are not measured."""
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
-STILL_SPLITTING = pytest.mark.xfail(
-    strict=False,
-    reason="issue 15 in progress: H3 is splitting worker/pipeline.py (406 lines) and "
-    "worker/environment.py::prepare_environment (79); the lead removes this mark",
-)
 
 
 def modules() -> list[Path]:
@@ -54,7 +49,6 @@ def test_methods_and_nested_functions_are_measured_on_their_own() -> None:
     assert sizes == {"method": 4, "inner": 2}
 
 
-@STILL_SPLITTING
 def test_no_module_is_over_400_lines() -> None:
     sizes = {path: len(path.read_text().splitlines()) for path in modules()}
     over = sorted(((lines, path) for path, lines in sizes.items() if lines > MAX_MODULE_LINES), reverse=True)
@@ -63,7 +57,6 @@ def test_no_module_is_over_400_lines() -> None:
         pytest.fail(f"modules over {MAX_MODULE_LINES} lines:\n{report}", pytrace=False)
 
 
-@STILL_SPLITTING
 def test_no_function_is_over_60_lines() -> None:
     over = []
     for path in modules():

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from overnight.admin.eval.instances import Instance, RepoSource
 
 err = Console(stderr=True)
 out = Console()
@@ -43,27 +46,14 @@ def evaluate(
 ) -> None:
     """Run SWE-bench-format instances as tasks through this server's pipeline and grade each in a sandbox
     (server side: the workers must be running). Resumable: graded runs in the output folder are skipped."""
-    from overnight.admin.eval.instances import InstanceError, RepoSource, load_instances
     from overnight.admin.eval.report import print_report
     from overnight.admin.eval.runner import EvalPlan, run_eval
     from overnight.settings import Settings
 
     settings = Settings()
-    try:
-        chosen = load_instances(instances)
-        if only:
-            chosen = [instance for instance in chosen if instance.instance_id in set(only)]
-            missing = set(only) - {instance.instance_id for instance in chosen}
-            if missing:
-                raise InstanceError(f"no instance {', '.join(sorted(missing))} in {instances}")
-        source = RepoSource(mirrors=repos.resolve(), url=repo_url) if repos else RepoSource(url=repo_url)
-        for instance in chosen[:limit]:
-            source.locate(instance.repo)  # every mirror is there before any task is filed
-    except InstanceError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+    chosen, source = _chosen_instances(instances, repos=repos, repo_url=repo_url, only=only, limit=limit)
     plan = EvalPlan(
-        instances=chosen[:limit], instances_file=instances.resolve(), source=source,
+        instances=chosen, instances_file=instances.resolve(), source=source,
         output=output or Path("overnight-eval") / instances.stem, concurrency=concurrency, attempts=attempts,
         max_steps=max_steps, model_name=model_name or f"overnight/{settings.llm.model}", user=user,
         test_timeout=test_timeout,
@@ -81,6 +71,28 @@ def evaluate(
         out.print(f"report: {plan.output / 'report.json'}; predictions: {plan.output / 'predictions.jsonl'}")
     summary = report.summary or report.summarise()
     raise typer.Exit(0 if summary.graded == summary.planned else 1)
+
+
+def _chosen_instances(
+    instances: Path, *, repos: Path | None, repo_url: str, only: list[str] | None, limit: int | None
+) -> tuple[list[Instance], RepoSource]:
+    """The instances to run and where their repositories are; exits with 2 and the reason on bad input."""
+    from overnight.admin.eval.instances import InstanceError, RepoSource, load_instances
+
+    try:
+        chosen = load_instances(instances)
+        if only:
+            chosen = [instance for instance in chosen if instance.instance_id in set(only)]
+            missing = set(only) - {instance.instance_id for instance in chosen}
+            if missing:
+                raise InstanceError(f"no instance {', '.join(sorted(missing))} in {instances}")
+        source = RepoSource(mirrors=repos.resolve(), url=repo_url) if repos else RepoSource(url=repo_url)
+        for instance in chosen[:limit]:
+            source.locate(instance.repo)  # every mirror is there before any task is filed
+    except InstanceError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    return chosen[:limit], source
 
 
 @compare_app.command()
