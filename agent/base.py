@@ -86,6 +86,38 @@ class AssistantTurn(BaseModel):
         return message
 
 
+class UserMessage(BaseModel):
+    """A message the user sent while the task runs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    author: str
+
+
+class Mailbox(Protocol):
+    """Where the loop picks up what the user sent while it runs (the worker's reads the task's messages).
+    Each message is handed out once, and counts as delivered at the step whose request first carries it."""
+
+    def take_steers(self, step: int) -> list[UserMessage]:
+        """The steers not yet handed out, oldest first, now delivered at ``step``."""
+        ...
+
+    def take_queued(self, step: int) -> list[UserMessage]:
+        """The queued messages not yet handed out, oldest first, now delivered at ``step``."""
+        ...
+
+
+class NoMail:
+    """The mailbox of a run nobody can talk to (benchmarks, tests of the loop alone)."""
+
+    def take_steers(self, step: int) -> list[UserMessage]:
+        return []
+
+    def take_queued(self, step: int) -> list[UserMessage]:
+        return []
+
+
 class ModelClient(Protocol):
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> AssistantTurn:
         """One chat-completion request; raises ModelUnavailableError or ModelResponseError."""

@@ -2,7 +2,8 @@
 
 History is append-only and the system prompt and tool list never change within a run, so every request
 extends the previous one and vLLM's prefix cache stays warm. The one exception is compaction near the
-context limit, the only place where history is rewritten (recorded as an event).
+context limit, the only place where history is rewritten (recorded as an event). What the user sends while
+the run goes on comes through the ``Mailbox`` it is handed, appended like everything else (``agent/messages.py``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.base import AssistantTurn, Cancelled, LimitsExceeded, ModelClient, Submitted, ToolCall
+from agent.base import AssistantTurn, Cancelled, LimitsExceeded, Mailbox, ModelClient, NoMail, Submitted, ToolCall
 from agent.budget import AgentConfig, Spend
 from agent.leaks import TOOL_CALLS_TOKEN
+from agent.messages import after_finish, steers
 from agent.prompts import (
     COMPACTION_PROMPT,
+    FINISH_DEFERRED,
     NO_TOOL_CALL_REMINDER,
     SYSTEM_PROMPT,
     UNPARSED_TOOL_CALL,
@@ -73,9 +76,11 @@ def run_agent(
     trajectory: Trajectory | None = None,
     toolbox: Toolbox | None = None,
     environment_note: str | None = None,
+    mailbox: Mailbox | None = None,
 ) -> AgentResult:
-    """Drive the model until it calls ``finish``; raise ``LimitsExceeded`` or ``Cancelled`` otherwise."""
-    toolbox = toolbox or Toolbox()
+    """Drive the model until it calls ``finish`` with nothing the user sent still unseen (``mailbox``: steers
+    at each tool boundary, queued messages when it would finish); raise ``LimitsExceeded`` or ``Cancelled``."""
+    toolbox, mailbox = toolbox or Toolbox(), mailbox or NoMail()
     trajectory = trajectory if trajectory is not None else Trajectory()
     trajectory.tools = toolbox.schemas
     spend = Spend(budget=config.budget)
@@ -91,6 +96,7 @@ def run_agent(
         spend.check_before_step()
         if history.context_tokens() >= config.compact_threshold:
             _compact(model, history, toolbox, task_message, spend, on_event, config.max_compactions)
+        history.extend(steers(mailbox, spend.steps + 1))
         spend.steps += 1
         step = spend.steps
         started = time.monotonic()
@@ -103,15 +109,19 @@ def run_agent(
             turns_without_tools += 1
             history.append(_reminder(on_event, step, turn, turns_without_tools))
             continue
-        turns_without_tools = 0
+        turns_without_tools, waiting = 0, []
         for call in turn.tool_calls:
             ctx.deadline = time.monotonic() + spend.remaining_seconds()
             try:
                 output = _run_tool(toolbox, call, ctx, on_event, step, trajectory)
             except Submitted as submitted:
                 on_event(FinishEvent(step=step, pr_title=submitted.pr_title, summary=submitted.summary))
-                return AgentResult(submission=submitted, steps=step)
+                waiting = after_finish(mailbox, spend)  # what the user sent meanwhile turns it into more work
+                if not waiting:
+                    return AgentResult(submission=submitted, steps=step)
+                output = FINISH_DEFERRED
             history.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": output})
+        history.extend(waiting)
 
 
 @dataclass(kw_only=True)
@@ -129,6 +139,10 @@ class _History:
         self.messages.append(message)
         self.trajectory.messages.append(message)
         self.pending_chars += len(str(message.get("content") or ""))
+
+    def extend(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            self.append(message)
 
     def add_turn(self, message: dict[str, Any], turn: AssistantTurn) -> None:
         """The model's own answer: the context is now what its call reported."""

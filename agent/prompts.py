@@ -54,3 +54,23 @@ COMPACTION_PROMPT = (
     "causes), what you changed so far (files and edits), which commands and tests you ran with their results, "
     "and what remains to do. Do not call a tool; answer with the summary only."
 )
+
+
+def steer_message(text: str, author: str) -> str:
+    """A steer: what the user sent while the agent works, given after the tool results of the step under way."""
+    return (
+        f'<user_message from="{author}">\n{text}\n</user_message>\n'
+        "The user sent this while you were working. Take it into account from here on."
+    )
+
+
+def queued_message(text: str, author: str) -> str:
+    """A queued message: what the user sent for after the work so far, given when the agent would finish."""
+    return (
+        f'<user_message from="{author}">\n{text}\n</user_message>\n'
+        "The user sent this for after the work you just finished. Do it in the same workspace (your changes are "
+        "still there), then call `finish` again; its summary and pull-request text cover all of the work."
+    )
+
+
+FINISH_DEFERRED = "Not finished yet: the user sent new messages, below. Handle them, then call `finish` again."

@@ -27,6 +27,7 @@ from store.models import Task, TaskState
 from worker.attempt import Attempt, Watch
 from worker.context import WorkerContext
 from worker.environment import Environment, enter_environment, prepare_environment
+from worker.messages import TaskMailbox
 from worker.patch import changed_files
 from worker.records import UsageRecorder, store_patch
 from worker.repo import Commit, apply_to_workspace, clone_repository, task_owner
@@ -169,6 +170,7 @@ def _run_agent(run: AttemptRun) -> None:
         should_stop=run.watch.should_stop,
         trajectory=run.trajectory,
         environment_note=run.environment.note,
+        mailbox=TaskMailbox(run.attempt),
     )
     run.submission = result.submission
 
