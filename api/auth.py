@@ -37,7 +37,7 @@ class CookieRefused(Exception):
 
 
 class CookieAuthenticator(Protocol):
-    def session_cookie(self, headers: Headers) -> str | None: ...
+    def session_cookie(self, scope: Scope) -> str | None: ...
 
     def authenticate(self, cookie: str, *, method: str, headers: Headers) -> User:
         """The session's user; raises CookieRefused."""
@@ -81,7 +81,7 @@ class BearerAuthMiddleware:
             return
         headers = Headers(scope=scope)
         has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-        cookie = self.cookie_auth.session_cookie(headers) if self.cookie_auth else None
+        cookie = self.cookie_auth.session_cookie(scope) if self.cookie_auth else None
         if cookie is not None and "authorization" not in headers:
             await self.with_cookie(cookie, headers, has_body, scope, receive, send)
             return

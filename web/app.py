@@ -16,9 +16,10 @@ def install_web(app: FastAPI, settings: Settings) -> CookieAuth:
     """Adds the pages to ``app`` (which has its database sessions in ``app.state.sessions`` already) and
     returns the cookie authenticator the API's auth middleware should accept."""
     codec = SessionCodec(load_session_key(settings.data_dir))
-    cookie_auth = CookieAuth(codec, app.state.sessions)
+    config = WebConfig.from_settings(settings)
+    cookie_auth = CookieAuth(codec, app.state.sessions, always_secure=config.secure_cookies)
     app.state.web = WebState(
-        config=WebConfig.from_settings(settings),
+        config=config,
         codec=codec,
         cookie_auth=cookie_auth,
         sessions=app.state.sessions,

@@ -98,7 +98,7 @@ def current_session(request: Request) -> WebSession:
     """The signed-in visitor, or a redirect to the sign-in page (back to this page afterwards)."""
     state = web_state(request)
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    cookie = CookieAuth.session_cookie(request.headers)
+    cookie = state.cookie_auth.session_cookie(request.scope)
     if cookie is None:
         raise SignInRequired(target)
     try:

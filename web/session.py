@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import cookie_parser
-from starlette.types import Message, Send
+from starlette.types import Message, Scope, Send
 
 import store.users
 from api.auth import CookieRefused
@@ -52,10 +52,10 @@ def cookie_name(base: str, *, secure: bool) -> str:
     return SECURE_PREFIX + base if secure else base
 
 
-def read_cookie(headers: Headers, base: str) -> str | None:
-    """The cookie under its HTTPS name, else its plain one."""
-    cookies = cookie_parser(headers.get("cookie", ""))
-    return cookies.get(SECURE_PREFIX + base) or cookies.get(base) or None
+def read_cookie(headers: Headers, base: str, *, secure: bool) -> str | None:
+    """Over HTTPS the cookie under its ``__Host-`` name only (a plain-named one may have been planted by a
+    sibling host for the parent domain); over plain HTTP its plain name."""
+    return cookie_parser(headers.get("cookie", "")).get(cookie_name(base, secure=secure)) or None
 
 
 def load_session_key(data_dir: Path, configured: str | None = None) -> bytes:
@@ -142,12 +142,15 @@ class CookieAuth:
     """Authenticates a request by its session cookie: the web pages, and the API for the pages' scripts
     (``api.auth.BearerAuthMiddleware`` asks it when a request has no Authorization header)."""
 
-    def __init__(self, codec: SessionCodec, sessions: sessionmaker[Session]) -> None:
-        self.codec, self.sessions = codec, sessions
+    def __init__(self, codec: SessionCodec, sessions: sessionmaker[Session], *, always_secure: bool = False) -> None:
+        self.codec, self.sessions, self.always_secure = codec, sessions, always_secure
 
-    @staticmethod
-    def session_cookie(headers: Headers) -> str | None:
-        return read_cookie(headers, SESSION_COOKIE)
+    def secure(self, scope: Scope) -> bool:
+        """Whether the request's cookies are the HTTPS ones: over HTTPS, or behind a proxy that ends TLS."""
+        return self.always_secure or scope.get("scheme") == "https"
+
+    def session_cookie(self, scope: Scope) -> str | None:
+        return read_cookie(Headers(scope=scope), SESSION_COOKIE, secure=self.secure(scope))
 
     def authenticate(self, cookie: str, *, method: str, headers: Headers) -> User:
         """The session's user; a state-changing request must also carry the session's CSRF token (403)."""

@@ -60,6 +60,9 @@ def test_cookies_are_secure_over_https_and_when_the_public_url_is_https(
     assert session.startswith(f"__Host-{SESSION_COOKIE}=") and "; secure" in session.lower()
     over_tls = browser("alice", base_url="https://testserver")  # the whole flow works under those names
     assert over_tls.page("/").status_code == 200
+    planted = browser(base_url="https://testserver").client  # a plain-named one (a sibling host's) is not read
+    planted.cookies.set(SESSION_COOKIE, over_tls.client.cookies[f"__Host-{SESSION_COOKIE}"])
+    assert planted.get("/").status_code == 303
     assert (
         over_tls.api("POST", "/v1/tasks", json={"repo": "https://github.com/a/b.git", "instruction": "x"}).status_code
         == 201

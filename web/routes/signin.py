@@ -15,7 +15,6 @@ from web.session import (
     CSRF_FIELD,
     SESSION_COOKIE,
     SIGN_IN_COOKIE,
-    CookieAuth,
     cookie_name,
     read_cookie,
     session_seconds,
@@ -52,7 +51,7 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def secure(request: Request, web: WebStateDep) -> bool:
-    return web.config.secure_cookies or request.url.scheme == "https"
+    return web.cookie_auth.secure(request.scope)
 
 
 def sign_in_page(
@@ -76,7 +75,8 @@ def sign_in_form(request: Request, web: WebStateDep, next: str = "/", reason: st
 async def sign_in_submit(request: Request, web: WebStateDep) -> Response:
     form = await read_form(request)
     target = safe_next(form.get("next"))
-    if not web.codec.sign_in_nonce_matches(read_cookie(request.headers, SIGN_IN_COOKIE), form.get(CSRF_FIELD)):
+    nonce = read_cookie(request.headers, SIGN_IN_COOKIE, secure=secure(request, web))
+    if not web.codec.sign_in_nonce_matches(nonce, form.get(CSRF_FIELD)):
         message = "The sign-in form had expired (or came from another site); please try again."
         return sign_in_page(request, web, target=target, message=message, status_code=403)
     token = form.get("token", "").strip()
@@ -107,7 +107,7 @@ async def sign_in_submit(request: Request, web: WebStateDep) -> Response:
 async def sign_out(request: Request, web: WebStateDep) -> Response:
     """Ends this browser's session (the cookie is dropped); revoking the token ends every session made with it."""
     form = await read_form(request)
-    cookie = CookieAuth.session_cookie(request.headers)
+    cookie = web.cookie_auth.session_cookie(request.scope)
     response = RedirectResponse("/sign-in", status_code=303, headers={"Cache-Control": "no-store"})
     if cookie is None:  # nothing to sign out of (or a page elsewhere, which the browser sent no cookie with)
         return response
