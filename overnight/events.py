@@ -68,6 +68,12 @@ class SetupEvent(_Event):
     """Seconds the script ran (counted as sandbox time)."""
     log: str | None = None
     """The end of its output."""
+    pattern: str | None = None
+    """The environment (its repository pattern) whose script, variables and secrets the set-up got."""
+    secrets: list[str] | None = None
+    """Names of the environment's secrets the set-up was given (values never appear in events)."""
+    secrets_withheld: str | None = None
+    """Why the environment's secrets were not given to this task."""
 
 
 class TokenUsage(_Event):

@@ -49,13 +49,24 @@ class EnvironmentEntry(BaseModel):
 
 
 def environment_key(
-    *, image: str, repository: str, script_path: str, script: bytes, commit: str, tree: str, owner: str | None
+    *,
+    image: str,
+    repository: str,
+    script_path: str,
+    script: bytes,
+    commit: str,
+    tree: str,
+    owner: str | None,
+    environment: str = "",
 ) -> str:
     """The key of a set-up's snapshot: everything the set-up could read. ``tree`` is the content of the
     workspace it ran in (the base ``commit``'s tree, or that plus an uploaded or a parent task's diff);
-    ``owner`` is whose that added work is (None when the tree is the commit's own: shared by every task on it)."""
+    ``owner`` is whose that added work is (None when the tree is the commit's own: shared by every task on it);
+    ``environment`` stands for what the task's environment gave it (variables, secrets' versions; empty: none)."""
     digest = hashlib.sha256()
-    parts = (image, repository, script_path, script, commit, tree, "shared" if owner is None else f"user:{owner}")
+    parts: tuple[str | bytes, ...] = (image, repository, script_path, script, commit, tree,
+                                      "shared" if owner is None else f"user:{owner}")  # fmt: skip
+    parts += (f"environment:{environment}",) if environment else ()
     for part in parts:
         digest.update(hashlib.sha256(part if isinstance(part, bytes) else part.encode()).digest())
     return digest.hexdigest()[:32]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.base import ModelClient
 from agent.loop import AgentConfig
+from overnight.settings import SecretsSettings
 from sandbox.base import SandboxBackend
 from sandbox.environments import EnvironmentCache
 from store.models import TaskState
@@ -57,3 +58,5 @@ class WorkerContext:
     """How long writes (the final state included) are retried while the database cannot be reached."""
     limits: DataLimits = field(default_factory=DataLimits)
     """What a task's bytes may cost the worker: the patch's size, git's memory over uploads and patches."""
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
+    """The key environments' secrets are opened with (read when a task's set-up needs them)."""

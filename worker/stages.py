@@ -31,6 +31,7 @@ from worker.messages import TaskMailbox
 from worker.patch import changed_files
 from worker.records import UsageRecorder, store_patch
 from worker.repo import Commit, apply_to_workspace, clone_repository, task_owner
+from worker.task_environment import TaskEnvironment, task_environment
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -77,6 +78,8 @@ class AttemptRun:
     start_from: str = "the uploaded local changes"
     base_sha: str | None = None
     mirror: Path | None = None
+    task_env: TaskEnvironment | None = None
+    """The environment its repository matches (docs/environments.md)."""
     environment: Environment | None = None
     sandbox: Sandbox | None = None
     trajectory: Trajectory = field(default_factory=Trajectory)
@@ -128,10 +131,13 @@ def _set_up(run: AttemptRun) -> None:
     assert base_sha is not None
     run.attempt.write(lambda session: store.tasks.set_base_sha(session, task.id, base_sha))
     run.emit(PhaseEvent(phase="setup", base_sha=base_sha))
+    run.task_env = run.attempt.read(lambda session: task_environment(
+        session, task.id, owner=run.owner, access=ctx.checkout.access, open_box=ctx.secrets.box))  # fmt: skip
     run.environment = prepare_environment(
         task_id=task.id, repository=task.repo, workspace=run.workspace, setup_path=task.setup,
         backend=ctx.backend, cache=ctx.environments, policy=ctx.setup, emit=run.emit, on_sandbox=run.watch.attach,
         owner=None if task.user_id is None else str(task.user_id), git_memory=ctx.limits.git_memory,
+        task_env=run.task_env,
     )  # fmt: skip
 
 
@@ -145,6 +151,7 @@ def _start_sandbox(run: AttemptRun) -> None:
             image=run.environment.ref,
             network=run.ctx.agent_network,
             lifetime=max(run.deadline - time.monotonic(), 1.0),
+            env=run.task_env.variables if run.task_env else {},  # its variables; never its secrets
         )
     )
     run.watch.attach(sandbox)

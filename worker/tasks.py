@@ -64,6 +64,7 @@ def build_context(settings: Settings) -> WorkerContext:
         author=worker.author,
         limits=DataLimits(git_memory=worker.git_memory_limit, max_patch_bytes=worker.max_patch_bytes),
         agent=settings.agent,
+        secrets=settings.secrets,
     )
 
 
