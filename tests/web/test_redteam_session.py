@@ -247,9 +247,6 @@ def wait_for_line(lines: Iterator[str], received: list[str], text: str, seconds:
             return
 
 
-@pytest.mark.xfail(strict=True, reason="H9 finding 8: over HTTPS the server still reads the plain-named cookies "
-                   "when no __Host- one came, so a sibling host can still plant a session or a sign-in nonce "
-                   "(Domain=the parent domain) and sign the visitor in as someone else")  # fmt: skip
 def test_over_https_a_cookie_planted_under_the_plain_name_is_not_read(
     browser: Callable[..., Browser], tokens: dict[str, str]
 ) -> None:
