@@ -38,6 +38,9 @@ RESERVED_NAMES = frozenset({
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
 })  # fmt: skip
 RESERVED_PREFIX = "OVERNIGHT_"
+LOADER_PREFIXES = ("LD_", "GCONV_PATH", "LOCPATH", "MALLOC_", "GLIBC_TUNABLES", "NLSPATH", "HOSTALIASES", "RES_OPTIONS")
+"""What the sandbox drops from every command's variables (``sandbox.execsupport.UNSAFE_ENV``: the loader and libc
+act on them while a command starts with privileges): refused here rather than silently gone."""
 _DOMAIN_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 DOMAIN = re.compile(rf"^(\*\.)?({_DOMAIN_LABEL}\.)*{_DOMAIN_LABEL}$")
 _GLOB = re.compile(r"[*?\[]")
@@ -49,6 +52,8 @@ def check_name(name: str) -> str:
         raise ValueError("a name is letters, digits and _ (not first a digit), at most 128 characters")
     if name in RESERVED_NAMES or name.upper().startswith(RESERVED_PREFIX):
         raise ValueError(f"{name} is set by Overnight itself (reserved: {RESERVED_PREFIX}*, PATH, HOME, proxies, CAs)")
+    if name.startswith(LOADER_PREFIXES):
+        raise ValueError(f"{name}: the sandbox drops variables the dynamic loader and libc act on (LD_*, MALLOC_*...)")
     return name
 
 

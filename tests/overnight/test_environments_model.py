@@ -11,6 +11,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from overnight.environments import (
+    LOADER_PREFIXES,
     RESERVED_NAMES,
     AllowlistNetwork,
     NetworkPolicy,
@@ -20,6 +21,7 @@ from overnight.environments import (
     pattern_key,
 )
 from overnight.secrets import SecretBox, SecretsUnavailable, new_key, parse_keys, write_key_file
+from sandbox.execsupport import UNSAFE_ENV
 from sandbox.runtime import BASE_ENV, CA_ENV
 
 
@@ -29,9 +31,10 @@ class Row:
     pattern: str
 
 
-def test_the_names_every_sandbox_is_given_are_reserved() -> None:
+def test_the_names_every_sandbox_is_given_or_drops_are_reserved() -> None:
     assert set(BASE_ENV) | set(CA_ENV) <= RESERVED_NAMES
-    for name in ("PATH", "OVERNIGHT_SECRETS", "overnight_x", "https_proxy"):
+    assert set(LOADER_PREFIXES) == set(UNSAFE_ENV)
+    for name in ("PATH", "OVERNIGHT_SECRETS", "overnight_x", "https_proxy", "LD_PRELOAD", "MALLOC_ARENA_MAX"):
         with pytest.raises(ValueError):
             check_name(name)
     assert check_name("NPM_TOKEN") == "NPM_TOKEN"
