@@ -52,6 +52,8 @@ Name = Annotated[str, Field(max_length=128), AfterValidator(check_name)]
 Value = Annotated[str, Field(max_length=MAX_VALUE_BYTES), AfterValidator(check_value)]
 Script = Annotated[str, Field(max_length=MAX_SCRIPT_BYTES), AfterValidator(check_script)]
 UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\s]+$")]
+EnvironmentId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The environment's id.")]
+SecretName = Annotated[str, Path(max_length=128, description="A shell variable name.")]
 
 
 class EnvironmentSet(BaseModel):
@@ -136,7 +138,7 @@ def list_environments(
 
 
 @router.get("/{environment_id}", response_model=EnvironmentPublic, responses=ERRORS)
-def show_environment(environment_id: int, session: SessionDep, user: CurrentUser) -> EnvironmentPublic:
+def show_environment(environment_id: EnvironmentId, session: SessionDep, user: CurrentUser) -> EnvironmentPublic:
     return EnvironmentPublic.of(_managed_or_404(session, environment_id, user))
 
 
@@ -182,9 +184,6 @@ def _check_names(environment: Environment) -> None:
                        "either a variable or a secret")  # fmt: skip
 
 
-SecretName = Annotated[str, Path(max_length=128, description="A shell variable name.")]
-
-
 def _secret_name(name: str) -> str:
     try:
         return check_name(name)
@@ -198,7 +197,7 @@ def _secret_name(name: str) -> str:
     responses={**ERRORS, **NO_KEY, 201: {"model": SecretPublic, "description": "Created."}},
 )
 def set_secret(
-    environment_id: int,
+    environment_id: EnvironmentId,
     name: SecretName,
     body: SecretSet,
     session: SessionDep,
@@ -224,7 +223,7 @@ def set_secret(
 
 
 @router.delete("/{environment_id}/secrets/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-def remove_secret(environment_id: int, name: SecretName, session: SessionDep, user: CurrentUser) -> Response:
+def remove_secret(environment_id: EnvironmentId, name: SecretName, session: SessionDep, user: CurrentUser) -> Response:
     name = _secret_name(name)
     environment = _managed_or_404(session, environment_id, user)
     if not store.environments.remove_secret(session, environment, name):
