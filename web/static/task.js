@@ -1,5 +1,6 @@
 // The task page: tabs (activity, changes), the header kept current while the task runs, cancel and retry, and
-// the follow-up box that sends the review's comments with it.
+// the box below: a message to the agent while the task runs, then the follow-up that sends the review's comments
+// with it.
 "use strict";
 
 (() => {
@@ -13,6 +14,7 @@
   const reviewList = document.getElementById("review-list");
   const followUp = document.getElementById("follow-up-form");
   const followUpError = document.getElementById("follow-up-error");
+  const followUpStatus = document.getElementById("follow-up-status");
   const actionMessage = () => document.getElementById("action-message");
 
   function showReview(review) {
@@ -97,6 +99,11 @@
     final = true;
     summary.dataset.final = "true";
     followUp.querySelectorAll('[data-action="cancel"]').forEach((button) => button.remove());
+    // The message box becomes the follow-up box: a new task from this one's patch.
+    document.getElementById("message-after-choice")?.remove();
+    document.getElementById("follow-up-label").textContent = "Follow-up";
+    for (const node of followUp.parentElement.querySelectorAll("[data-final-text]")) node.textContent = node.dataset.finalText;
+    followUp.elements.instruction.placeholder = "Now also…";
     diff.load();
   }
 
@@ -129,9 +136,42 @@
     if (button && !button.disabled) act(button);
   });
 
+  /** While the task has not ended, the box talks to its agent: a steer reaches it at its next step, a queued
+   * message ("after it finishes") when it would finish. */
+  async function sendMessage() {
+    const box = followUp.elements.instruction;
+    const text = box.value.trim();
+    if (!text) {
+      followUpError.textContent = "Write the message first.";
+      box.setAttribute("aria-invalid", "true");
+      box.focus();
+      return;
+    }
+    box.removeAttribute("aria-invalid");
+    const mode = followUp.elements.after?.checked ? "queue" : "steer";
+    const button = document.getElementById("send-follow-up");
+    button.disabled = true;
+    const result = await Overnight.api("POST", `/v1/tasks/${encodeURIComponent(taskId)}/messages`, { mode, text });
+    button.disabled = false;
+    if (result.ok) {
+      box.value = "";
+      followUpStatus.textContent = mode === "queue" ? "Sent: the agent reads it when it would finish." : "Sent: the agent reads it at its next step.";
+      return;
+    }
+    if (result.data?.error?.code === "task_ended") {
+      becameFinal(); // the text stays in the box, to be sent as a follow-up
+      scheduleRefresh();
+      followUpError.textContent = "The task has just ended: send this as a follow-up instead (a new task from its patch).";
+      return;
+    }
+    followUpError.textContent = Overnight.errorMessage(result);
+  }
+
   followUp.addEventListener("submit", async (event) => {
     event.preventDefault();
     followUpError.textContent = "";
+    followUpStatus.textContent = "";
+    if (!final) return sendMessage();
     const box = followUp.elements.instruction;
     const written = box.value.trim();
     const comments = review.text();
