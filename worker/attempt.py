@@ -129,10 +129,12 @@ class Watch:
             raise Cancelled(CANCELLED_BY_USER)
 
     def attach(self, sandbox: Sandbox | None) -> None:
-        """The sandbox whose command a stop kills (None: none now)."""
+        """The sandbox whose command a stop kills (None: none now). Raises as :meth:`check` does when the
+        attempt is stopping already: a stop found while the sandbox started had no command to kill, and no
+        command is to start in it."""
         self.sandbox = sandbox
-        if sandbox is not None and self.stop_reason() is not None:
-            sandbox.interrupt()
+        if sandbox is not None:
+            self.check()
 
     def _cancel_requested(self) -> bool:
         try:

@@ -212,8 +212,8 @@ def prepare_environment(
         return Environment(ref=cached)
     started = time.monotonic()
     sandbox = backend.start(_setup_spec(task_id, workspace, base, policy, task_env))
-    on_sandbox(sandbox)  # a cancel kills the set-up's command too
     try:
+        on_sandbox(sandbox)  # a cancel kills the set-up's command too (or, found already, stops it starting)
         return _run_setup(sandbox, script, key=key, base=base, cache=cache, policy=policy, emit=emit, started=started,
                           task_env=task_env)  # fmt: skip
     except SandboxError as exc:

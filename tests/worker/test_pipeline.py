@@ -16,6 +16,7 @@ import store.patches
 import store.tasks
 from agent.client import ChatClient, LLMConfig
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
+from sandbox.base import SandboxSpec
 from sandbox.docker import DockerBackend
 from store.attempts import Superseded
 from store.engine import make_sessionmaker
@@ -193,6 +194,45 @@ def test_cancel_during_set_up_kills_it_and_ends_cancelled_without_calling_the_mo
     started = time.monotonic()
     context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
     run_and_meanwhile(task_id, context, setting_up, cancel, settle=1)  # the set-up command is running then
+    task, _ = _task(sqlite_engine, task_id)
+    assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
+    assert time.monotonic() - started < 60  # not the set-up's 120 s
+    assert scripted_model.state.requests == []
+
+
+def test_a_cancel_found_while_the_set_up_sandbox_starts_keeps_the_set_up_from_running(
+    sqlite_engine: Engine,
+    docker_backend: DockerBackend,
+    tmp_path: Path,
+    scripted_model: ScriptedModelServer,
+    buggy_repo: Path,
+) -> None:
+    """The watch finds the cancel while the set-up's sandbox is still starting: there is no command to kill
+    yet, and the set-up's must not start (it ran its full 120 s when the start was slow)."""
+    (buggy_repo / ".overnight").mkdir()
+    (buggy_repo / ".overnight" / "setup.sh").write_text("echo setting up; sleep 120\n")
+    git(buggy_repo, "add", ".")
+    git(buggy_repo, "commit", "-qm", "a slow set-up")
+    task_id = _submit(sqlite_engine, str(buggy_repo))
+    sessions = make_sessionmaker(sqlite_engine)
+
+    class CancelledWhileStarting:
+        """The backend, but the set-up's sandbox takes long enough to start for the watch to find a cancel."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(docker_backend, name)
+
+        def start(self, spec: SandboxSpec) -> object:
+            if spec.purpose == "setup":
+                with sessions.begin() as session:
+                    store.tasks.request_cancel(session, task_id)
+                time.sleep(3)  # several heartbeats
+            return docker_backend.start(spec)
+
+    context = _context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+    context.backend = CancelledWhileStarting()  # type: ignore[assignment]
+    started = time.monotonic()
+    run_task(task_id, context)
     task, _ = _task(sqlite_engine, task_id)
     assert task.state == "cancelled" and task.failure_reason == "cancelled by user"
     assert time.monotonic() - started < 60  # not the set-up's 120 s
