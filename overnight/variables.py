@@ -57,7 +57,9 @@ class VariablesSource(PydanticBaseSettingsSource):
         self.read = read
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ reads every variable at once
+        """One top-level field's value (a part's is a dict of its own fields), as ``__call__`` puts it together."""
+        value = self().get(field_name)
+        return value, field_name, isinstance(value, dict)
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
-from pydantic_settings import SettingsError
+from pydantic_settings import EnvSettingsSource, SettingsError
 
 from overnight.settings import GitHubSettings, Settings
-from overnight.variables import variables
+from overnight.variables import VariablesSource, variables
 
 # Every variable of the flat settings class the parts' settings replaced, what it was set to and where the
 # nested settings keep it: a deployment's environment keeps working unchanged.
@@ -204,3 +204,15 @@ def test_unknown_author_associations_are_refused() -> None:
     assert GitHubSettings(allowed_associations=["owner", "member"]).allowed_associations == ["OWNER", "MEMBER"]
     with pytest.raises(ValidationError, match="unknown author_association"):
         GitHubSettings(allowed_associations=["OWNER", "ADMIN"])
+
+
+def test_the_variables_source_answers_one_field_as_it_reads_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env file
+    monkeypatch.setenv("OVERNIGHT_QUEUE", "night")
+    monkeypatch.setenv("OVERNIGHT_SANDBOX_MEMORY", "3g")
+    source = VariablesSource(Settings, EnvSettingsSource(Settings))
+    assert source.get_field_value(Settings.model_fields["queue"], "queue") == ("night", "queue", False)
+    value, _, is_complex = source.get_field_value(Settings.model_fields["sandbox"], "sandbox")
+    assert value == {"limits": {"memory": "3g"}} and is_complex
