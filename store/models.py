@@ -112,6 +112,16 @@ class Task(Base):
     """task, retry or follow-up."""
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     """Executions started; a redelivery after a worker crash starts the next one."""
+    attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """Best-of-N: how many attempts run this task (1: the task runs itself; more: attempt tasks run it)."""
+    attempt_of: Mapped[str | None] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE", name="fk_tasks_attempt_of_tasks"), index=True
+    )
+    """On an attempt task: the task it is one attempt of."""
+    attempt_index: Mapped[int | None] = mapped_column(Integer)
+    """On an attempt task: K, from 1 to the task's ``attempts``."""
+    ranking: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """On a task with attempts, once they ended: the ranking and why (store.bestof)."""
     worker: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
