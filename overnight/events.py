@@ -10,6 +10,7 @@ standard library only, so the client can use it too.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -208,6 +209,28 @@ class MessageDroppedEvent(_Event):
     reason: str
 
 
+class NetworkBlockedEvent(_Event):
+    """The egress proxy refused a request of the set-up or of the agent's commands: the host is not in the
+    phase's network policy, the policy allows only GET/HEAD, or the address is a private one. Repeats of the
+    same refusal within one command may be counted in one event (``count``)."""
+
+    type: Literal["network_blocked"] = "network_blocked"
+    host: str
+    """The host the request was for (a name, or an address as it was asked for)."""
+    port: int
+    method: str
+    """The HTTP method, or ``CONNECT`` for a tunnel (HTTPS)."""
+    at: datetime
+    """When the proxy refused it (the first of them when ``count`` > 1)."""
+    phase: Literal["setup", "agent"]
+    step: int | None = None
+    """The agent's step whose command made the request (absent during set-up)."""
+    reason: str
+    """Why, for a person: "not in the allowlist", "read-only policy", "private address", "no network"."""
+    count: int = Field(default=1, ge=1)
+    """How many such requests this event stands for."""
+
+
 TaskEvent = Annotated[
     StateEvent
     | PhaseEvent
@@ -222,7 +245,8 @@ TaskEvent = Annotated[
     | PublishEvent
     | RetryEvent
     | MessageDeliveredEvent
-    | MessageDroppedEvent,
+    | MessageDroppedEvent
+    | NetworkBlockedEvent,
     Field(discriminator="type"),
 ]
 TASK_EVENT: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)

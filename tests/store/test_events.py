@@ -3,6 +3,7 @@ rows in the shapes older versions wrote still parse, and a row that is no event 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from overnight.events import (
     MessageDeliveredEvent,
     MessageDroppedEvent,
     ModelResponseEvent,
+    NetworkBlockedEvent,
     PatchEvent,
     PhaseEvent,
     PublishEvent,
@@ -33,6 +35,7 @@ from overnight.events import (
 )
 from store.models import TaskEvent as TaskEventRow
 
+AT = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
 USAGE = TokenUsage(prompt_tokens=1200, completion_tokens=80, cached_tokens=1024)
 # Each event as today's emitters make it, and the ``data`` they stored before events were typed.
 EXAMPLES: list[tuple[TaskEvent, dict[str, Any]]] = [
@@ -71,6 +74,13 @@ EXAMPLES: list[tuple[TaskEvent, dict[str, Any]]] = [
      {"message_id": 3, "mode": "steer", "step": 4, "author": "alice", "text": "use the helper"}),
     (MessageDroppedEvent(message_id=4, mode="queue", reason="the task ended (failed) before it was delivered"),
      {"message_id": 4, "mode": "queue", "reason": "the task ended (failed) before it was delivered"}),
+    (NetworkBlockedEvent(host="registry.example.com", port=443, method="CONNECT", at=AT, phase="agent", step=5,
+                         reason="not in the allowlist", count=3),
+     {"host": "registry.example.com", "port": 443, "method": "CONNECT", "at": "2026-12-02T04:00:00Z",
+      "phase": "agent", "step": 5, "reason": "not in the allowlist", "count": 3}),
+    (NetworkBlockedEvent(host="10.0.0.1", port=80, method="GET", at=AT, phase="setup", reason="private address"),
+     {"host": "10.0.0.1", "port": 80, "method": "GET", "at": "2026-12-02T04:00:00Z", "phase": "setup",
+      "reason": "private address"}),
 ]  # fmt: skip
 
 # Shapes found in rows of earlier versions (read from the history of the emitters).
