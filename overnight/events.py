@@ -231,6 +231,29 @@ class NetworkBlockedEvent(_Event):
     """How many such requests this event stands for."""
 
 
+class AttemptEndedEvent(_Event):
+    """On a task run as best-of-N attempts: one of its attempt tasks ended (``attempt`` is K, from 1 to N)."""
+
+    type: Literal["attempt_ended"] = "attempt_ended"
+    attempt: int
+    task_id: str
+    """The attempt task's own id (its events, patch and trajectory are its own)."""
+    state: TaskStateName
+    reason: str | None = None
+    """Why it ended so (failed or cancelled); absent otherwise."""
+
+
+class AttemptsRankedEvent(_Event):
+    """On a task run as best-of-N attempts: every attempt ended and they were ranked (tests passing, then the
+    patch's size, then the attempt's number); the best one's patch is the task's."""
+
+    type: Literal["attempts_ranked"] = "attempts_ranked"
+    best: int | None
+    """K of the best attempt; None when no attempt left a patch."""
+    order: list[int]
+    """Every attempt's K, best first."""
+
+
 TaskEvent = Annotated[
     StateEvent
     | PhaseEvent
@@ -246,7 +269,9 @@ TaskEvent = Annotated[
     | RetryEvent
     | MessageDeliveredEvent
     | MessageDroppedEvent
-    | NetworkBlockedEvent,
+    | NetworkBlockedEvent
+    | AttemptEndedEvent
+    | AttemptsRankedEvent,
     Field(discriminator="type"),
 ]
 TASK_EVENT: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)

@@ -13,6 +13,8 @@ import store.events
 import store.tasks
 from overnight.events import (
     EVENT_MODELS,
+    AttemptEndedEvent,
+    AttemptsRankedEvent,
     CompactionEvent,
     FinishEvent,
     FormatErrorEvent,
@@ -81,6 +83,9 @@ EXAMPLES: list[tuple[TaskEvent, dict[str, Any]]] = [
     (NetworkBlockedEvent(host="10.0.0.1", port=80, method="GET", at=AT, phase="setup", reason="private address"),
      {"host": "10.0.0.1", "port": 80, "method": "GET", "at": "2026-12-02T04:00:00Z", "phase": "setup",
       "reason": "private address"}),
+    (AttemptEndedEvent(attempt=2, task_id="0123456789abcdef", state="failed", reason="step budget exhausted"),
+     {"attempt": 2, "task_id": "0123456789abcdef", "state": "failed", "reason": "step budget exhausted"}),
+    (AttemptsRankedEvent(best=3, order=[3, 1, 2]), {"best": 3, "order": [3, 1, 2]}),
 ]  # fmt: skip
 
 # Shapes found in rows of earlier versions (read from the history of the emitters).
