@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from overnight.events import EVENT_MODELS
+from overnight.network_report import BlockedSummary
 
 MAX_INSTRUCTION_BYTES = 32 * 1024
 
@@ -250,6 +251,11 @@ class TaskPublic(BaseModel):
     finished_at: datetime | None
     patch: PatchSummary | None = None
     github: GitHubPublic | None = None
+    network_blocked: BlockedSummary | None = Field(
+        default=None,
+        description="The requests the egress proxy refused (network_blocked events), per host; null when none. "
+        "Only GET /v1/tasks/{id} fills it in; lists leave it null.",
+    )
 
 
 class TaskList(BaseModel):

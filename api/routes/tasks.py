@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import store.events
+import store.network
 import store.patches
 import store.tasks
 import store.users
@@ -167,7 +168,8 @@ def list_tasks(
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=ERRORS)
 def show_task(task_id: str, session: SessionDep, user: CurrentUser) -> TaskPublic:
-    return TaskPublic.model_validate(_task_or_404(session, task_id, user))
+    task = TaskPublic.model_validate(_task_or_404(session, task_id, user))
+    return task.model_copy(update={"network_blocked": store.network.blocked_summary(session, task_id)})
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, responses=ERRORS)

@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from overnight.cli.checkout import CheckoutError, inspect, local_changes_diff
 from overnight.cli.errors import ClientError
-from overnight.cli.render import Status, describe
+from overnight.cli.render import Status, blocked_hosts, describe
 from overnight.cli.terminal import SafeConsole
 
 if TYPE_CHECKING:
@@ -254,6 +254,9 @@ def show(task_id: str, as_json: JsonOption = False) -> None:
         state = f"{github.get('publish_state')}" + (f" ({error})" if error else "")
         line = f"{github.get('repo')}#{github.get('number')} → {pull}, {state}"
         console.print(f"[bold]github[/bold]: {escape(line)}", markup=True)
+    blocked = blocked_hosts(task.get("network_blocked"))
+    if blocked:
+        console.print(f"[bold]blocked[/bold]: {escape(blocked)}", markup=True)
     console.print(f"[bold]instruction[/bold]: {escape(task['instruction'])}")
 
 

@@ -41,6 +41,7 @@ def _line(event: TaskEvent) -> str | None:
         MessageDeliveredEvent,
         MessageDroppedEvent,
         ModelResponseEvent,
+        NetworkBlockedEvent,
         PatchEvent,
         PhaseEvent,
         PublishEvent,
@@ -80,9 +81,27 @@ def _line(event: TaskEvent) -> str | None:
             return f"[magenta]✉ {what} from {escape(event.author)} delivered at step {event.step}[/magenta]"
         case MessageDroppedEvent():
             return f"[yellow]✉ message {event.message_id} dropped[/yellow]: {escape(event.reason)}"
+        case NetworkBlockedEvent():
+            where = f"step {event.step}" if event.step is not None else event.phase
+            times = f" ×{event.count}" if event.count > 1 else ""  # noqa: RUF001
+            what = f"{event.method} {event.host}:{event.port}{times} ({where}): {event.reason}"
+            return f"[yellow]⊘ blocked[/yellow] {escape(what)}"
         case CompactionEvent() | FormatErrorEvent() | FinishEvent():
             return f"[magenta]{event.type}[/magenta]"
     return None
+
+
+def blocked_hosts(summary: object) -> str | None:
+    """The task's ``network_blocked`` summary as the server sent it, in one line (None: nothing refused, or a
+    summary not in the shape this client knows)."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("hosts"), list):
+        return None
+    hosts = [h for h in summary["hosts"] if isinstance(h, dict) and "host" in h and "requests" in h]
+    if not hosts:
+        return None
+    listed = ", ".join(f"{h['host']} ×{h['requests']}" for h in hosts)  # noqa: RUF001
+    more = summary.get("more_hosts")
+    return listed + (f" (and {more} more)" if isinstance(more, int) and more > 0 else "")
 
 
 def _short(text: str, limit: int) -> str:
