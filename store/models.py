@@ -13,6 +13,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -317,3 +318,30 @@ class EnvironmentSecret(Base):
     version: Mapped[str] = mapped_column(String(32))
     """Random, new each time the value is set: the set-up cache key holds it, never the value or its hash."""
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TaskImage(Base):
+    """An image given with a task (an upload, a URL the API fetched, or one in a GitHub issue the worker fetches):
+    its bytes once they are here, or why they could not be had. The model is sent it in the task's first message;
+    events and trajectories name it by its SHA-256 only."""
+
+    __tablename__ = "task_images"
+    __table_args__ = (UniqueConstraint("task_id", "position", name="uq_task_images_task_position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    """Its place among the task's images (0 first), the order the model sees them in."""
+    source: Mapped[str] = mapped_column(String(16))
+    """upload, url or github."""
+    url: Mapped[str | None] = mapped_column(String(2048))
+    """Where it was fetched from (url, github); None for an upload."""
+    media_type: Mapped[str | None] = mapped_column(String(32))
+    """image/png, image/jpeg, image/gif or image/webp, from its first bytes (None until fetched)."""
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The image itself (None: not fetched yet, or its fetch failed)."""
+    error: Mapped[str | None] = mapped_column(Text)
+    """Why a fetch failed (the task goes on without it)."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

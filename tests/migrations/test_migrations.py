@@ -21,4 +21,4 @@ def test_migrate_is_idempotent(engine: Engine) -> None:
     migrate(engine)
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
-    assert current == ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == "0012"
+    assert current == ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == "0013"

@@ -75,7 +75,7 @@ def test_doctor_names_what_is_wrong_and_how_to_fix_it(
         "returns a tool call for a probe request", "reports cached tokens", "speculative decoding active (EAGLE)",
         "prefix caching active",  # no request was served, so nothing reached the cache either
     }  # fmt: skip
-    assert checks["database reachable and migrated"]["detail"].endswith("schema at revision None, the code needs 0012")
+    assert checks["database reachable and migrated"]["detail"].endswith("schema at revision None, the code needs 0013")
     assert "--served-model-name" in checks["serves the configured model"]["fix"]
     assert "--speculative-config" in checks["speculative decoding active (EAGLE)"]["fix"]
     code, checks = doctor(tmp_path, "http://127.0.0.1:9/v1")

@@ -1,0 +1,92 @@
+"""Images given with a task: what counts as one (PNG, JPEG, GIF or WebP, judged by its first bytes, never by
+what the sender says it is), the limits that apply to each, and the data URL the model is sent.
+
+The API checks uploads and the images it fetches with :func:`checked_image`; the worker does the same for the
+images of a GitHub issue. Events and trajectories name an image by :func:`image_reference`, never by its bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+ImageSource = Literal["upload", "url", "github"]
+KINDS = "PNG, JPEG, GIF or WebP"
+REFERENCE_PREFIX = "overnight-image:sha256:"
+
+
+class ImageRefused(ValueError):
+    """An image (or an address of one) that is not accepted: ``code`` for the API's answer, ``status`` its HTTP
+    status, the message names the limit or rule that refused it."""
+
+    def __init__(self, code: str, message: str, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
+
+
+def sniff_media_type(data: bytes) -> str | None:
+    """The media type of ``data`` from its magic bytes, or None when it is none of the four kinds."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if len(data) >= 12 and data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskImageData:
+    """One image that passed the checks, with where it came from."""
+
+    media_type: str
+    data: bytes
+    source: ImageSource
+    url: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def checked_image(
+    data: bytes, *, max_bytes: int, what: str, source: ImageSource, url: str | None = None
+) -> TaskImageData:
+    """``data`` as an accepted image; raises :class:`ImageRefused` naming ``what`` and the rule it broke."""
+    if len(data) > max_bytes:
+        raise too_large(what, max_bytes)
+    media_type = sniff_media_type(data)
+    if media_type is None:
+        raise ImageRefused(
+            "not_an_image", f"{what} is not a {KINDS} image (judged by its content, not its name or type)", status=415
+        )
+    return TaskImageData(media_type=media_type, data=data, source=source, url=url)
+
+
+def too_large(what: str, max_bytes: int) -> ImageRefused:
+    return ImageRefused(
+        "image_too_large",
+        f"{what} is larger than the limit of {max_bytes} bytes per image (OVERNIGHT_IMAGES_MAX_BYTES)",
+        status=413,
+    )
+
+
+def too_many(count: int, max_per_task: int) -> ImageRefused:
+    return ImageRefused(
+        "too_many_images",
+        f"{count} images given; a task may carry at most {max_per_task} (OVERNIGHT_IMAGES_MAX_PER_TASK)",
+    )
+
+
+def data_url(media_type: str, data: bytes) -> str:
+    """The image as the model is sent it: an OpenAI-style ``image_url`` holds a base64 data URL."""
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def image_reference(sha256: str) -> str:
+    """What events and trajectories hold in place of an image's data URL."""
+    return f"{REFERENCE_PREFIX}{sha256}"
