@@ -18,11 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import store.events
 import store.github
+import store.network
 import store.patches
 from overnight.events import PublishEvent
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
 from overnight.github.markers import MARK, reaction_target
+from overnight.network_report import markdown_section
 from store.models import GitHubLink, TaskState
 from worker.errors import PublishError, TaskFailure
 from worker.mirrors import credential_origin, git_env
@@ -108,7 +110,7 @@ class GitHubHooks:
                 raise PublishError("no commit of the patch to push")
             self._push(link, commit, new_branch=link.pr_number is None)
             if link.pr_number is None:
-                body = f"{patch.body.strip()}\n\nFixes #{link.number}\n\n{self._task_line(task_id)}"
+                body = self._pull_body(task_id, patch.body, link.number)
                 pull = self.client.create_pull(link.installation_id, link.repo, title=patch.title, head=link.branch,
                                                base=link.base_branch, body=body, draft=self.draft)  # fmt: skip
                 with self.sessions.begin() as session:
@@ -156,6 +158,15 @@ class GitHubHooks:
                 self.client.comment(link.installation_id, link.repo, link.number, body)
         except GitHubError as exc:
             log.warning("task %s: could not report on %s#%s: %s", task_id, link.repo, link.number, exc)
+
+    def _pull_body(self, task_id: str, text: str, number: int) -> str:
+        """The agent's description, what it fixes, the hosts the sandbox's network policy refused (issue 18:
+        why an install may have failed) and the task's address."""
+        with self.sessions() as session:
+            blocked = store.network.blocked_summary(session, task_id)
+        section = markdown_section(blocked) if blocked else ""
+        parts = [text.strip(), f"Fixes #{number}", section, self._task_line(task_id)]
+        return "\n\n".join(part for part in parts if part)
 
     def _body(self, task_id: str, what: str) -> str:
         return f"{MARK}\nOvernight {what}\n\n{self._task_line(task_id)}"
