@@ -94,3 +94,20 @@ def test_the_pull_request_section_keeps_a_hostile_host_name_inside_its_code_span
     section = markdown_section(summary)
     assert section.startswith("**Blocked hosts:** `evil ](https://x.test) @everyone` \N{MULTIPLICATION SIGN}2\n")
     assert section.count("`") == 4  # the host's span, and the command's
+
+
+def test_a_task_run_as_attempts_counts_the_refusals_of_every_attempt(session: Session) -> None:
+    group = _task(session)
+    first, second = _task(session), _task(session)
+    for index, attempt in enumerate((first, second), start=1):
+        row = store.tasks.get_task(session, attempt)
+        assert row is not None
+        row.attempt_of, row.attempt_index = group, index
+        store.events.append_event(session, attempt, _blocked("registry.example.com", count=index))
+    session.flush()
+
+    summary = store.network.blocked_summary(session, group)
+
+    assert summary is not None and [(h.host, h.requests) for h in summary.hosts] == [("registry.example.com", 3)]
+    assert store.network.blocked_summary(session, first) is not None
+    assert store.network.blocked_summary(session, first).requests == 1  # type: ignore[union-attr]
