@@ -4,7 +4,8 @@ Server-side (it reads the server's settings): database, broker, sandbox, image, 
 reachable, serving the configured model, accepting `reasoning_effort`, calling a tool for a probe request,
 reporting cached tokens — vLLM's version when /version answers, and, when vLLM's /metrics answers, speculative
 decoding and prefix caching (checks that need the model itself to act are marked as depending on its weights); when
-GitHub is configured, settings that cannot work, then who GitHub says the credentials are.
+GitHub is configured, settings that cannot work, then who GitHub says the credentials are. The egress proxy, the
+stored environments' network policies and the secrets key are checked in ``doctor_network.py``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def _check(name: str, fix: str, run: Callable[[], str], *, weights: bool = False
 
 
 def run_checks(settings: Settings) -> list[Check]:
+    from overnight.admin.doctor_network import network_checks  # it imports this module
     from overnight.github.config import configured
 
     checks = [
@@ -81,6 +83,7 @@ def run_checks(settings: Settings) -> list[Check]:
             lambda: _sandbox(settings),
         ),
     ]
+    checks += network_checks(settings, database_ok=checks[0].ok)
     checks += _model_checks(settings)
     if configured(settings) or settings.git_credentials:
         checks.append(_check("GitHub and git credential settings work",
