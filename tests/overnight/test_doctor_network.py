@@ -74,7 +74,8 @@ def test_a_wrong_key_names_the_secret_and_never_shows_its_value(tmp_path: Path) 
 
     check = _by_name(network_checks(settings, database_ok=True))["secrets key opens every stored secret"]
 
-    assert not check.ok and check.detail.endswith(f"secrets that do not open with these keys (1): NPM_TOKEN of {PATTERN}")
+    assert not check.ok
+    assert check.detail.endswith(f"secrets that do not open with these keys (1): NPM_TOKEN of {PATTERN}")
     assert VALUE not in check.detail + check.fix
     # The sealing key listed after the new one (a rotation under way) opens it.
     rotating = settings.model_copy(update={"secrets": SecretsSettings(key=SecretStr(f"{new_key()},{KEY}"))})
