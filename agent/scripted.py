@@ -87,6 +87,10 @@ class ScriptedModel:
              "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens"), 0.0
         )  # fmt: skip
         self.requests: list[dict[str, Any]] = []
+        self.scripts: list[list[ScriptedTurn]] = []
+        """Per session (x-session-affinity: a task's id), its own turns: a new session takes the next script (tasks
+        running at once, each its own turns; then ``turns``)."""
+        self.sessions: dict[str, list[ScriptedTurn]] = {}
         self.affinity: list[str | None] = []
         """The x-session-affinity header of each request (what a replica router hashes on)."""
         self.received_at: list[float] = []
@@ -108,7 +112,10 @@ class ScriptedModel:
             prompt = json.dumps([body.get("tools"), body.get("messages")], separators=(",", ":"))
             usage = self._prompt_usage(prompt)
             self._previous_prompt = prompt
-            turn = self.turns.pop(0) if self.turns else self.default
+            if affinity and affinity not in self.sessions and self.scripts:
+                self.sessions[affinity] = self.scripts.pop(0)
+            own = self.sessions.get(affinity or "")
+            turn = own.pop(0) if own else self.turns.pop(0) if self.turns else self.default
             self._count(usage, turn)
             return turn, usage
 
