@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
 )
 
+from api.attempt_models import AttemptsField, AttemptsPublicFields
 from overnight.events import EVENT_MODELS
 from overnight.network_report import BlockedSummary
 
@@ -68,7 +69,7 @@ class LocalChanges(BaseModel):
         return data.decode("utf-8", errors="replace")
 
 
-class TaskCreate(BaseModel):
+class TaskCreate(AttemptsField):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -97,6 +98,12 @@ class TaskCreate(BaseModel):
     )
     local_changes: LocalChanges | None = Field(
         default=None, description="Changes applied on top of `ref` before the agent starts (needs `ref`)."
+    )
+    image_urls: list[Annotated[str, Field(max_length=2048)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Addresses of images (PNG, JPEG, GIF or WebP) the server fetches now and gives the model with the "
+        "task (public addresses only; files are uploaded as multipart/form-data instead).",
     )
 
     @field_validator("setup")
@@ -208,7 +215,7 @@ class GitHubPublic(BaseModel):
     publish_error: str | None
 
 
-class TaskPublic(BaseModel):
+class TaskPublic(AttemptsPublicFields):
     model_config = ConfigDict(
         from_attributes=True,
         json_schema_extra={
