@@ -18,6 +18,7 @@ from typing import Literal
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+import store.bestof
 import store.messages
 from store.models import ACTIVE_STATES, Task, TaskState, User, utcnow
 from store.tasks import transition
@@ -46,8 +47,8 @@ def claim(session: Session, task_id: str, *, worker: str, max_active_per_user: i
         active = session.scalar(
             select(func.count())
             .select_from(Task)
-            .where(Task.user_id == task.user_id, Task.state.in_([s.value for s in ACTIVE_STATES]))
-        )
+            .where(Task.user_id == task.user_id, Task.state.in_([s.value for s in ACTIVE_STATES]), Task.attempts <= 1)
+        )  # a task with attempts runs none of its own: its attempt tasks count
         if (active or 0) >= max_active_per_user:
             return "busy"
     claimed = transition(
@@ -56,6 +57,7 @@ def claim(session: Session, task_id: str, *, worker: str, max_active_per_user: i
     )  # fmt: skip
     if not claimed:
         return "gone"
+    store.bestof.attempt_claimed(session, task_id)
     return int(session.scalar(select(Task.attempt).where(Task.id == task_id)) or 0)
 
 
@@ -115,6 +117,8 @@ def lost_queued_tasks(session: Session, *, older_than: timedelta) -> Sequence[Ta
     limit = utcnow() - older_than
     return session.scalars(
         select(Task).where(
-            Task.state == TaskState.queued.value, (Task.enqueued_at < limit) | (Task.enqueued_at.is_(None))
+            Task.state == TaskState.queued.value,
+            (Task.enqueued_at < limit) | (Task.enqueued_at.is_(None)),
+            Task.attempts <= 1,  # a task with attempts is sent only to be ranked: store.bestof.due_groups
         )
     ).all()

@@ -11,6 +11,7 @@ from typing import Any, cast
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+import store.bestof
 import store.messages
 from overnight.events import StateEvent, TaskStateName
 from store.events import append_event
@@ -87,9 +88,13 @@ def list_tasks(
     repo: str | None = None,
     user: User | None = None,
     cursor: str | None = None,
+    include_attempts: bool = False,
 ) -> tuple[Sequence[Task], str | None]:
-    """Newest first; the second value is the cursor of the next page (None on the last)."""
+    """Newest first; the second value is the cursor of the next page (None on the last). The attempt tasks of a
+    task with attempts are left out unless ``include_attempts``."""
     query = select(Task).order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
+    if not include_attempts:
+        query = query.where(Task.attempt_of.is_(None))
     if state:
         query = query.where(Task.state == state)
     if repo:
@@ -134,6 +139,7 @@ def transition(
     if to_state in FINAL_STATES:  # in the same transaction: a message is refused or dropped, never left pending
         ended = f"{to_state.value} ({reason})" if reason else to_state.value
         store.messages.drop_pending(session, task_id, reason=f"the task ended before it was delivered: {ended}")
+        store.bestof.attempt_ended(session, task_id, to_state, reason)  # an attempt task's end, on its group
     return True
 
 

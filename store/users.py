@@ -120,6 +120,10 @@ def unfinished_tasks_locked(session: Session, user_id: int) -> int:
     count = session.scalar(
         select(func.count())
         .select_from(Task)
-        .where(Task.user_id == user_id, Task.state.not_in([state.value for state in FINAL_STATES]))
+        .where(
+            Task.user_id == user_id,
+            Task.state.not_in([state.value for state in FINAL_STATES]),
+            Task.attempts <= 1,  # a task with attempts: its attempt tasks count
+        )
     )
     return count or 0
