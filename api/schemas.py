@@ -22,7 +22,6 @@ from pydantic import (
     field_validator,
 )
 
-from api.attempt_models import AttemptsField, AttemptsPublicFields
 from overnight.events import EVENT_MODELS
 from overnight.network_report import BlockedSummary
 
@@ -69,7 +68,7 @@ class LocalChanges(BaseModel):
         return data.decode("utf-8", errors="replace")
 
 
-class TaskCreate(AttemptsField):
+class TaskCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -215,7 +214,7 @@ class GitHubPublic(BaseModel):
     publish_error: str | None
 
 
-class TaskPublic(AttemptsPublicFields):
+class TaskPublic(BaseModel):
     model_config = ConfigDict(
         from_attributes=True,
         json_schema_extra={
