@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 from agent.budget import AgentConfig
 from agent.client import LLMConfig
+from overnight.environments import Domain
 from overnight.secrets import SecretBox
 from overnight.variables import VariablesSource
 from sandbox.base import SandboxLimits
@@ -64,6 +65,14 @@ class APISettings(BaseModel):
     """Unfinished tasks (queued, preparing or running) one user may have; creating more gets 429."""
 
 
+REGISTRIES = (
+    "pypi.org", "files.pythonhosted.org", "registry.npmjs.org", "registry.yarnpkg.com", "deb.debian.org",
+    "security.debian.org", "github.com", "codeload.github.com", "objects.githubusercontent.com", "proxy.golang.org",
+    "sum.golang.org", "crates.io", "index.crates.io", "static.crates.io", "rubygems.org", "repo.maven.apache.org",
+)  # fmt: skip
+"""The package registries a set-up reaches by default when it goes through the egress proxy."""
+
+
 class SandboxSettings(BaseModel):
     """Sandboxes: the backend, the image, the limits of each, and the set-up phase's network."""
 
@@ -96,12 +105,31 @@ class SandboxSettings(BaseModel):
     firewall itself; external: `overnight firewall`, run where the Docker engine runs, keeps it (compose)."""
     agent_network: bool = False
     """Give the agent phase a network (off: commands the model writes reach nothing)."""
+    egress_allowed_networks: list[IPv4Network] = Field(default_factory=list)
+    """Private ranges the egress proxy (environments' allowlist and full policies) may connect to anyway, e.g. an
+    internal registry an allowlist names (JSON list of CIDRs); loopback and link-local cannot be allowed."""
+    setup_egress: Literal["firewall", "registries"] = "firewall"
+    """How a set-up whose network policy is full (the default) goes out. firewall: the set-up network (public
+    addresses, behind its firewall). registries: through the egress proxy, to setup_registries only. A set-up whose
+    environment names an allowlist always goes through the egress proxy, to that list."""
+    setup_registries: list[Domain] = Field(default_factory=lambda: list(REGISTRIES))
+    """The package registries set-ups reach when setup_egress is registries (JSON list of host names; *.example.com
+    for every host under example.com)."""
     setup_timeout: int = Field(default=900, gt=0)
     """Seconds the set-up phase may take."""
     env_max_age_hours: float = Field(default=72, gt=0)
     """Cached environments (set-up snapshots) older than this are rebuilt."""
     env_max_bytes: int = Field(default=20 * 2**30, gt=0)
     """Total size of cached environments; the least recently used go first."""
+
+    @field_validator("egress_allowed_networks")
+    @classmethod
+    def _not_loopback_or_link_local(cls, value: list[IPv4Network]) -> list[IPv4Network]:
+        never = (IPv4Network("127.0.0.0/8"), IPv4Network("169.254.0.0/16"))
+        for network in value:
+            if any(network.overlaps(each) for each in never):
+                raise ValueError(f"{network}: loopback and link-local (metadata) ranges cannot be allowed")
+        return value
 
     def proxy_env(self) -> dict[str, str]:
         env: dict[str, str] = {}
