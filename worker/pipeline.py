@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 import store.attempts
 import store.tasks
+import worker.bestof
 from agent.base import Submitted
 from sandbox.reaper import remove_owned
 from store.attempts import CANCELLED_BY_USER
@@ -44,7 +45,10 @@ Outcome = Literal["ran", "busy", "skipped"]
 
 
 def run_task(task_id: str, ctx: WorkerContext) -> Outcome:
-    """Run task ``task_id`` if nobody else is; "busy" means its user is at the concurrency limit (retry later)."""
+    """Run task ``task_id`` if nobody else is; "busy" means its user is at the concurrency limit (retry later). A
+    task with attempts runs none of its own: it is sent once they all ended, to rank them (``worker/bestof.py``)."""
+    if worker.bestof.is_group(task_id, ctx):
+        return worker.bestof.rank_attempts(task_id, ctx)
     claimed = _claim(task_id, ctx)
     if not isinstance(claimed, tuple):
         return claimed

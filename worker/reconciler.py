@@ -16,6 +16,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
 import store.attempts
+import store.bestof
 from overnight.queue import TaskQueue
 from overnight.settings import Settings
 from store.engine import make_engine, make_sessionmaker
@@ -45,8 +46,9 @@ def reconcile(
                 done[outcome].append(task.id)
     with sessions.begin() as session:
         waiting = [task.id for task in store.attempts.lost_queued_tasks(session, older_than=lost_after)]
+        unranked = store.bestof.due_groups(session, older_than=lost_after)  # every attempt ended; nobody ranks them
     # Queued tasks with no message: fewer messages wait than tasks (a broker restarted empty, a failed send).
-    lost = waiting if waiting and _depth(queue) < len(waiting) else []
+    lost = (waiting if waiting and _depth(queue) < len(waiting) else []) + unranked
     for task_id in lost + done["requeued"]:
         queue.enqueue(task_id)  # a duplicate message is harmless: the task body checks the database
         with sessions.begin() as session:

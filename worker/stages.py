@@ -52,7 +52,7 @@ class ClaimedTask:
 
     @classmethod
     def of(cls, row: Task) -> ClaimedTask:
-        follows = row.parent_id if row.kind == "follow-up" else None
+        follows = row.parent_id if row.kind in ("follow-up", "attempt") else None  # an attempt: of a follow-up
         return cls(id=row.id, repo=row.repo, ref=row.ref, instruction=row.instruction, max_steps=row.max_steps,
                    setup=row.setup, start_diff=row.start_diff, follows=follows, user_id=row.user_id)  # fmt: skip
 

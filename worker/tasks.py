@@ -21,6 +21,7 @@ from store.attempts import mark_enqueued
 from store.engine import make_engine, make_sessionmaker
 from store.models import TaskState
 from store.tasks import transition
+from worker.bestof import group_to_rank
 from worker.github import GitHubHooks
 from worker.hostgit import DataLimits
 from worker.mirrors import MirrorCache
@@ -106,6 +107,10 @@ def run_task_entry(self: Task, task_id: str) -> None:
         self.apply_async(args=[task_id], countdown=BUSY_RETRY_SECONDS)
         with worker_context().sessions.begin() as session:
             mark_enqueued(session, task_id)
+    elif outcome == "ran" and (group_id := group_to_rank(task_id, worker_context())) is not None:
+        self.apply_async(args=[group_id])  # the last of its attempts ended: rank them (the reconciler would too)
+        with worker_context().sessions.begin() as session:
+            mark_enqueued(session, group_id)
 
 
 def fail_on_time_limit(task_id: str) -> None:
