@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 READ_CHUNK = 2**20
 """Bytes of a file one answer of the exec server carries at most: a read is streamed in pieces this size."""
@@ -114,10 +114,22 @@ class SandboxSpec(BaseModel):
     ca_bundle: Path | None = Field(
         default=None, description="A PEM bundle mounted read-only and trusted by pip, npm, git, curl and Python."
     )
+    egress: Path | None = Field(
+        default=None,
+        description="A host folder holding the egress proxy's Unix socket (sandbox.proxy), mounted at "
+        "/overnight/egress: the exec server relays 127.0.0.1:3128 to it, and HTTP(S)_PROXY point there. The "
+        "sandbox still has no network of its own (``network`` stays off).",
+    )
     purpose: Literal["agent", "setup"] = Field(
         default="agent",
         description="agent: /opt/overnight read-only. setup: /opt/overnight writable, kept as the environment.",
     )
+
+    @model_validator(mode="after")
+    def _one_way_out(self) -> SandboxSpec:
+        if self.network and self.egress is not None:
+            raise ValueError("a sandbox reaches out either through its network or through the egress proxy, not both")
+        return self
 
 
 class Sandbox(Protocol):

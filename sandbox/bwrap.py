@@ -27,11 +27,13 @@ from sandbox.reaper import owned_tempdir, process_identity, remove_owned
 from sandbox.runtime import (
     CA_PATH,
     CONTROL_DIR,
+    EGRESS_DIR,
     HOME_SEED,
     WORKDIR,
     SocketRuntime,
     control_folder,
     disk_paths_option,
+    egress_option,
     sandbox_environment,
     sandbox_ids,
 )
@@ -197,6 +199,8 @@ class BwrapBackend:
             argv += ["--ro-bind", str(stage.control / "resolv.conf"), "/etc/resolv.conf"]
         if stage.ca_bundle is not None:
             argv += ["--ro-bind", str(stage.ca_bundle), CA_PATH]
+        if stage.egress is not None:  # the egress proxy's socket: the only way out
+            argv += ["--bind", str(stage.egress), EGRESS_DIR]
         if stage.environment is not None:  # an environment: its /opt/overnight, writable while it is being set up
             argv += ["--bind" if spec.purpose == "setup" else "--ro-bind", str(stage.environment), ENV_OPT]
         seed = f" --seed-home {HOME_SEED}" if spec.purpose != "setup" else ""
@@ -204,7 +208,7 @@ class BwrapBackend:
             f"exec python3 {CONTROL_DIR}/execserver.py --socket {CONTROL_DIR}/exec.sock --workdir {WORKDIR}"
             f" --disk-limit {config.disk_limit}{disk_paths_option(spec.purpose, config)}"
             f" --lifetime {spec.lifetime or 0:g} --command-uid {uid} --command-gid {uid}"
-            f" --seccomp {CONTROL_DIR}/seccomp.bpf --home {SANDBOX_HOME}{seed}"
+            f" --seccomp {CONTROL_DIR}/seccomp.bpf --home {SANDBOX_HOME}{seed}{egress_option(spec)}"
         )
         for name, value in sandbox_environment(spec).items():
             argv += ["--setenv", name, value]

@@ -47,11 +47,14 @@ class Stage:
             self.sources["environment"] = Path(spec.image) / "opt"
         if spec.ca_bundle is not None:
             self.sources["ca.pem"] = spec.ca_bundle.resolve()
+        if spec.egress is not None:
+            self.sources["egress"] = spec.egress
         self.rootfs = STAGE / "root"
         self.workspace = STAGE / "workspace"
         self.control = STAGE / "control"
         self.environment = STAGE / "environment" if "environment" in self.sources else None
         self.ca_bundle = STAGE / "ca.pem" if "ca.pem" in self.sources else None
+        self.egress = STAGE / "egress" if "egress" in self.sources else None
         for name, source in self.sources.items():
             if not source.exists():
                 raise SandboxUnavailableError(f"cannot start the sandbox: its {name} {source} does not exist")

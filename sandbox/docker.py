@@ -30,11 +30,13 @@ from sandbox.reaper import owned_tempdir, process_identity, remove_owned
 from sandbox.runtime import (
     CA_PATH,
     CONTROL_DIR,
+    EGRESS_DIR,
     HOME_SEED,
     WORKDIR,
     SocketRuntime,
     control_folder,
     disk_paths_option,
+    egress_option,
     sandbox_environment,
     sandbox_ids,
 )
@@ -130,6 +132,7 @@ class DockerBackend:
             f"{disk_paths_option(spec.purpose, self.config)} --lifetime {spec.lifetime or 0:g}"
             f" --command-uid {uid} --command-gid {gid} --seccomp {CONTROL_DIR}/seccomp.bpf --home {SANDBOX_HOME}"
             + ("" if setup else f" --seed-home {HOME_SEED}")
+            + egress_option(spec)
         )
         return {
             "command": ["sh", "-c", server],
@@ -251,6 +254,8 @@ def _mounts(spec: SandboxSpec, control: Path, environment: Path | None, staging:
         Mount(WORKDIR, str(spec.workspace), type="bind"),
         Mount(CONTROL_DIR, str(control), type="bind"),
     ]
+    if spec.egress is not None:  # the egress proxy's socket: the only way out
+        mounts.append(Mount(EGRESS_DIR, str(spec.egress), type="bind"))
     if spec.ca_bundle is not None:
         mounts.append(Mount(CA_PATH, str(spec.ca_bundle.resolve()), type="bind", read_only=True))
     if staging is not None:  # a set-up writes its environment...

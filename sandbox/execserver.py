@@ -39,6 +39,7 @@ from execsupport import (  # type: ignore[import-not-found]
     safe_env,
     skip_lines,
 )
+from relay import serve_loopback  # type: ignore[import-not-found]
 
 READ_CHUNK = 2**20
 """Bytes of a file one answer carries at most (the worker reads larger files in pieces)."""
@@ -336,6 +337,8 @@ def serve(args):
     if args.home:
         seed_home(server, args.home, args.seed_home)
     act_as(os.geteuid(), os.getegid())
+    if args.egress:  # the sandbox's only way out: 127.0.0.1:3128, relayed to the egress proxy's socket
+        serve_loopback(args.egress)
     os.rename(args.socket + ".tmp", args.socket)  # appears only once it accepts
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     connections = queue.Queue()
@@ -386,6 +389,7 @@ def main():
     parser.add_argument("--command-gid", type=int)
     parser.add_argument("--seccomp", help="a compiled seccomp filter to install before anything runs")
     parser.add_argument("--home", help="the commands' home directory, made at start")
+    parser.add_argument("--egress", help="the egress proxy's Unix socket, served on 127.0.0.1:3128")
     parser.add_argument("--seed-home", help="a folder whose contents are copied into the home at start")
     serve(parser.parse_args())
 

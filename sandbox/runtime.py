@@ -48,6 +48,7 @@ from sandbox.protocol import (
     WriteFileRequest,
 )
 from sandbox.reaper import owned_tempdir
+from sandbox.relay import LOOPBACK_PORT, SOCKET_NAME
 from sandbox.seccomp import write_filter
 from sandbox.spawnhelper import spawn_helper
 
@@ -68,6 +69,11 @@ BASE_ENV = {
 }
 CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
 HOME_SEED = "/opt/overnight/home"
+EGRESS_DIR = "/overnight/egress"
+"""Where a sandbox's egress folder (``SandboxSpec.egress``: the proxy's Unix socket) is mounted."""
+EGRESS_PROXY = f"http://127.0.0.1:{LOOPBACK_PORT}"
+EGRESS_ENV = {"HTTP_PROXY": EGRESS_PROXY, "HTTPS_PROXY": EGRESS_PROXY, "NO_PROXY": "localhost,127.0.0.1,::1"}
+"""What points a sandbox's commands at the egress proxy (lower-case names too)."""
 
 
 def disk_paths_option(purpose: str, limits: SandboxLimits) -> str:
@@ -80,8 +86,13 @@ def disk_paths_option(purpose: str, limits: SandboxLimits) -> str:
     return "".join(f" --disk-path {path}" for path in paths) + kernel
 
 
+def egress_option(spec: SandboxSpec) -> str:
+    """The exec server's ``--egress``: with an egress folder, it serves 127.0.0.1:3128 to the proxy's socket."""
+    return f" --egress {EGRESS_DIR}/{SOCKET_NAME}" if spec.egress is not None else ""
+
+
 """An environment's home-directory contents, copied into the tmpfs home when a sandbox starts."""
-EXECSERVER_FILES = ("execserver.py", "execsupport.py")
+EXECSERVER_FILES = ("execserver.py", "execsupport.py", "relay.py")
 """The exec server, copied into every sandbox's control folder (standard library only)."""
 DEFAULT_OUTPUT_LIMIT = 1_000_000
 SOCKET_MARGIN = 30.0
@@ -295,6 +306,8 @@ def sandbox_environment(spec: SandboxSpec) -> dict[str, str]:
     env = dict(BASE_ENV)
     if spec.ca_bundle is not None:
         env.update(dict.fromkeys(CA_ENV, CA_PATH))
+    if spec.egress is not None:
+        env.update({**EGRESS_ENV, **{name.lower(): value for name, value in EGRESS_ENV.items()}})
     env.update(spec.env)
     return env
 

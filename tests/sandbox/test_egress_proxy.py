@@ -1,0 +1,230 @@
+"""The egress proxy (``sandbox/proxy.py``), on both backends: an agent sandbox with an allowlist reaches its hosts
+through squid and nothing else; what squid refuses is recorded with host, port, method and reason; a command
+that ignores HTTP_PROXY reaches nothing; an allowed name that resolves to a private or loopback address is
+refused; one sandbox cannot use another's socket or policy.
+
+Nothing leaves this machine: the test's web servers listen on 127.0.0.x, a hosts file of the test's own gives
+them names, and the proxy is told it may connect to the one "public" address among them (``allowed_networks``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+
+from sandbox.base import Sandbox, SandboxBackend, SandboxSpec
+from sandbox.proxy import EgressLease, EgressProxy, ProxyConfig, ProxyPolicy
+
+PUBLIC = "127.0.0.21"
+"""Stands for a public host: the proxy is told it may connect there."""
+PRIVATE = "127.0.0.22"
+"""Stays what it is, a loopback address: the proxy must refuse it whatever name leads there."""
+PARENT = "127.0.0.23"
+HOSTS = {
+    PUBLIC: "allowed.test elsewhere.test a.pkg.test pkg.test",
+    PRIVATE: "rebound.test",
+}
+
+
+class _Echo(BaseHTTPRequestHandler):
+    def _answer(self) -> None:
+        body = f"{self.server.server_address[0]} {self.command} {self.path}\n".encode()  # type: ignore[index]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_HEAD = do_OPTIONS = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Web:
+    port: int
+    proxy: EgressProxy
+
+
+def _serve(address: str, port: int) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((address, port), _Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[Web]:
+    """Web servers on the test's loopback addresses (one port for all) and a proxy that knows their names."""
+    with socket.socket() as probe:
+        probe.bind((PUBLIC, 0))
+        port = int(probe.getsockname()[1])
+    servers = [_serve(address, port) for address in (PUBLIC, PRIVATE, PARENT)]
+    folder = Path(tempfile.mkdtemp(prefix="overnight-test-hosts-"))
+    folder.chmod(0o755)
+    (folder / "hosts").write_text("".join(f"{address} {names}\n" for address, names in HOSTS.items()))
+    (folder / "hosts").chmod(0o644)
+    proxy = EgressProxy(ProxyConfig(hosts_file=folder / "hosts", allowed_networks=(IPv4Network(f"{PUBLIC}/32"),),
+                                    lease_root=folder / "leases"))  # fmt: skip
+    try:
+        yield Web(port=port, proxy=proxy)
+    finally:
+        proxy.close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        shutil.rmtree(folder)
+
+
+@pytest.fixture
+def leased(
+    web: Web, new_workspace: Callable[..., Path]
+) -> Iterator[Callable[[SandboxBackend, ProxyPolicy], tuple[Sandbox, EgressLease]]]:
+    """``leased(backend, policy)``: an agent sandbox whose only way out is a new lease on the proxy."""
+    made: list[tuple[Sandbox, EgressLease]] = []
+
+    def start(backend: SandboxBackend, policy: ProxyPolicy) -> tuple[Sandbox, EgressLease]:
+        lease = web.proxy.open("proxytest", policy)
+        try:
+            workspace = new_workspace(backend, f"ws{len(made)}")
+            sandbox = backend.start(SandboxSpec(task_id="proxytest", workspace=workspace, egress=lease.folder))
+        except BaseException:
+            lease.close()
+            raise
+        made.append((sandbox, lease))
+        return sandbox, lease
+
+    try:
+        yield start
+    finally:
+        for sandbox, lease in made:
+            sandbox.close()
+            lease.close()
+
+
+def curl(sandbox: Sandbox, url: str, *options: str) -> str:
+    """The status code (and body) curl gets, or 000 when it reached nothing."""
+    result = sandbox.run(f"curl -sS --max-time 10 -w ' %{{http_code}}' {' '.join(options)} {url}", timeout=30)
+    return " ".join(result.stdout.split())
+
+
+def test_an_allowlisted_host_answers_and_another_is_refused_and_recorded(
+    backend: SandboxBackend, web: Web, leased: Callable[..., tuple[Sandbox, EgressLease]]
+) -> None:
+    sandbox, lease = leased(backend, ProxyPolicy(domains=("allowed.test",)))
+    assert curl(sandbox, f"http://allowed.test:{web.port}/simple/") == f"{PUBLIC} GET /simple/ 200"
+    assert curl(sandbox, f"http://elsewhere.test:{web.port}/x").endswith("403")
+    assert curl(sandbox, f"https://elsewhere.test:{web.port}/x").endswith("000")  # CONNECT refused: curl says 000
+    refusals = lease.refusals()
+    assert {(r.host, r.port, r.method, r.reason) for r in refusals} == {
+        ("elsewhere.test", web.port, "GET", "not in the allowlist"),
+        ("elsewhere.test", web.port, "CONNECT", "not in the allowlist"),
+    }
+    assert lease.refusals() == []  # each refusal is read once
+
+
+def test_a_command_that_ignores_the_proxy_reaches_nothing(
+    backend: SandboxBackend, web: Web, leased: Callable[..., tuple[Sandbox, EgressLease]]
+) -> None:
+    sandbox, _ = leased(backend, ProxyPolicy(domains=None))
+    assert curl(sandbox, f"http://{PUBLIC}:{web.port}/", "--noproxy '*'").endswith("000")
+    raw = sandbox.run(
+        "python3 - <<'EOF'\nimport socket\n"
+        f"for address in ('{PUBLIC}', '198.51.100.7', '172.17.0.1', '10.0.2.2', '169.254.169.254'):\n"
+        "    try:\n        socket.create_connection((address, 80), timeout=3); print(address, 'CONNECTED')\n"
+        "    except OSError as exc:\n        print(address, type(exc).__name__)\nEOF",
+        timeout=60,
+    )
+    assert "CONNECTED" not in raw.stdout and raw.stdout.count("\n") == 5, raw
+    devices = sandbox.run("tail -n +3 /proc/net/dev").stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in devices] == ["lo"]  # no interface but loopback...
+    assert len(sandbox.run("cat /proc/net/route").stdout.splitlines()) <= 1  # ...and no route: the header only
+
+
+def test_an_allowed_name_that_resolves_to_a_private_address_is_refused(
+    backend: SandboxBackend, web: Web, leased: Callable[..., tuple[Sandbox, EgressLease]]
+) -> None:
+    sandbox, lease = leased(backend, ProxyPolicy(domains=("rebound.test", "allowed.test")))
+    assert curl(sandbox, f"http://rebound.test:{web.port}/").endswith("403")
+    full, full_lease = leased(backend, ProxyPolicy(domains=None))  # full: the public internet only
+    for address in ("127.0.0.1", PRIVATE, "169.254.169.254", "10.1.2.3", "[::1]"):
+        # (--noproxy '': loopback is in NO_PROXY, which would keep curl in the sandbox's own loopback)
+        assert curl(full, f"http://{address}:{web.port}/", "--noproxy ''").endswith("403"), address
+    assert curl(full, f"http://allowed.test:{web.port}/").endswith("200")
+    assert {r.reason for r in lease.refusals()} == {"private address"}
+    assert {r.host for r in full_lease.refusals()} == {"127.0.0.1", PRIVATE, "169.254.169.254", "10.1.2.3", "[::1]"}
+
+
+def test_one_sandbox_cannot_use_anothers_socket_or_policy(
+    backend: SandboxBackend, web: Web, leased: Callable[..., tuple[Sandbox, EgressLease]]
+) -> None:
+    first, first_lease = leased(backend, ProxyPolicy(domains=("allowed.test",)))
+    second, second_lease = leased(backend, ProxyPolicy(domains=("elsewhere.test",)))
+    assert curl(first, f"http://allowed.test:{web.port}/").endswith("200")
+    assert curl(second, f"http://allowed.test:{web.port}/").endswith("403")
+    assert curl(second, f"http://elsewhere.test:{web.port}/").endswith("200")
+    assert [r.host for r in second_lease.refusals()] == ["allowed.test"]
+    assert first_lease.refusals() == []
+    # Its own folder holds one socket, the exec server's alone; the other's is nowhere to be found.
+    listing = first.run(
+        'ls -a /overnight/egress; python3 -c "import socket; s = socket.socket(socket.AF_UNIX); '
+        "s.connect('/overnight/egress/proxy.sock')\" 2>&1 | tail -1; "
+        f"find / -name proxy.sock -not -path '/proc/*' 2>/dev/null; ls {second_lease.folder} 2>&1"
+    ).stdout
+    assert "PermissionError" in listing and listing.count("proxy.sock") == 2, listing  # ls + find: its own only
+
+
+def test_wildcards_read_only_and_the_upstream_proxy(web: Web, tmp_path: Path) -> None:
+    """Without a sandbox, straight to a lease's socket as the exec server would: ``*.pkg.test`` is every host
+    under pkg.test but not pkg.test itself; read-only lets GET, HEAD and OPTIONS through and refuses POST and
+    every CONNECT; with an upstream proxy, squid forwards through it."""
+    wildcard = web.proxy.open("wild", ProxyPolicy(domains=("*.pkg.test",), read_only=True))
+    try:
+        assert _status(wildcard, "GET", f"http://a.pkg.test:{web.port}/") == 200
+        assert _status(wildcard, "HEAD", f"http://a.pkg.test:{web.port}/") == 200
+        assert _status(wildcard, "OPTIONS", f"http://a.pkg.test:{web.port}/") == 200
+        assert _status(wildcard, "GET", f"http://pkg.test:{web.port}/") == 403
+        assert _status(wildcard, "POST", f"http://a.pkg.test:{web.port}/") == 403
+        assert _status(wildcard, "CONNECT", f"a.pkg.test:{web.port}") == 403
+        reasons = {(r.host, r.method, r.reason) for r in wildcard.refusals()}
+        assert ("pkg.test", "GET", "not in the allowlist") in reasons
+        assert ("a.pkg.test", "POST", "read-only policy") in reasons
+        assert ("a.pkg.test", "CONNECT", "read-only policy") in reasons
+    finally:
+        wildcard.close()
+    chained = EgressProxy(web.proxy.config.model_copy(update={"upstream": f"http://{PARENT}:{web.port}"}))
+    lease = chained.open("chain", ProxyPolicy(domains=("allowed.test",)))
+    try:
+        answer = _request(lease, "GET", f"http://allowed.test:{web.port}/via")
+        assert f"{PARENT} GET http://allowed.test:{web.port}/via" in answer  # the parent answered, not the host
+    finally:
+        lease.close()
+        chained.close()
+
+
+def _request(lease: EgressLease, method: str, target: str) -> str:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(lease.folder / "proxy.sock"))
+        sock.sendall(
+            f"{method} {target} HTTP/1.0\r\nHost: {target.split('/')[2] if '/' in target else target}\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            if method == "CONNECT" and b"\r\n\r\n" in data:
+                break
+    return data.decode(errors="replace")
+
+
+def _status(lease: EgressLease, method: str, target: str) -> int:
+    return int(_request(lease, method, target).split()[1])
