@@ -8,7 +8,7 @@ from fastapi.staticfiles import StaticFiles
 from overnight.settings import Settings
 from web.config import WebConfig
 from web.pages import STATIC, SignInRequired, WebState, asset_version, make_templates, sign_in_redirect
-from web.routes import apidocs, signin, tasks
+from web.routes import apidocs, environments, signin, tasks
 from web.session import CookieAuth, SessionCodec, load_session_key
 
 
@@ -30,5 +30,6 @@ def install_web(app: FastAPI, settings: Settings) -> CookieAuth:
     app.include_router(apidocs.router)
     app.include_router(signin.router)
     app.include_router(tasks.router)
+    app.include_router(environments.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return cookie_auth
