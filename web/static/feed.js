@@ -111,6 +111,12 @@ const Feed = (() => {
       body: [el("p", { class: "content" }, d.text ?? "")],
     }),
     message_dropped: (d) => ({ kind: "Message not delivered", cls: "failed", body: [el("p", {}, d.reason ?? "")] }),
+    network_blocked: (d) => ({
+      kind: "Request blocked",
+      cls: "failed",
+      extra: el("span", { class: "sub" }, d.step != null ? `step ${d.step}` : d.phase === "setup" ? "set-up" : String(d.phase ?? "")),
+      body: [el("p", {}, el("code", {}, `${d.method} ${d.host}:${d.port}`), (d.count ?? 1) > 1 ? ` ×${d.count}` : "", ` — ${d.reason ?? ""}`)],
+    }),
   };
 
   function toolResult(d, seq) {
