@@ -159,6 +159,19 @@ def hostile_events(prefix: str) -> list[tuple[str, Any]]:
             {"message_id": 1, "mode": "steer", "step": 1, "author": h("msg-author"), "text": h("msg-text")},
         ),
         ("message_dropped", {"message_id": 2, "mode": "queue", "reason": h("msg-reason")}),
+        (
+            "network_blocked",
+            {
+                "host": h("blocked-host"),
+                "port": 443,
+                "method": h("blocked-method"),
+                "at": "2026-12-02T04:00:00Z",
+                "phase": "agent",
+                "step": 2,
+                "reason": h("blocked-reason"),
+                "count": 2,
+            },
+        ),
         # Types the feed has no renderer for, or names that are properties of every JavaScript object.
         (f"{prefix}-unknown", {"text": h("unknown"), "html": h("unknown-html")}),
         (
