@@ -181,13 +181,25 @@ class ChatClient:
 
     def _misconfiguration(self, status: int, body: dict[str, Any]) -> str:
         """A hint when the 400 is what vLLM answers to Mistral's API form (thinking chunks in ``content``)."""
-        chunks = any(isinstance(message.get("content"), list) for message in body.get("messages", []))
+        messages = body.get("messages", [])
+        if status == 400 and any(_has_image(message) for message in messages):
+            return (
+                " — the request carried the task's images: a model server without vision refuses them (vLLM "
+                "with --language-model-only, or a text-only model); `overnight doctor` checks, and "
+                "OVERNIGHT_IMAGES_ENABLED=false refuses images when tasks are filed"
+            )
+        chunks = any(isinstance(m.get("content"), list) for m in messages if m.get("role") == "assistant")
         if status != 400 or self.config.provider != "mistral" or not chunks:
             return ""
         return (
             " — the history carries reasoning as Mistral API thinking chunks (OVERNIGHT_LLM_PROVIDER=mistral), "
             "which a vLLM server refuses: set OVERNIGHT_LLM_PROVIDER=vllm when the endpoint is vLLM"
         )
+
+
+def _has_image(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any(part.get("type") == "image_url" for part in content)
 
 
 class _TurnAccumulator:

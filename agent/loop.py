@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.base import AssistantTurn, Cancelled, LimitsExceeded, Mailbox, ModelClient, NoMail, Submitted, ToolCall
 from agent.budget import AgentConfig, Spend
 from agent.leaks import TOOL_CALLS_TOKEN
-from agent.messages import after_finish, steers
+from agent.messages import after_finish, steers, task_content, text_length, without_image_data
 from agent.prompts import (
     COMPACTION_PROMPT,
     FINISH_DEFERRED,
@@ -38,6 +38,7 @@ from overnight.events import (
     ToolCallEvent,
     ToolResultEvent,
 )
+from overnight.images import TaskImageData
 from sandbox.base import SandboxError
 from sandbox.output import truncate_middle
 
@@ -77,18 +78,20 @@ def run_agent(
     toolbox: Toolbox | None = None,
     environment_note: str | None = None,
     mailbox: Mailbox | None = None,
+    images: Sequence[TaskImageData] = (),
 ) -> AgentResult:
     """Drive the model until it calls ``finish`` with nothing the user sent still unseen (``mailbox``: steers
-    at each tool boundary, queued messages when it would finish); raise ``LimitsExceeded`` or ``Cancelled``."""
+    at each tool boundary, queued messages when it would finish); raise ``LimitsExceeded`` or ``Cancelled``.
+    ``images`` go with the task's first message (and its restatement after a compaction)."""
     toolbox, mailbox = toolbox or Toolbox(), mailbox or NoMail()
     trajectory = trajectory if trajectory is not None else Trajectory()
     trajectory.tools = toolbox.schemas
     spend = Spend(budget=config.budget)
     ctx.instructions_shown.add(".")
     task_message = first_user_message(instruction, read_instructions(ctx, "."), environment_note)
-    history = _History(trajectory=trajectory)
+    history = _History(trajectory=trajectory, images=list(images))
     history.append({"role": "system", "content": SYSTEM_PROMPT})
-    history.append({"role": "user", "content": task_message})
+    history.append({"role": "user", "content": task_content(task_message, images)})
     turns_without_tools = 0
     while True:
         if should_stop():
@@ -130,6 +133,8 @@ class _History:
     last call's context plus what was appended since (estimated from its length)."""
 
     trajectory: Trajectory
+    images: list[TaskImageData] = field(default_factory=list)
+    """The task's images: they go with its first message, and with its restatement after a compaction."""
     messages: list[dict[str, Any]] = field(default_factory=list)
     last_context: int = 0
     pending_chars: int = 0
@@ -137,8 +142,8 @@ class _History:
 
     def append(self, message: dict[str, Any]) -> None:
         self.messages.append(message)
-        self.trajectory.messages.append(message)
-        self.pending_chars += len(str(message.get("content") or ""))
+        self.trajectory.messages.append(without_image_data(message))
+        self.pending_chars += text_length(message)
 
     def extend(self, messages: list[dict[str, Any]]) -> None:
         for message in messages:
@@ -156,9 +161,9 @@ class _History:
     def replace(self, messages: list[dict[str, Any]]) -> None:
         """Compaction: the only rewrite of the history (the trajectory keeps everything, and the summary)."""
         self.messages[:] = messages
-        self.trajectory.messages.append({**messages[-1], "overnight_compaction": True})
+        self.trajectory.messages.append({**without_image_data(messages[-1]), "overnight_compaction": True})
         self.compactions += 1
-        self.last_context, self.pending_chars = 0, sum(len(str(m["content"])) for m in messages)
+        self.last_context, self.pending_chars = 0, sum(text_length(m) for m in messages)
 
 
 def _reminder(on_event: EventSink, step: int, turn: AssistantTurn, turns_without_tools: int) -> dict[str, Any]:
@@ -197,8 +202,11 @@ def _compact(
             history.messages[0],
             {
                 "role": "user",
-                "content": f"{task_message}\n\n<compaction_summary>\nThe conversation so far was compacted. Summary "
-                f"of your progress:\n{summary}\n</compaction_summary>\nContinue the task from here.",
+                "content": task_content(
+                    f"{task_message}\n\n<compaction_summary>\nThe conversation so far was compacted. Summary "
+                    f"of your progress:\n{summary}\n</compaction_summary>\nContinue the task from here.",
+                    history.images,
+                ),
             },
         ]
     )

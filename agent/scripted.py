@@ -4,18 +4,16 @@ It replays a list of assistant turns (reasoning, content, tool calls) as vLLM st
 delta, reasoning deltas, content deltas, tool calls whose first fragment carries a 9-character
 alphanumeric id and the name, argument-only fragments after it, a finish chunk, then a usage chunk
 with ``prompt_tokens_details.cached_tokens`` — and records every request it receives. It is the one
-test double of the project, shipped in the package so that tests, benchmarks and demos share it.
+test double of the project, shipped in the package so that tests, benchmarks and demos share it (the
+answers themselves are made in ``agent/scripted_wire.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-import string
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,12 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from agent.scripted_wire import CHARS_PER_TOKEN, complete, error, stream, tool_call_id
 from overnight.loopback import LoopbackServer
 
-ID_ALPHABET = string.ascii_letters + string.digits
-CHARS_PER_TOKEN = 4
 CACHE_BLOCK_TOKENS = 16
-ARGUMENT_FRAGMENT = 24
+__all__ = ["ScriptedCall", "ScriptedModel", "ScriptedModelServer", "ScriptedTurn", "example_session", "tool_call_id"]
 
 
 class ScriptedCall(BaseModel):
@@ -58,10 +55,6 @@ class ScriptedTurn(BaseModel):
     """Seconds between streamed reasoning and content chunks (a server that trickles)."""
 
 
-def tool_call_id() -> str:
-    return "".join(secrets.choice(ID_ALPHABET) for _ in range(9))
-
-
 class ScriptedModel:
     """The state behind the app: the turns left to play and the requests seen."""
 
@@ -73,6 +66,7 @@ class ScriptedModel:
         dialect: Literal["vllm", "mistral"] = "vllm",
         default: ScriptedTurn | None = None,
         spec_decode: bool = True,
+        vision: bool = True,
     ) -> None:
         self.turns: list[ScriptedTurn] = list(turns or [])
         self.model = model
@@ -82,6 +76,8 @@ class ScriptedModel:
         """The turn answered once the script is used up (None: an error, as a finished script should be)."""
         self.spec_decode = spec_decode
         """Report EAGLE's speculative-decoding counters on /metrics, as vLLM does with a draft model."""
+        self.vision = vision
+        """Take image parts (off: answer them 400 as vLLM serving a text-only model, or --language-model-only)."""
         self.counters: dict[str, float] = dict.fromkeys(
             ("prompt_tokens", "generation_tokens", "prefix_cache_queries", "prefix_cache_hits",
              "spec_decode_num_drafts", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens"), 0.0
@@ -164,21 +160,23 @@ def create_app(state: ScriptedModel) -> Starlette:
         body = await request.json()
         effort = body.get("reasoning_effort")
         if effort is not None and effort not in ("none", "high"):  # as vLLM with Medium 3.5's template
-            return _error(400, f"reasoning_effort {effort!r} is not supported: use 'none' or 'high'")
+            return error(400, f"reasoning_effort {effort!r} is not supported: use 'none' or 'high'")
         if body.get("model") != state.model:
-            return _error(404, f"The model `{body.get('model')}` does not exist.")
+            return error(404, f"The model `{body.get('model')}` does not exist.")
+        if not state.vision and any(part.get("type") == "image_url" for part in _parts(body)):
+            return error(400, "At most 0 image(s) may be provided in one prompt.")
         turn, usage = state.next_turn(body, request.headers.get("x-session-affinity"))
         if turn is None:
-            return _error(400, "the scripted model has no turns left")
+            return error(400, "the scripted model has no turns left")
         if turn.delay:
             await asyncio.sleep(turn.delay)
         if turn.status is not None:
-            return _error(turn.status, f"scripted error {turn.status}")
+            return error(turn.status, f"scripted error {turn.status}")
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            stream = _stream(turn, state.model, usage, include_usage, state.dialect)
-            return StreamingResponse(stream, media_type="text/event-stream")
-        return JSONResponse(_complete(turn, state.model, usage))
+            chunks = stream(turn, state.model, usage, include_usage, state.dialect)
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        return JSONResponse(complete(turn, state.model, usage))
 
     return Starlette(
         routes=[
@@ -189,114 +187,8 @@ def create_app(state: ScriptedModel) -> Starlette:
     )
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": status},
-        status_code=status,
-    )
-
-
-def _arguments_text(call: ScriptedCall) -> str:
-    return call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
-
-
-def _finish_reason(turn: ScriptedTurn) -> str:
-    return turn.finish_reason or ("tool_calls" if turn.tool_calls else "stop")
-
-
-def _usage(turn: ScriptedTurn, usage: dict[str, int]) -> dict[str, Any]:
-    completion = sum(
-        len(text) for text in (turn.reasoning or "", turn.content or "", *map(_arguments_text, turn.tool_calls))
-    )
-    completion_tokens = max(completion // CHARS_PER_TOKEN, 1)
-    return {
-        "prompt_tokens": usage["prompt_tokens"],
-        "total_tokens": usage["prompt_tokens"] + completion_tokens,
-        "completion_tokens": completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"]},
-        "completion_tokens_details": {"reasoning_tokens": len(turn.reasoning or "") // CHARS_PER_TOKEN},
-    }
-
-
-def _complete(turn: ScriptedTurn, model: str, usage: dict[str, int]) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": turn.content, "reasoning": turn.reasoning}
-    if turn.tool_calls:
-        message["tool_calls"] = [
-            {
-                "id": c.id or tool_call_id(),
-                "type": "function",
-                "function": {"name": c.name, "arguments": _arguments_text(c)},
-            }
-            for c in turn.tool_calls
-        ]
-    return {
-        "id": f"chatcmpl-{secrets.token_hex(16)}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(turn)}],
-        "usage": _usage(turn, usage),
-    }
-
-
-async def _stream(
-    turn: ScriptedTurn, model: str, usage: dict[str, int], include_usage: bool, dialect: str
-) -> AsyncIterator[str]:
-    completion_id = f"chatcmpl-{secrets.token_hex(16)}"
-    created = int(time.time())
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
-        payload = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        }
-        return f"data: {json.dumps(payload)}\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
-    for piece in _pieces(turn.reasoning or "", 16):
-        if turn.chunk_delay:
-            await asyncio.sleep(turn.chunk_delay)
-        if dialect == "mistral":
-            yield chunk({"content": [{"type": "thinking", "thinking": [{"type": "text", "text": piece}]}]})
-        else:
-            yield chunk({"reasoning": piece})
-    for piece in _pieces(turn.content or "", 16):
-        yield chunk({"content": piece})
-    for index, call in enumerate(turn.tool_calls):
-        fragments = _pieces(_arguments_text(call), ARGUMENT_FRAGMENT) or [""]
-        yield chunk(
-            {
-                "tool_calls": [
-                    {
-                        "index": index,
-                        "type": "function",
-                        "id": call.id or tool_call_id(),
-                        "function": {"name": call.name, "arguments": fragments[0]},
-                    }
-                ]
-            }
-        )
-        for fragment in fragments[1:]:
-            yield chunk({"tool_calls": [{"index": index, "type": "function", "function": {"arguments": fragment}}]})
-    yield chunk({}, _finish_reason(turn))
-    if include_usage:
-        payload = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [],
-            "usage": _usage(turn, usage),
-        }
-        yield f"data: {json.dumps(payload)}\n\n"
-    yield "data: [DONE]\n\n"
-
-
-def _pieces(text: str, size: int) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]
+def _parts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [part for m in body.get("messages") or [] if isinstance(m.get("content"), list) for part in m["content"]]
 
 
 EXAMPLE_REPOSITORY = {
