@@ -48,6 +48,13 @@ class SampleInstance:
     test_cmd: str | None = None
     test_format: str = "pytest"
     extra: dict[str, str] = field(default_factory=dict)
+    spec: dict[str, object] | None = None
+    """The instance's set-up, in SWE-bench's spec shape (the ``spec`` field of the instance)."""
+    base_files: dict[str, str] = field(default_factory=dict)
+    """Files the bug's commit adds (they are in the base commit)."""
+    env_files: dict[str, str] = field(default_factory=dict)
+    """Files of an environment commit (a child of the base on a branch of its own): the instance's
+    ``environment_setup_commit``, as SWE-bench's instances name the commit their environment is built at."""
 
 
 SAMPLE = [
@@ -110,6 +117,34 @@ SAMPLE = [
 ]  # fmt: skip
 
 
+TEST_REQUIREMENTS = "# what the test suite needs besides the project\npytest\n"
+SETUP_SAMPLE = [
+    SampleInstance(
+        instance_id="pypi__inflection-2", repo="pypi/inflection-timeout", fetch=pip_sdist("inflection==0.5.1"),
+        artifact="inflection-0.5.1.tar.gz", source="inflection/__init__.py",
+        correct="    return word.replace('_', '-')\n", buggy="    return word.replace('_', ' ')\n",
+        test_file="test_inflection.py",
+        hidden_test='@pytest.mark.parametrize(("input", "expected"), UNDERSCORES_TO_DASHES)\n'
+                    'def test_dasherize(input, expected):\n    assert inflection.dasherize(input) == expected\n\n\n',
+        problem_statement="dasherize() puts spaces where the dashes go\n\n`inflection.dasherize('street_address')` "
+                          "returns `'street address'`; it should return `'street-address'`.",
+        fail_to_pass=["test_inflection.py::test_dasherize[street_address-street-address]",
+                      "test_inflection.py::test_dasherize[person_street_address-person-street-address]"],
+        pass_to_pass=["test_inflection.py::test_dasherize[street-street]",
+                      "test_inflection.py::test_pluralize_plurals",
+                      "test_inflection.py::test_camelize_with_underscores"],
+        # The suite runs under pytest-timeout, which only the environment commit's requirements name: without the
+        # set-up, or with the base commit's requirements, pytest stops at "unrecognized arguments: --timeout".
+        test_cmd="python -m pytest -rA -p no:cacheprovider --timeout 120 {test_files}",
+        spec={"python": "3.11", "packages": "requirements.txt", "reqs_path": ["requirements-test.txt"],
+              "install": "pip install --progress-bar off -e ."},
+        base_files={"requirements-test.txt": TEST_REQUIREMENTS},
+        env_files={"requirements-test.txt": TEST_REQUIREMENTS + "pytest-timeout==2.3.1\n"},
+    ),
+]  # fmt: skip
+"""Instances with a set-up of their own (``spec``, ``environment_setup_commit``): tests/eval/test_setup.py."""
+
+
 def fetch(sample: SampleInstance) -> Path:
     artifact = ARTIFACTS / sample.artifact
     if not artifact.exists():
@@ -144,6 +179,9 @@ def build_instance(sample: SampleInstance, repos: Path) -> dict[str, object]:
     git(repo, "commit", "-q", "-m", f"release {sample.artifact}")
     _replace(repo / sample.source, sample.correct, sample.buggy)
     _replace(repo / sample.test_file, sample.hidden_test, "")
+    for path, text in sample.base_files.items():
+        (repo / path).write_text(text)
+        git(repo, "add", "--", path)
     git(repo, "commit", "-q", "-am", "a regression")
     base = git(repo, "rev-parse", "HEAD").strip()
     diffs = {}
@@ -162,7 +200,23 @@ def build_instance(sample: SampleInstance, repos: Path) -> dict[str, object]:
     }  # fmt: skip
     if sample.test_cmd:
         instance["test_cmd"] = sample.test_cmd
+    if sample.spec is not None:
+        instance["spec"] = sample.spec
+    if sample.env_files:
+        instance["environment_setup_commit"] = _environment_commit(repo, sample)
     return instance
+
+
+def _environment_commit(repo: Path, sample: SampleInstance) -> str:
+    """A commit after the base, on a branch of its own, with ``env_files``; the repository is left at the base."""
+    git(repo, "checkout", "-q", "-b", f"environment/{sample.instance_id}")
+    for path, text in sample.env_files.items():
+        (repo / path).write_text(text)
+        git(repo, "add", "--", path)
+    git(repo, "commit", "-q", "-m", "the test suite's requirements")
+    commit = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "checkout", "-q", "main")
+    return commit
 
 
 def build_set(folder: Path, samples: list[SampleInstance] = SAMPLE) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agent.scripted import ScriptedCall, ScriptedModel, ScriptedModelServer, ScriptedTurn
-from bench.evalset import SAMPLE, build_set
+from bench.evalset import SAMPLE, SETUP_SAMPLE, SampleInstance, build_set
 from tests.e2e.cluster import Cluster, database, run_cluster
 
 HOST_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -31,7 +31,7 @@ class RoutedModel(ScriptedModel):
 
     def __init__(self) -> None:
         super().__init__()
-        self.scripts: dict[str, list[ScriptedTurn]] = {}
+        self.routes: dict[str, list[ScriptedTurn]] = {}
         self._route = threading.Lock()
 
     def next_turn(
@@ -40,8 +40,8 @@ class RoutedModel(ScriptedModel):
         first: dict[str, Any] = next((m for m in body.get("messages", []) if m.get("role") == "user"), {})
         text = json.dumps(first.get("content"))
         with self._route:
-            marker = next((marker for marker in self.scripts if json.dumps(marker)[1:-1] in text), None)
-            self.turns = self.scripts[marker] if marker is not None else []
+            marker = next((marker for marker in self.routes if json.dumps(marker)[1:-1] in text), None)
+            self.turns = self.routes[marker] if marker is not None else []
             return super().next_turn(body, affinity)
 
 
@@ -66,7 +66,7 @@ class EvalStack:
     def script(self, scripts: dict[str, list[ScriptedTurn]]) -> None:
         """``scripts`` by instance id."""
         by_id = {instance["instance_id"]: instance for instance in self.instances}
-        self.model.scripts = {marker(by_id[iid]): list(turns) for iid, turns in scripts.items()}
+        self.model.routes = {marker(by_id[iid]): list(turns) for iid, turns in scripts.items()}
 
     def gold(self) -> dict[str, list[ScriptedTurn]]:
         return {i["instance_id"]: [apply_patch(str(i["patch"])), FINISH] for i in self.instances}
@@ -90,10 +90,8 @@ class EvalStack:
             return int(session.scalar(select(func.count()).select_from(Task)) or 0)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvalStack]:
-    folder = tmp_path_factory.mktemp("eval")
-    instances_file = build_set(folder, SAMPLE)
+def _stack(folder: Path, samples: list[SampleInstance]) -> Iterator[EvalStack]:
+    instances_file = build_set(folder, samples)
     instances = [json.loads(line) for line in instances_file.read_text().splitlines()]
     model = RoutedModel()
     with ScriptedModelServer(model) as server, database("sqlite", folder) as url, \
@@ -107,3 +105,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvalStack]:
         cluster.start_worker()
         yield EvalStack(cluster=cluster, model=model, folder=folder, instances_file=instances_file,
                         instances=instances)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvalStack]:
+    """The sample set (three instances, the automatic set-up)."""
+    yield from _stack(tmp_path_factory.mktemp("eval"), SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def setup_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvalStack]:
+    """The instances with a set-up of their own (a spec, an environment commit)."""
+    yield from _stack(tmp_path_factory.mktemp("eval-setup"), SETUP_SAMPLE)

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 if TYPE_CHECKING:
     from overnight.admin.eval.instances import Instance, RepoSource
+    from overnight.admin.eval.setups import RepoSetup
 
 err = Console(stderr=True)
 out = Console()
@@ -29,6 +30,9 @@ def evaluate(
     repo_url: Annotated[str, typer.Option(help="Without --repos: the URL of a repository, {repo} = OWNER/NAME.")] = (
         "https://github.com/{repo}.git"
     ),
+    specs: Annotated[
+        Path | None, typer.Option(help="Set-ups by repository and version (SWE-bench's specs map, as JSON).")
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Folder of the report (default: overnight-eval/STEM).")
     ] = None,
@@ -46,14 +50,16 @@ def evaluate(
 ) -> None:
     """Run SWE-bench-format instances as tasks through this server's pipeline and grade each in a sandbox
     (server side: the workers must be running). Resumable: graded runs in the output folder are skipped."""
+    from overnight.admin.eval.instances import InstanceError
     from overnight.admin.eval.report import print_report
     from overnight.admin.eval.runner import EvalPlan, run_eval
     from overnight.settings import Settings
 
     settings = Settings()
-    chosen, source = _chosen_instances(instances, repos=repos, repo_url=repo_url, only=only, limit=limit)
+    chosen, source, setups = _chosen_instances(instances, repos=repos, repo_url=repo_url, specs=specs, only=only,
+                                               limit=limit)  # fmt: skip
     plan = EvalPlan(
-        instances=chosen, instances_file=instances.resolve(), source=source,
+        instances=chosen, instances_file=instances.resolve(), source=source, setups=setups,
         output=output or Path("overnight-eval") / instances.stem, concurrency=concurrency, attempts=attempts,
         max_steps=max_steps, model_name=model_name or f"overnight/{settings.llm.model}", user=user,
         test_timeout=test_timeout,
@@ -64,6 +70,9 @@ def evaluate(
         err.print(f"interrupted: the report in {escape(str(plan.output))} is saved and the filed tasks go on in the "
                   "workers; the same command resumes (graded runs skipped, filed ones waited for)")  # fmt: skip
         raise typer.Exit(130) from None
+    except InstanceError as exc:  # an environment the eval's set-ups need is someone else's
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     if as_json:
         sys.stdout.write((report.summary or report.summarise()).model_dump_json(indent=2) + "\n")
     else:
@@ -74,13 +83,18 @@ def evaluate(
 
 
 def _chosen_instances(
-    instances: Path, *, repos: Path | None, repo_url: str, only: list[str] | None, limit: int | None
-) -> tuple[list[Instance], RepoSource]:
-    """The instances to run and where their repositories are; exits with 2 and the reason on bad input."""
-    from overnight.admin.eval.instances import InstanceError, RepoSource, load_instances
+    instances: Path, *, repos: Path | None, repo_url: str, specs: Path | None, only: list[str] | None,
+    limit: int | None,
+) -> tuple[list[Instance], RepoSource, list[RepoSetup]]:  # fmt: skip
+    """The instances to run, where their repositories are and the set-ups their environments give them; exits
+    with 2 and the reason on bad input."""
+    from overnight.admin.eval.instances import InstanceError, RepoSource, load_instances, with_specs
+    from overnight.admin.eval.setups import plan_setups
+    from overnight.admin.eval.specs import SpecError, load_specs
 
     try:
-        chosen = load_instances(instances)
+        every = with_specs(load_instances(instances), load_specs(specs) if specs else {})
+        chosen = every
         if only:
             chosen = [instance for instance in chosen if instance.instance_id in set(only)]
             missing = set(only) - {instance.instance_id for instance in chosen}
@@ -89,10 +103,11 @@ def _chosen_instances(
         source = RepoSource(mirrors=repos.resolve(), url=repo_url) if repos else RepoSource(url=repo_url)
         for instance in chosen[:limit]:
             source.locate(instance.repo)  # every mirror is there before any task is filed
-    except InstanceError as exc:
+        setups = plan_setups(every, chosen[:limit], source)
+    except (InstanceError, SpecError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    return chosen[:limit], source
+    return chosen[:limit], source, setups
 
 
 @compare_app.command()

@@ -28,6 +28,7 @@ from worker.errors import TaskFailure
 from worker.mirrors import MirrorCache
 from worker.repo import Checkout, clone_repository
 from worker.sandboxes import sandbox_backend, setup_policy
+from worker.task_environment import TaskEnvironment
 
 FOLDER = "/tmp/overnight-eval"
 APPLY = f"""git apply --verbose {FOLDER}/model.patch 2>&1 ||
@@ -88,9 +89,10 @@ class Grader:
         )  # fmt: skip
 
     def grade(self, instance: Instance, *, repo: str, base_sha: str, setup: str | None, owner: Requester,
-              user_id: int, diff: str) -> Grade:  # fmt: skip
+              user_id: int, diff: str, task_env: TaskEnvironment | None = None) -> Grade:  # fmt: skip
         """Grade ``diff`` (the task's patch, maybe empty) against ``instance`` at ``base_sha`` of ``repo`` (the
-        task's repository, as the task names it: the environment's cache key holds it)."""
+        task's repository, as the task names it: the environment's cache key holds it). ``task_env``: the task's
+        environment (its script and variables are the set-up's; its variables are the tests' too)."""
         started = time.monotonic()
         name = f"eval-{secrets.token_hex(6)}"
         workspace = self.workspaces / name
@@ -102,10 +104,11 @@ class Grader:
             environment = prepare_environment(
                 task_id=name, repository=repo, workspace=workspace, setup_path=setup, backend=self.backend,
                 cache=self.environments, policy=self.policy, emit=lambda event: None, owner=str(user_id),
-                git_memory=self.git_memory,
+                git_memory=self.git_memory, task_env=task_env,
             )  # fmt: skip
             box = self.backend.start(SandboxSpec(task_id=name, workspace=workspace, image=environment.ref,
-                                                 lifetime=self.test_timeout + 900))  # fmt: skip
+                                                 lifetime=self.test_timeout + 900,
+                                                 env=task_env.variables if task_env else {}))  # fmt: skip
             try:
                 enter_environment(box, environment.ref)
                 grade = self._grade_in(box, instance, diff)
@@ -135,7 +138,8 @@ class Grader:
                                timeout=300)  # fmt: skip
             if prepared.exit_code != 0:
                 return Grade(outcome="error", reason=f"the test patch does not apply: {_last_line(prepared.stdout)}")
-        ran = box.run(f"{{ {instance.test_command()}\n}} > {FOLDER}/test.log 2>&1", timeout=self.test_timeout)
+        commands = "\n".join([*instance.eval_commands, instance.test_command()])
+        ran = box.run(f"{{ {commands}\n}} > {FOLDER}/test.log 2>&1", timeout=self.test_timeout)
         pattern = shlex.quote(STATUS_LINES[instance.test_format])
         lines = box.run(f"grep -aE {pattern} {FOLDER}/test.log", timeout=120, output_limit=STATUS_OUTPUT_LIMIT)
         tail = box.run(f"tail -c {LOG_TAIL} {FOLDER}/test.log", timeout=60).stdout

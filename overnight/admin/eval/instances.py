@@ -7,7 +7,9 @@ import shlex
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from overnight.admin.eval.specs import COMMIT, InstanceSpec
 
 DEFAULT_TEST_CMD = "python -m pytest -rA -p no:cacheprovider {test_files}"
 DEFAULT_REPO_URL = "https://github.com/{repo}.git"
@@ -24,8 +26,8 @@ class InstanceError(ValueError):
 
 
 class Instance(BaseModel):
-    """One SWE-bench instance (the fields the harness and this command read; others are ignored), plus three
-    optional fields of Overnight's own for instances that are not Python projects graded with pytest."""
+    """One SWE-bench instance (the fields the harness and this command read; others are ignored), plus optional
+    fields of Overnight's own: how its tests run and are read, and its set-up."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
@@ -40,7 +42,7 @@ class Instance(BaseModel):
     """The gold patch (SWE-bench's field); not used in grading, only kept."""
     version: str | None = None
     environment_setup_commit: str | None = None
-    """Recorded only: the set-up runs on the base commit's tree (the environment is keyed by that tree)."""
+    """With a ``spec``: the commit its dependency stage reads (SWE-bench's environment image); else recorded only."""
     test_cmd: str | None = None
     """Overnight's: the command that runs the tests in the sandbox; ``{test_files}`` becomes the files the test
     patch touches, shell-quoted (default: pytest with ``-rA`` on them)."""
@@ -48,6 +50,9 @@ class Instance(BaseModel):
     """Overnight's: how the command's output says which test passed (pytest's ``-rA`` lines, or TAP)."""
     setup: str | None = None
     """Overnight's: a set-up script in the repository for the task (as ``overnight submit --setup``)."""
+    spec: InstanceSpec | None = None
+    """Overnight's: the instance's set-up in SWE-bench's spec shape (else the one ``--specs`` gives its repository
+    and version)."""
 
     @field_validator("fail_to_pass", "pass_to_pass", mode="before")
     @classmethod
@@ -55,13 +60,31 @@ class Instance(BaseModel):
         """The published data sets carry these lists as JSON text."""
         return json.loads(value) if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _usable_setup(self) -> Instance:
+        if self.spec is None:
+            return self
+        if self.setup:
+            raise ValueError("an instance has a set-up script (setup) or a spec, not both")
+        for name in ("base_commit", "environment_setup_commit"):
+            value = getattr(self, name)
+            if value is not None and not COMMIT.match(value):
+                raise ValueError(f"{name} must be a commit id (hex) for an instance with a set-up, not {value[:70]!r}")
+        return self
+
     @property
     def instruction(self) -> str:
         return INSTRUCTION.format(problem_statement=self.problem_statement.strip())
 
     def test_command(self) -> str:
         files = " ".join(shlex.quote(path) for path in patch_files(self.test_patch).touched)
-        return (self.test_cmd or DEFAULT_TEST_CMD).replace("{test_files}", files).strip()
+        command = self.test_cmd or (self.spec.test_command() if self.spec else None) or DEFAULT_TEST_CMD
+        return command.replace("{test_files}", files).strip()
+
+    @property
+    def eval_commands(self) -> list[str]:
+        """Run in the tests' shell before the test command (the spec's ``eval_commands``)."""
+        return list(self.spec.eval_commands) if self.spec else []
 
 
 class PatchFiles(BaseModel):
@@ -124,6 +147,27 @@ def load_instances(path: Path) -> list[Instance]:
     if not instances:
         raise InstanceError(f"{path}: no instances")
     return instances
+
+
+def with_specs(instances: list[Instance], specs: dict[str, dict[str, InstanceSpec]]) -> list[Instance]:
+    """Each instance without a ``spec`` of its own given the one of its repository and version (SWE-bench's
+    harness looks its specs up the same way); an instance of a repository the file has, at a version it has not,
+    is refused."""
+    given = []
+    for instance in instances:
+        versions = specs.get(instance.repo)
+        if instance.spec is not None or versions is None:
+            given.append(instance)
+            continue
+        spec = versions.get(instance.version or "")
+        if spec is None:
+            raise InstanceError(f"{instance.instance_id}: the specs have {instance.repo} but not its version "
+                                f"{instance.version!r} (they have {', '.join(sorted(versions)[:8])})")  # fmt: skip
+        try:
+            given.append(Instance.model_validate({**instance.model_dump(by_alias=True), "spec": spec.model_dump()}))
+        except ValidationError as exc:
+            raise InstanceError(f"{instance.instance_id}: {exc.errors()[0]['msg']}") from exc
+    return given
 
 
 class RepoSource(BaseModel):

@@ -27,10 +27,12 @@ from overnight.access import Requester
 from overnight.admin.eval.grade import Grade, Grader
 from overnight.admin.eval.instances import Instance, RepoSource
 from overnight.admin.eval.report import Report, RunRecord, load_report, save
+from overnight.admin.eval.setups import RepoSetup, apply_setups
 from overnight.admin.eval.tasks import Stopped, TaskFigures, eval_user, requester, submit, task_figures, wait_for
 from overnight.broker import resolve_broker_url
 from overnight.queue import TaskQueue
 from overnight.settings import Settings
+from worker.task_environment import task_environment
 
 
 @dataclass(kw_only=True)
@@ -45,6 +47,8 @@ class EvalPlan:
     model_name: str
     user: str = "eval"
     test_timeout: float = 1800
+    setups: list[RepoSetup] = field(default_factory=list)
+    """The environments the instances' set-ups need (made or changed before any task is filed)."""
 
 
 @dataclass(kw_only=True)
@@ -98,8 +102,12 @@ class _Eval:
     def _grade(self, instance: Instance, figures: TaskFigures) -> Grade:
         if figures.base_sha is None:  # it never reached its checkout: nothing to grade against
             return Grade(outcome="error", reason=f"the task {figures.state} before its checkout")
+        with self.sessions() as session:  # the environment the task's set-up had: the same cache key
+            task_env = task_environment(session, figures.task_id, owner=self.owner, access=self.grader.checkout.access,
+                                        open_box=self.settings.secrets.box)  # fmt: skip
         return self.grader.grade(instance, repo=figures.repo, base_sha=figures.base_sha, setup=figures.setup,
-                                 owner=self.owner, user_id=self.user_id, diff=figures.diff)  # fmt: skip
+                                 owner=self.owner, user_id=self.user_id, diff=figures.diff,
+                                 task_env=task_env)  # fmt: skip
 
 
 def _record(instance: Instance, attempt: int, figures: TaskFigures, grade: Grade) -> RunRecord:
@@ -136,6 +144,7 @@ def open_eval(plan: EvalPlan, settings: Settings, console: Console) -> _Eval:
     with sessions.begin() as session:
         user = eval_user(session, plan.user)
         user_id, owner = user.id, requester(user)
+        apply_setups(session, plan.setups)
     broker_url, _ = resolve_broker_url(settings)
     return _Eval(plan=plan, settings=settings, report=report, sessions=sessions,
                  queue=TaskQueue(broker_url, queue=settings.queue),
