@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException
 
 from api.errors import APIError
 from overnight.imagefetch import FetchPolicy, fetch_image
-from overnight.images import KINDS, ImageRefused, TaskImageData, checked_image, too_many
-from overnight.settings import ImageSettings, Settings
+from overnight.images import KINDS, ImageRefused, ImageSettings, TaskImageData, checked_image, too_many
+from overnight.settings import Settings
 
 UPLOADED_KEY = "overnight.uploaded_images"
 MULTIPART = "multipart/form-data"

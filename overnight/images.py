@@ -1,5 +1,6 @@
 """Images given with a task: what counts as one (PNG, JPEG, GIF or WebP, judged by its first bytes, never by
-what the sender says it is), the limits that apply to each, and the data URL the model is sent.
+what the sender says it is), the limits that apply to each (``ImageSettings``, ``settings.images``), and the
+data URL the model is sent.
 
 The API checks uploads and the images it fetches with :func:`checked_image`; the worker does the same for the
 images of a GitHub issue. Events and trajectories name an image by :func:`image_reference`, never by its bytes.
@@ -10,11 +11,39 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 ImageSource = Literal["upload", "url", "github"]
 KINDS = "PNG, JPEG, GIF or WebP"
 REFERENCE_PREFIX = "overnight-image:sha256:"
+
+
+class ImageSettings(BaseModel):
+    """Images given with a task (uploads, URLs the API fetches, images in a GitHub issue), sent to the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Accept images with tasks (the model server must take them: `overnight doctor` checks; off: an image is
+    refused with 422 and GitHub issue images are left out)."""
+    max_bytes: int = Field(default=5 * 2**20, ge=1024, le=64 * 2**20)
+    """Largest image accepted (uploaded or fetched); a larger one is refused with 413."""
+    max_per_task: int = Field(default=4, ge=1, le=16)
+    """Images one task may carry; more are refused with 422 (GitHub: the first ones are kept)."""
+    fetch_timeout: float = Field(default=10.0, gt=0, le=120)
+    """Seconds one image fetch may take, redirects included."""
+    fetch_allowed_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+    """Networks image URLs may point into although they are loopback, private, link-local or otherwise not
+    public (JSON list of CIDRs; e.g. an internal GitHub Enterprise); every other such address is refused, on
+    every redirect too."""
+
+    @property
+    def upload_allowance(self) -> int:
+        """What the images of one task may add to the body of `POST /v1/tasks` (multipart framing included)."""
+        return self.max_per_task * (self.max_bytes + 4096) if self.enabled else 0
 
 
 class ImageRefused(ValueError):

@@ -11,7 +11,7 @@ passed down explicitly; no other module reads ``os.environ`` (but ``overnight.cl
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 from agent.budget import AgentConfig
 from agent.client import LLMConfig
 from overnight.environments import Domain
+from overnight.images import ImageSettings
 from overnight.secrets import SecretBox
 from overnight.variables import VariablesSource
 from sandbox.base import SandboxLimits
@@ -247,31 +248,6 @@ class GitHubSettings(BaseModel):
         if self.api_url == "https://api.github.com":
             return "https://github.com"
         return self.api_url.removesuffix("/api/v3")
-
-
-class ImageSettings(BaseModel):
-    """Images given with a task (uploads, URLs the API fetches, images in a GitHub issue), sent to the model."""
-
-    model_config = PART
-
-    enabled: bool = True
-    """Accept images with tasks (the model server must take them: `overnight doctor` checks; off: an image is
-    refused with 422 and GitHub issue images are left out)."""
-    max_bytes: int = Field(default=5 * 2**20, ge=1024, le=64 * 2**20)
-    """Largest image accepted (uploaded or fetched); a larger one is refused with 413."""
-    max_per_task: int = Field(default=4, ge=1, le=16)
-    """Images one task may carry; more are refused with 422 (GitHub: the first ones are kept)."""
-    fetch_timeout: float = Field(default=10.0, gt=0, le=120)
-    """Seconds one image fetch may take, redirects included."""
-    fetch_allowed_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
-    """Networks image URLs may point into although they are loopback, private, link-local or otherwise not
-    public (JSON list of CIDRs; e.g. an internal GitHub Enterprise); every other such address is refused, on
-    every redirect too."""
-
-    @property
-    def upload_allowance(self) -> int:
-        """What the images of one task may add to the body of `POST /v1/tasks` (multipart framing included)."""
-        return self.max_per_task * (self.max_bytes + 4096) if self.enabled else 0
 
 
 class SecretsSettings(BaseModel):

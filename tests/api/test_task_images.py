@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 import store.images
 import store.users
 from api.app import create_app
-from overnight.settings import APISettings, ImageSettings, Settings
+from overnight.images import ImageSettings
+from overnight.settings import APISettings, Settings
 from store.engine import make_engine, make_sessionmaker, migrate
 from tests.images import GIF, file_server, png
 
