@@ -8,8 +8,11 @@ name, as ``overnight env show`` names it.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from overnight.admin.doctor import Check, _check
 from overnight.settings import Settings
@@ -20,6 +23,8 @@ if TYPE_CHECKING:
 MAX_NAMED = 3
 """Environments or secrets named in one finding; the rest are counted."""
 SQUID = ("squid", "/usr/sbin/squid")
+PROBE_ALLOWED = "allowed.doctor.invalid"
+PROBE_REFUSED = "refused.doctor.invalid"
 
 
 def network_checks(settings: Settings, *, database_ok: bool) -> list[Check]:
@@ -32,6 +37,15 @@ def network_checks(settings: Settings, *, database_ok: bool) -> list[Check]:
             lambda: _proxy(SQUID),
         )
     ]
+    if checks[0].ok:
+        checks.append(
+            _check(
+                "egress proxy refuses and records a request outside the allowlist",
+                "run doctor as the worker's user (root: squid starts as the `proxy` account), check "
+                "OVERNIGHT_SANDBOX_PROXY and OVERNIGHT_SANDBOX_EGRESS_ALLOWED_NETWORKS; docs/sandbox.md",
+                lambda: _proxy_probe(settings),
+            )
+        )
     if not database_ok:
         return checks
     return [
@@ -61,6 +75,60 @@ def _proxy(candidates: tuple[str, ...]) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"`{found} -v` exited {result.returncode}: {result.stderr.strip()[:200] or first}")
     return f"{first} at {found}"
+
+
+def _proxy_probe(settings: Settings) -> str:
+    """The proxy as the worker runs it (``sandbox.proxy``): squid started as its own user with the worker's
+    upstream and allowed networks, a sandbox's lease whose allowlist names one host, a request for another host
+    from that lease's address answered 403 by the policy, and the refusal read back as a task would get it.
+    Nothing leaves the machine: the refused host is never looked up."""
+    from sandbox.proxy import EgressProxy, ProxyConfig, ProxyPolicy
+
+    sandbox = settings.sandbox
+    config = ProxyConfig(upstream=sandbox.proxy, allowed_networks=tuple(sandbox.egress_allowed_networks))
+    proxy = EgressProxy(config)
+    started = time.monotonic()
+    try:
+        lease = proxy.open("doctor", ProxyPolicy(domains=(PROBE_ALLOWED,)))
+        try:
+            status = _ask(proxy.connect(lease.address), PROBE_REFUSED)
+            if status != "403":
+                raise RuntimeError(f"a host outside the allowlist was answered {status}, not refused (403)")
+            refusal = _refusal(lease.refusals, PROBE_REFUSED)
+        finally:
+            lease.close()
+    finally:
+        proxy.close()
+    seconds = time.monotonic() - started
+    return f"squid refused a host outside a sandbox's allowlist and recorded it ({refusal}) in {seconds:.2f} s"
+
+
+def _ask(connection: socket.socket, host: str) -> str:
+    """The status code squid answers a plain HTTP request for ``host`` with."""
+    with connection:
+        connection.settimeout(10)
+        connection.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        head = b""
+        while b"\r\n" not in head and len(head) < 4096:
+            chunk = connection.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    parts = head.split(b"\r\n", 1)[0].split()
+    return parts[1].decode(errors="replace") if len(parts) > 1 else f"nothing ({head[:60]!r})"
+
+
+def _refusal(read: Callable[[], list[Any]], host: str) -> str:
+    """The reason of the refusal recorded for ``host`` (squid writes its log as the request ends)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for refusal in read():
+            if refusal.host == host:
+                return str(refusal.reason)
+        time.sleep(0.05)
+    raise RuntimeError(
+        "squid refused the request but its refusal was not recorded: no network_blocked event would say so"
+    )
 
 
 def _session(settings: Settings) -> Session:

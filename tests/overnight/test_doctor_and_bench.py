@@ -49,7 +49,7 @@ def test_doctor_passes_on_a_server_set_up_as_tasks_need(
 ) -> None:
     code, checks = doctor(tmp_path, eagle.base_url)
     assert code == 0, {name: c for name, c in checks.items() if not c["ok"]}
-    assert len(checks) == 14 and all(check["ok"] for check in checks.values())
+    assert len(checks) == 15 and all(check["ok"] for check in checks.values())
     assert checks["returns a tool call for a probe request"]["detail"].startswith('ping({"ok": true})')
     assert "prompt tokens cached" in checks["reports cached tokens"]["detail"]
     assert checks["environment network policies parse"]["detail"] == "0 environments, every policy parses"

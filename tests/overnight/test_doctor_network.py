@@ -53,6 +53,8 @@ def test_a_healthy_server_passes_every_check(tmp_path: Path) -> None:
 
     assert all(check.ok for check in checks.values()), checks
     assert checks["egress proxy installed"].detail.startswith("Squid Cache: Version")
+    probe = checks["egress proxy refuses and records a request outside the allowlist"].detail
+    assert probe.startswith("squid refused a host outside a sandbox's allowlist and recorded it (not in the allowlist)")
     assert checks["environment network policies parse"].detail == "1 environment, every policy parses"
     assert checks["secrets key opens every stored secret"].detail == "1 key; 1 stored secret, every one opens"
 
@@ -101,7 +103,18 @@ def test_a_key_that_is_no_fernet_key_fails(tmp_path: Path) -> None:
 
 def test_without_a_database_only_the_proxy_is_checked(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    assert [check.name for check in network_checks(settings, database_ok=False)] == ["egress proxy installed"]
+    assert [check.name for check in network_checks(settings, database_ok=False)] == [
+        "egress proxy installed", "egress proxy refuses and records a request outside the allowlist"
+    ]  # fmt: skip
+
+
+def test_a_proxy_the_worker_could_not_start_fails_the_probe_saying_why(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    broken = settings.model_copy(update={"sandbox": settings.sandbox.model_copy(update={"proxy": "ftp://up:21"})})
+    checks = _by_name(network_checks(broken, database_ok=False))
+    probe = checks["egress proxy refuses and records a request outside the allowlist"]
+    assert checks["egress proxy installed"].ok and not probe.ok
+    assert "must be an http:// address" in probe.detail and "OVERNIGHT_SANDBOX_PROXY" in probe.fix
 
 
 def test_a_missing_squid_is_a_failure_that_says_so() -> None:
