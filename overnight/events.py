@@ -254,6 +254,31 @@ class AttemptsRankedEvent(_Event):
     """Every attempt's K, best first."""
 
 
+class ImageNote(BaseModel):
+    """One image the model was given, by its SHA-256 (never its data)."""
+
+    sha256: str
+    media_type: str
+    size: int
+    source: Literal["upload", "url", "github"]
+
+
+class ImageFailure(BaseModel):
+    """An image of a GitHub issue that could not be fetched: the task went on without it."""
+
+    url: str
+    reason: str
+
+
+class ImagesEvent(_Event):
+    """The task's images, given to the model with its first message, and those of its GitHub issue that could
+    not be fetched."""
+
+    type: Literal["images"] = "images"
+    images: list[ImageNote] = Field(default_factory=list)
+    failed: list[ImageFailure] = Field(default_factory=list)
+
+
 TaskEvent = Annotated[
     StateEvent
     | PhaseEvent
@@ -271,7 +296,8 @@ TaskEvent = Annotated[
     | MessageDroppedEvent
     | NetworkBlockedEvent
     | AttemptEndedEvent
-    | AttemptsRankedEvent,
+    | AttemptsRankedEvent
+    | ImagesEvent,
     Field(discriminator="type"),
 ]
 TASK_EVENT: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)

@@ -18,6 +18,9 @@ from overnight.events import (
     CompactionEvent,
     FinishEvent,
     FormatErrorEvent,
+    ImageFailure,
+    ImageNote,
+    ImagesEvent,
     MessageDeliveredEvent,
     MessageDroppedEvent,
     ModelResponseEvent,
@@ -86,6 +89,10 @@ EXAMPLES: list[tuple[TaskEvent, dict[str, Any]]] = [
     (AttemptEndedEvent(attempt=2, task_id="0123456789abcdef", state="failed", reason="step budget exhausted"),
      {"attempt": 2, "task_id": "0123456789abcdef", "state": "failed", "reason": "step budget exhausted"}),
     (AttemptsRankedEvent(best=3, order=[3, 1, 2]), {"best": 3, "order": [3, 1, 2]}),
+    (ImagesEvent(images=[ImageNote(sha256="b" * 64, media_type="image/png", size=68, source="upload")]),
+     {"images": [{"sha256": "b" * 64, "media_type": "image/png", "size": 68, "source": "upload"}]}),
+    (ImagesEvent(failed=[ImageFailure(url="https://github.com/user-attachments/assets/1", reason="HTTP 404")]),
+     {"failed": [{"url": "https://github.com/user-attachments/assets/1", "reason": "HTTP 404"}]}),
 ]  # fmt: skip
 
 # Shapes found in rows of earlier versions (read from the history of the emitters).
