@@ -44,11 +44,12 @@ class InstanceSpec(BaseModel):
     packages: str | None = None
     """``requirements.txt``: the requirements file at the environment commit (``reqs_path``), installed;
     ``environment.yml``: a conda environment, which the image cannot make (skipped, with a line in the set-up log);
-    else packages to install (``name=1.2`` conda pins become ``name==1.2``)."""
+    else packages to install, as shell words (``name=1.2`` conda pins become ``name==1.2``)."""
     reqs_path: list[str] = Field(default_factory=lambda: ["requirements.txt"])
     """Overnight's (SWE-bench keeps these in ``MAP_REPO_TO_REQS_PATHS``): where the requirements file may be; the
     first that exists at the environment commit is taken."""
     pip_packages: list[str] = Field(default_factory=list)
+    """Installed after ``packages``; shell text, as SWE-bench's harness joins them into its pip command."""
     pre_install: list[str] = Field(default_factory=list)
     """Commands run in the workspace at the base commit before ``install`` (as the sandbox's user, not root)."""
     install: str | None = None
@@ -95,8 +96,9 @@ def load_specs(path: Path) -> dict[str, dict[str, InstanceSpec]]:
     return specs
 
 
-def _pip(arguments: list[str]) -> str:
-    return "pip install --progress-bar off " + " ".join(shlex.quote(argument) for argument in arguments)
+def _pip(words: str) -> str:
+    """``words`` is shell text, as SWE-bench's harness passes its packages to conda and pip."""
+    return f"pip install --progress-bar off {words}"
 
 
 def _packages_step(spec: InstanceSpec) -> list[str]:
@@ -115,15 +117,26 @@ done
 exit 1; }}"""]  # fmt: skip
     if spec.packages == "environment.yml":
         return ["echo 'overnight eval: packages=environment.yml needs conda, which the sandbox image lacks: skipped'"]
-    pins = [CONDA_PIN.sub(r"\1==\2", package) for package in spec.packages.split()]
-    return [_pip(pins)]
+    try:
+        words = shlex.split(spec.packages)
+    except ValueError as exc:
+        raise SpecError(f"packages {spec.packages[:80]!r}: {exc}") from exc
+    return [_pip(" ".join(shlex.quote(CONDA_PIN.sub(r"\1==\2", word)) for word in words))]
+
+
+def _shown(text: str) -> str:
+    return re.sub(r"[^\w.+-]", "?", text)[:40]
 
 
 def setup_commands(spec: InstanceSpec, *, environment_commit: str | None) -> str:
     """The set-up of one instance (bash, ``set -e``): the venv, the dependency stage in a worktree of
     ``environment_commit`` (HEAD when None), then ``pre_install`` and ``install`` in the workspace."""
     lines = [f"python3 -m venv --system-site-packages {VENV}", f". {VENV}/bin/activate"]
-    dependencies = _packages_step(spec) + ([_pip(spec.pip_packages)] if spec.pip_packages else [])
+    dependencies = _packages_step(spec) + ([_pip(" ".join(spec.pip_packages))] if spec.pip_packages else [])
+    if spec.python:
+        lines.append(
+            f"echo 'overnight eval: the spec names Python {_shown(spec.python)}; the image has' \"$(python3 -V)\""
+        )
     if dependencies:
         commit = environment_commit or "HEAD"
         lines += [
