@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 import store.events
+import store.network
 import store.tasks
 from api.events import event_public
 from store.models import Task
@@ -83,6 +84,7 @@ def summary_context(session: Session, task: Task, web: WebSession, app: WebState
         "patch": queries.patch_figures(session, [task.id]).get(task.id),
         "github": queries.github_figures(session, [task.id]).get(task.id),
         "retry_of": queries.retry_of(session, task.id),
+        "blocked": store.network.blocked_summary(session, task.id),
         "owner": queries.owner_name(session, task) if web.user.is_admin else None,
         "seconds": present.task_seconds(task),
         "cost": app.config.cost(prompt=task.prompt_tokens, cached=task.cached_tokens,
