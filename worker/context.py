@@ -16,6 +16,7 @@ from agent.loop import AgentConfig
 from overnight.settings import SecretsSettings
 from sandbox.base import SandboxBackend
 from sandbox.environments import EnvironmentCache
+from sandbox.proxy import EgressProxy
 from store.models import TaskState
 from worker.environment import SetupPolicy
 from worker.hostgit import DataLimits
@@ -47,6 +48,8 @@ class WorkerContext:
     environments: EnvironmentCache
     setup: SetupPolicy
     agent_network: bool = False
+    egress: EgressProxy | None = None
+    """The egress proxy (started on first use) through which allowlist and full network policies go."""
     worker_name: str = "worker"
     max_active_per_user: int = 4
     max_attempts: int = 3

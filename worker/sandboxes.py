@@ -16,6 +16,7 @@ from sandbox.bwrap import BwrapConfig
 from sandbox.disk import probe_kernel_disks
 from sandbox.docker import DockerConfig
 from sandbox.egress import EgressPolicy
+from sandbox.proxy import EgressProxy, ProxyConfig
 from sandbox.reaper import reap
 from worker.environment import SetupPolicy
 
@@ -56,6 +57,14 @@ def setup_egress(sandbox: SandboxSettings) -> EgressPolicy:
         proxy=sandbox.proxy,
         install=sandbox.setup_firewall == "install",
     )
+
+
+def egress_proxy(settings: Settings) -> EgressProxy:
+    """The worker process's egress proxy (squid starts when a sandbox first needs it): it reaches the internet as
+    the host does (through OVERNIGHT_SANDBOX_PROXY when set) and never a private range but those allowed."""
+    sandbox = settings.sandbox
+    return EgressProxy(ProxyConfig(upstream=sandbox.proxy, allowed_networks=tuple(sandbox.egress_allowed_networks),
+                                   lease_root=settings.data_dir / "control"))  # fmt: skip
 
 
 def setup_policy(sandbox: SandboxSettings, *, lifetime: float) -> SetupPolicy:

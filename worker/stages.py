@@ -20,12 +20,15 @@ from agent.base import Submitted
 from agent.loop import Trajectory, run_agent
 from agent.tools import ToolContext
 from overnight.access import Requester
+from overnight.environments import DEFAULT_AGENT_NETWORK
 from overnight.events import EventSink, PhaseEvent
 from sandbox.base import Sandbox, SandboxSpec
+from sandbox.proxy import EgressLease
 from sandbox.reaper import mark_owned, remove_owned
 from store.models import Task, TaskState
 from worker.attempt import Attempt, Watch
 from worker.context import WorkerContext
+from worker.egress import BlockedReport, network_note, open_lease
 from worker.environment import Environment, enter_environment, prepare_environment
 from worker.messages import TaskMailbox
 from worker.patch import changed_files
@@ -81,6 +84,8 @@ class AttemptRun:
     task_env: TaskEnvironment | None = None
     """The environment its repository matches (docs/environments.md)."""
     environment: Environment | None = None
+    egress: EgressLease | None = None
+    """The agent's way out through the egress proxy (its network policy is an allowlist or full)."""
     sandbox: Sandbox | None = None
     trajectory: Trajectory = field(default_factory=Trajectory)
     submission: Submitted | None = None
@@ -142,14 +147,18 @@ def _set_up(run: AttemptRun) -> None:
 
 
 def _start_sandbox(run: AttemptRun) -> None:
-    """The agent's sandbox, from the set-up's environment; the task is running from here."""
+    """The agent's sandbox, from the set-up's environment, reaching out only through the egress proxy when its
+    network policy is not ``none``; the task is running from here."""
     assert run.environment is not None
+    policy = run.task_env.agent_network if run.task_env else DEFAULT_AGENT_NETWORK
+    run.egress = open_lease(run.ctx.egress, run.task.id, policy, run.lease, phase="agent")
     run.sandbox = sandbox = run.ctx.backend.start(
         SandboxSpec(
             task_id=run.task.id,
             workspace=run.workspace,
             image=run.environment.ref,
-            network=run.ctx.agent_network,
+            network=run.ctx.agent_network and run.egress is None,
+            egress=run.egress.folder if run.egress else None,
             lifetime=max(run.deadline - time.monotonic(), 1.0),
             env=run.task_env.variables if run.task_env else {},  # its variables; never its secrets
         )
@@ -166,19 +175,26 @@ def _run_agent(run: AttemptRun) -> None:
     config = run.ctx.agent
     if run.task.max_steps:
         config = replace(config, budget=replace(config.budget, max_steps=run.task.max_steps))
-    result = run_agent(
-        instruction=run.task.instruction,
-        model=UsageRecorder(run.ctx.model_factory(run.task.id), run.attempt, run.watch, run.trajectory),
-        ctx=ToolContext(
-            sandbox=run.sandbox, output_limit=config.tool_output_limit, command_timeout=config.command_timeout
-        ),
-        config=config,
-        on_event=run.emit,
-        should_stop=run.watch.should_stop,
-        trajectory=run.trajectory,
-        environment_note=run.environment.note,
-        mailbox=TaskMailbox(run.attempt),
-    )
+    # With the egress proxy, what it refused is told after each tool result (its step), and at the end.
+    report = BlockedReport(run.egress, run.emit, phase="agent") if run.egress else None
+    policy = run.task_env.agent_network if run.task_env else DEFAULT_AGENT_NETWORK
+    try:
+        result = run_agent(
+            instruction=run.task.instruction,
+            model=UsageRecorder(run.ctx.model_factory(run.task.id), run.attempt, run.watch, run.trajectory),
+            ctx=ToolContext(
+                sandbox=run.sandbox, output_limit=config.tool_output_limit, command_timeout=config.command_timeout
+            ),
+            config=config,
+            on_event=report or run.emit,
+            should_stop=run.watch.should_stop,
+            trajectory=run.trajectory,
+            environment_note="\n\n".join(note for note in (run.environment.note, network_note(policy)) if note) or None,
+            mailbox=TaskMailbox(run.attempt),
+        )
+    finally:
+        if report is not None:
+            report.flush()
     run.submission = result.submission
 
 

@@ -27,7 +27,7 @@ from worker.hostgit import DataLimits
 from worker.mirrors import MirrorCache
 from worker.pipeline import WorkerContext, run_task
 from worker.repo import Checkout
-from worker.sandboxes import sandbox_backend, setup_policy
+from worker.sandboxes import egress_proxy, sandbox_backend, setup_policy
 
 _context: WorkerContext | None = None
 _lock = threading.Lock()
@@ -49,6 +49,7 @@ def build_context(settings: Settings) -> WorkerContext:
         ),
         setup=setup_policy(sandbox, lifetime=worker.task_time_limit),
         agent_network=sandbox.agent_network,
+        egress=egress_proxy(settings),
         model_factory=partial(model_client, settings.llm),
         workspaces=settings.workspaces_dir,
         checkout=Checkout(
