@@ -4,7 +4,7 @@ instances hide theirs), and the instance names the gold fix (``patch``), the tes
 which of the project's own tests fail before the fix and pass after it (FAIL_TO_PASS) or pass throughout
 (PASS_TO_PASS). tests/eval/ runs ``overnight eval`` on it; an operator can smoke-test a deployment with it.
 
-    python -m bench.evalset DIR    # DIR/instances.jsonl and DIR/repos/ (the mirrors for --repos)
+    python -m bench.evalset DIR    # DIR/instances.jsonl and DIR/repos/ (the mirrors for --repos): both sets
 
 Downloaded releases are kept in ~/.cache/overnight-eval/artifacts.
 """
@@ -231,5 +231,5 @@ def build_set(folder: Path, samples: list[SampleInstance] = SAMPLE) -> Path:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m bench.evalset DIR")
-    made = build_set(Path(sys.argv[1]).resolve())
+    made = build_set(Path(sys.argv[1]).resolve(), SAMPLE + SETUP_SAMPLE)
     print(f"{made}\nrun: overnight eval {made} --repos {made.parent / 'repos'}")
