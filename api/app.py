@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from api.auth import BearerAuthMiddleware
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
-from api.routes import environments, github, health, messages, tasks
+from api.routes import attempts, environments, github, health, messages, tasks
 from api.routes.health import TaskCollector
 from overnight.broker import resolve_broker_url
 from overnight.github.client import GitHubClient, client_from_settings
@@ -56,6 +56,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(tasks.router)
     app.include_router(messages.router)
+    app.include_router(attempts.router)
     app.include_router(github.router)
     app.include_router(environments.router)
     return app

@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
 )
 
+from api.attempt_models import AttemptsField, AttemptsPublicFields
 from overnight.events import EVENT_MODELS
 from overnight.network_report import BlockedSummary
 
@@ -68,7 +69,7 @@ class LocalChanges(BaseModel):
         return data.decode("utf-8", errors="replace")
 
 
-class TaskCreate(BaseModel):
+class TaskCreate(AttemptsField):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -214,7 +215,7 @@ class GitHubPublic(BaseModel):
     publish_error: str | None
 
 
-class TaskPublic(BaseModel):
+class TaskPublic(AttemptsPublicFields):
     model_config = ConfigDict(
         from_attributes=True,
         json_schema_extra={

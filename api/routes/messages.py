@@ -46,6 +46,9 @@ def send_message(task_id: str, body: MessageCreate, session: SessionDep, user: C
     with it in the same sandbox and history (the budgets still apply). A message the task ends without
     delivering is marked dropped, with the reason; the list below shows which."""
     _check_visible(session, task_id, user)
+    if (task := store.tasks.get_task(session, task_id)) is not None and task.attempts > 1:
+        raise APIError(409, "task_has_attempts", f"task {task_id} runs as {task.attempts} attempts, each with its own "
+                       f"agent: send it to one of them (GET /v1/tasks/{task_id}/attempts lists them)")  # fmt: skip
     try:
         message = store.messages.add_message(
             session, task_id, mode=body.mode, text=body.text, author=user.name, user_id=user.id

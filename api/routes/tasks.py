@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
@@ -9,6 +10,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+import store.attempts
+import store.bestof
 import store.events
 import store.images
 import store.network
@@ -37,6 +40,7 @@ from overnight.repourl import InvalidRepoError, validate_ref, validate_repo_url
 from overnight.settings import Settings
 from store.models import Task, TaskState, User
 
+log = logging.getLogger(__name__)
 router = APIRouter(
     prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(reject_unknown_query)], route_class=ImageUploadRoute
 )
@@ -65,13 +69,13 @@ def _task_or_404(session: SessionDep, task_id: str, user: User) -> Task:
     return task
 
 
-def _check_quota(session: Session, settings: Settings, user_id: int | None) -> None:
-    """429 when the task's owner already has as many unfinished tasks as allowed (the count holds their row
-    lock until the caller's commit, so two creates at once cannot both pass)."""
+def _check_quota(session: Session, settings: Settings, user_id: int | None, adding: int = 1) -> None:
+    """429 when the task's owner already has as many unfinished tasks as allowed, ``adding`` counted (a task's N
+    attempts count N; the count holds their row lock until the caller's commit, so two creates cannot both pass)."""
     if user_id is None:
         return
     unfinished = store.users.unfinished_tasks_locked(session, user_id)
-    if unfinished >= settings.api.max_queued_tasks_per_user:
+    if unfinished + adding > settings.api.max_queued_tasks_per_user:
         session.rollback()
         raise APIError(429, "too_many_tasks", f"you have {unfinished} unfinished tasks (queued, preparing or "
                        f"running), the most one user may have; wait for some to end or cancel some")  # fmt: skip
@@ -86,8 +90,10 @@ def _check_access(settings: Settings, user: User, repo: str) -> None:
 
 
 def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
-    if not enqueue_or_fail(session, queue, task.id):
-        raise APIError(503, "broker_unavailable", "the task queue is unreachable; the task was not started")
+    """Send the task, or its attempt tasks (a task with attempts runs none of its own)."""
+    for each in store.bestof.attempts_of(session, task.id) or [task]:
+        if not enqueue_or_fail(session, queue, each.id):
+            raise APIError(503, "broker_unavailable", "the task queue is unreachable; the task was not started")
     return TaskPublic.model_validate(store.tasks.get_task(session, task.id))
 
 
@@ -138,12 +144,14 @@ def create_task(
         response.status_code = status.HTTP_200_OK
         return TaskPublic.model_validate(earlier)
     images = task_images(request, body.image_urls, settings.images)  # uploaded, or fetched now (before any lock)
-    _check_quota(session, settings, user.id)
+    _check_quota(session, settings, user.id, body.attempts)
     try:
         task = store.tasks.create_task(
             session, repo=repo, ref=ref, instruction=body.instruction, max_steps=body.max_steps, setup=body.setup,
             user_id=user.id, idempotency_key=idempotency_key, start_diff=start_diff,
         )  # fmt: skip
+        if body.attempts > 1:
+            store.bestof.add_attempts(session, task, body.attempts)
         store.images.add_images(session, task.id, images)
         session.commit()
     except IntegrityError:  # the same key, created concurrently
@@ -164,10 +172,17 @@ def list_tasks(
     repo: Annotated[str | None, Query(max_length=2048, description="Only tasks of this repository.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")] = None,
+    attempts: Annotated[bool, Query(description="Also list the attempt tasks of tasks with attempts.")] = False,
 ) -> TaskList:
     try:
         tasks, next_cursor = store.tasks.list_tasks(
-            session, limit=limit, state=state.value if state else None, repo=repo, user=user, cursor=cursor
+            session,
+            limit=limit,
+            state=state.value if state else None,
+            repo=repo,
+            user=user,
+            cursor=cursor,
+            include_attempts=attempts,
         )
     except ValueError as exc:
         raise APIError(422, "invalid_cursor", "cursor is not one this API returned") from exc
@@ -181,11 +196,15 @@ def show_task(task_id: str, session: SessionDep, user: CurrentUser) -> TaskPubli
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, responses=ERRORS)
-def cancel_task(task_id: str, session: SessionDep, user: CurrentUser) -> TaskPublic:
+def cancel_task(task_id: str, session: SessionDep, user: CurrentUser, queue: QueueDep) -> TaskPublic:
     """Cancel: a queued task ends at once; a preparing or running one within seconds (its running command is
-    killed), keeping its partial diff."""
-    _task_or_404(session, task_id, user)
-    store.tasks.request_cancel(session, task_id)
+    killed), keeping its partial diff. A task with attempts cancels every attempt, then ends cancelled."""
+    if store.bestof.has_attempts(_task_or_404(session, task_id, user)):
+        store.bestof.cancel_group(session, task_id)
+        if store.bestof.ranking_due(session, task_id):  # its attempts all ended now: end it (else the reconciler)
+            _send_quietly(session, queue, task_id)
+    else:
+        store.tasks.request_cancel(session, task_id)
     session.commit()
     return TaskPublic.model_validate(_task_or_404(session, task_id, user))
 
@@ -203,13 +222,18 @@ def retry_task(
     original = _task_or_404(session, task_id, user)
     if not TaskState(original.state).is_final:
         raise APIError(409, "task_not_finished", f"task {task_id} is {original.state}; only an ended task is retried")
+    if original.attempt_of is not None:
+        raise APIError(409, "task_is_an_attempt", f"task {task_id} is attempt {original.attempt_index} of task "
+                       f"{original.attempt_of}; retry that task")  # fmt: skip
     _check_access(settings, user, original.repo)
-    _check_quota(session, settings, original.user_id)
+    _check_quota(session, settings, original.user_id, original.attempts)
     task = store.tasks.create_task(
         session, repo=original.repo, ref=original.ref, instruction=original.instruction,
         max_steps=original.max_steps, setup=original.setup, user_id=original.user_id,
         parent_id=original.parent_id, kind=original.kind, start_diff=original.start_diff,
     )  # fmt: skip
+    if original.attempts > 1:
+        store.bestof.add_attempts(session, task, original.attempts)
     store.events.append_event(session, task.id, RetryEvent(retry_of=original.id))
     session.commit()
     return _enqueue(session, queue, task)
@@ -289,8 +313,12 @@ def task_patch(
     session: SessionDep,
     user: CurrentUser,
     format: Annotated[PatchFormat, Query(description="diff (default), mbox or json.")] = "diff",
+    attempt: Annotated[int | None, Query(ge=1, le=8, description="K: the patch of attempt K instead.")] = None,
 ) -> Response:
     task = _task_or_404(session, task_id, user)
+    if attempt is not None:
+        task = store.bestof.attempt_task(session, task_id, attempt) or _no_attempt(task, attempt)
+        task_id = task.id
     patch = store.patches.get_patch(session, task_id)
     if patch is None:
         if not TaskState(task.state).is_final:
@@ -306,6 +334,19 @@ def task_patch(
     if format == "mbox":
         return Response(content=patch.mbox, media_type="application/mbox", headers=headers)
     return Response(content=patch.diff, media_type="text/x-diff", headers=headers)
+
+
+def _send_quietly(session: Session, queue: TaskQueue, task_id: str) -> None:
+    try:
+        queue.enqueue(task_id)
+    except Exception:  # the reconciler sends it
+        log.warning("could not send task %s to be ranked; the reconciler will", task_id)
+        return
+    store.attempts.mark_enqueued(session, task_id)
+
+
+def _no_attempt(task: Task, attempt: int) -> Task:
+    raise APIError(404, "attempt_not_found", f"task {task.id} has no attempt {attempt} (it runs {task.attempts})")
 
 
 @router.get("/{task_id}/trajectory", response_model=TrajectoryPublic, responses=ERRORS)
