@@ -33,55 +33,23 @@ from collections import deque
 from datetime import UTC, datetime
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.base import SandboxUnavailableError
-from sandbox.egress import BLOCKED
 from sandbox.image import SERVER_UID
 from sandbox.reaper import owned_tempdir, remove_owned
 from sandbox.relay import SOCKET_NAME, Relay
+from sandbox.squidconf import HELPER, REASONS, EgressError, squid_config
 
-BLOCKED_V6 = tuple(IPv6Network(net) for net in ("::/127", "::ffff:0:0/96", "64:ff9b::/96", "fc00::/7", "fe80::/10",
-                                                  "fec0::/10", "ff00::/8", "2001:db8::/32"))  # fmt: skip
-"""IPv6's loopback, unspecified, mapped and NAT64 forms of IPv4, unique-local, link-local, multicast, documentation."""
+SETTLE_SECONDS = 2.0
+"""How long reading refusals waits for the sandbox's open connections to end (a download still running is left
+to be read after the next command)."""
+LOG_DELAY = 0.02
+"""squid writes a refusal's line as it ends the transaction: a moment after the connection closed."""
 MAX_PENDING = 1000
 """Refusals of one lease kept until they are read; more are counted into the last one."""
 _PR_SET_PDEATHSIG = 1
-HELPER = r"""
-import ipaddress, json, os, sys
-from urllib.parse import unquote
-folder = sys.argv[1]
-for line in sys.stdin:
-    fields = [unquote(field) for field in line.split()]
-    source, host, method = fields[0], fields[1].lower().rstrip("."), fields[3].upper()
-    reason = None
-    try:
-        name = str(ipaddress.ip_address(source))
-        with open(os.path.join(folder, name)) as handle:
-            policy = json.load(handle)
-    except (ValueError, OSError):
-        policy, reason = None, "no-policy"
-    if policy is not None:
-        domains = policy.get("domains")
-        if domains is not None and not any(host == d or (d.startswith("*.") and host.endswith(d[1:])) for d in domains):
-            reason = "not-in-allowlist"
-        elif policy.get("read_only") and method not in ("GET", "HEAD", "OPTIONS"):
-            reason = "read-only"
-    sys.stdout.write(f"ERR reason={reason}\n" if reason else "OK\n")
-    sys.stdout.flush()
-"""
-REASONS = {
-    "not-in-allowlist": "not in the allowlist",
-    "read-only": "read-only policy",
-    "private": "private address",
-    "no-policy": "no policy for this sandbox",
-}
-
-
-class EgressError(SandboxUnavailableError):
-    """The egress proxy could not be started or used; no sandbox that needs it starts without it."""
 
 
 class ProxyPolicy(BaseModel):
@@ -128,54 +96,6 @@ class Refusal(BaseModel):
     at: datetime
     reason: str
     count: int = 1
-
-
-def squid_config(config: ProxyConfig, folder: Path, port: int) -> str:
-    """squid's whole configuration: nothing cached, a helper that applies each sandbox's policy, refusals of
-    private destinations by the address squid is about to connect to, and a log of refusals only."""
-    private = " ".join(str(net) for net in (*BLOCKED, *BLOCKED_V6))
-    lines = [
-        f"http_port 127.0.0.1:{port}",
-        "pid_filename none", "cache deny all", "cache_mem 8 MB", "netdb_filename none", "pinger_enable off",
-        "shutdown_lifetime 0 seconds", "via off", "forwarded_for delete", "httpd_suppress_version_string on",
-        f"cache_log {folder}/cache.log", f"coredump_dir {folder}", "logfile_rotate 0",
-        f"external_acl_type policy ttl=0 negative_ttl=0 children-max=8 children-startup=1 %>a %>rd %>rP %>rm "
-        f"/usr/bin/python3 -I -S {folder}/helper.py {folder}/policies",
-        "acl policy external policy",
-        f"acl private dst {private}",
-        "acl mark_private annotate_transaction reason=private",
-        "acl refused note reason",
-        "http_access deny manager",
-        "http_access deny !policy",
-    ]  # fmt: skip
-    if config.allowed_networks:
-        lines.append(f"acl allowed_private dst {' '.join(str(net) for net in config.allowed_networks)}")
-        lines.append("http_access deny private !allowed_private mark_private")
-    else:
-        lines.append("http_access deny private mark_private")
-    lines.append("http_access allow all")
-    if config.hosts_file is not None:
-        lines.append(f"hosts_file {config.hosts_file}")
-    lines += _upstream(config.upstream)
-    lines += [
-        "logformat refusals %ts.%03tu %>a %>rm %>rd %>rP %{reason}note",
-        f"access_log stdio:{folder}/refusals.log logformat=refusals refused",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _upstream(proxy: str | None) -> list[str]:
-    """A parent proxy every request goes through (the host's own way out)."""
-    if not proxy:
-        return []
-    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    if not parts.hostname or parts.scheme not in ("http", ""):
-        raise EgressError(f"the upstream proxy {proxy!r} must be an http:// address")
-    login = f" login={unquote(parts.username)}:{unquote(parts.password or '')}" if parts.username else ""
-    return [
-        f"cache_peer {parts.hostname} parent {parts.port or 80} 0 no-query no-digest default{login}",
-        "never_direct allow all",
-    ]
 
 
 class EgressProxy:
@@ -226,7 +146,10 @@ class EgressProxy:
         os.chmod(folder, 0o755)
         os.chown(folder, account.pw_uid, account.pw_gid)
         self._port = _free_port()
-        (folder / "squid.conf").write_text(squid_config(self.config, folder, self._port))
+        config = self.config
+        (folder / "squid.conf").write_text(squid_config(folder, self._port, upstream=config.upstream,
+                                                        allowed_networks=config.allowed_networks,
+                                                        hosts_file=config.hosts_file))  # fmt: skip
         self._offset = 0
         self._process = subprocess.Popen(
             [self.config.squid, "-N", "-f", str(folder / "squid.conf")], user=account.pw_uid, group=account.pw_gid,
@@ -337,6 +260,7 @@ class EgressLease:
             remove_owned(self.folder)
             raise EgressError(f"could not make the sandbox's proxy socket: {exc}") from exc
         self.relay = Relay(listener, lambda: proxy.connect(address)).start()
+        self._seen = 0
 
     def add(self, refusal: Refusal) -> None:
         if len(self.pending) < MAX_PENDING:
@@ -346,7 +270,16 @@ class EgressLease:
             self.pending.append(last.model_copy(update={"count": last.count + refusal.count}))
 
     def refusals(self) -> list[Refusal]:
-        """The refusals since the last call, alike ones (host, port, method, reason) counted into the first."""
+        """The refusals since the last call, alike ones (host, port, method, reason) counted into the first.
+
+        squid logs a request once it is done with it: when the sandbox made connections since the last call, this
+        waits (up to ``SETTLE_SECONDS``) until they are closed, and a moment more for the log line."""
+        if self.relay.accepted != self._seen:
+            self._seen = self.relay.accepted
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while self.relay.open_connections and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(LOG_DELAY)
         self.proxy.poll()
         merged: dict[tuple[str, int, str, str], Refusal] = {}
         while self.pending:
@@ -371,3 +304,28 @@ def _free_port() -> int:
 
 def _die_with_parent() -> None:  # in the child: squid dies with the worker process that started it
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def doctor_probe(config: ProxyConfig) -> str:
+    """Start a squid of its own briefly, send it one request its policy refuses, and say what answered; raises
+    ``EgressError`` with the reason when it cannot (``overnight doctor``)."""
+    proxy = EgressProxy(config.model_copy(update={"upstream": None}))
+    try:
+        lease = proxy.open("doctor", ProxyPolicy(domains=("allowed.invalid",)))
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(10)
+                sock.connect(str(lease.folder / SOCKET_NAME))
+                sock.sendall(b"GET http://refused.invalid/ HTTP/1.0\r\nHost: refused.invalid\r\n\r\n")
+                status = sock.recv(4096).split(b" ", 2)[1:2]
+            refused = [r for r in lease.refusals() if r.host == "refused.invalid"]
+        finally:
+            lease.close()
+        if status != [b"403"] or not refused:
+            raise EgressError(f"squid answered {status!r} to a request its policy refuses, and logged {len(refused)}")
+        version = subprocess.run([config.squid, "-v"], capture_output=True, text=True).stdout.split("\n", 1)[0]
+        return f"{version.strip()}: started, refused a request outside its allowlist and logged it"
+    except OSError as exc:
+        raise EgressError(f"the egress proxy does not work: {exc}") from exc
+    finally:
+        proxy.close()

@@ -46,6 +46,8 @@ class Relay:
         self.pairs: dict[socket.socket, tuple[_Side, _Side]] = {}
         self._wake_read, self._wake_write = socket.socketpair()
         self._closing = False
+        self.accepted = 0
+        """Connections accepted so far."""
         self.thread = threading.Thread(target=self._serve, name="overnight-relay", daemon=True)
 
     def start(self) -> Relay:
@@ -64,6 +66,10 @@ class Relay:
             self._wake_write.send(b"x")
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join(timeout=5)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.pairs) // 2
 
     def _serve(self) -> None:
         try:
@@ -93,6 +99,7 @@ class Relay:
         except OSError:
             client.close()
             return
+        self.accepted += 1
         client_side, upstream_side = _Side(client), _Side(upstream)
         for sock, side, other in ((client, client_side, upstream_side), (upstream, upstream_side, client_side)):
             sock.setblocking(False)

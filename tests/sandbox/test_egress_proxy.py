@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.base import Sandbox, SandboxBackend, SandboxSpec
-from sandbox.proxy import EgressLease, EgressProxy, ProxyPolicy
+from sandbox.proxy import EgressError, EgressLease, EgressProxy, ProxyConfig, ProxyPolicy, doctor_probe
 from tests.egress_web import PARENT, PRIVATE, PUBLIC, Web, egress_web
 
 
@@ -169,3 +169,9 @@ def _request(lease: EgressLease, method: str, target: str) -> str:
 
 def _status(lease: EgressLease, method: str, target: str) -> int:
     return int(_request(lease, method, target).split()[1])
+
+
+def test_the_doctor_probe_starts_a_proxy_of_its_own_and_sees_it_refuse() -> None:
+    assert doctor_probe(ProxyConfig()).endswith("refused a request outside its allowlist and logged it")
+    with pytest.raises(EgressError, match="needs squid"):
+        doctor_probe(ProxyConfig(squid="/nonexistent/squid"))

@@ -1,0 +1,102 @@
+"""squid's configuration for the egress proxy (``sandbox/proxy.py``), and the helper it asks about each request.
+
+The helper (run by squid as its own user, with the image-independent host python3 and no site packages) finds the
+sandbox's policy by the request's source address, a file ``policies/ADDRESS`` the worker writes, and answers OK or
+ERR with a reason squid keeps as a note; squid then refuses private destinations by address and logs refusals only.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv6Network
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from sandbox.base import SandboxUnavailableError
+from sandbox.egress import BLOCKED
+
+BLOCKED_V6 = tuple(IPv6Network(net) for net in ("::/127", "::ffff:0:0/96", "64:ff9b::/96", "fc00::/7", "fe80::/10",
+                                                  "fec0::/10", "ff00::/8", "2001:db8::/32"))  # fmt: skip
+"""IPv6's loopback, unspecified, mapped and NAT64 forms of IPv4, unique-local, link-local, multicast, documentation."""
+HELPER = r"""
+import ipaddress, json, os, sys
+from urllib.parse import unquote
+folder = sys.argv[1]
+for line in sys.stdin:
+    fields = [unquote(field) for field in line.split()]
+    source, host, method = fields[0], fields[1].lower().rstrip("."), fields[3].upper()
+    reason = None
+    try:
+        name = str(ipaddress.ip_address(source))
+        with open(os.path.join(folder, name)) as handle:
+            policy = json.load(handle)
+    except (ValueError, OSError):
+        policy, reason = None, "no-policy"
+    if policy is not None:
+        domains = policy.get("domains")
+        if domains is not None and not any(host == d or (d.startswith("*.") and host.endswith(d[1:])) for d in domains):
+            reason = "not-in-allowlist"
+        elif policy.get("read_only") and method not in ("GET", "HEAD", "OPTIONS"):
+            reason = "read-only"
+    sys.stdout.write(f"ERR reason={reason}\n" if reason else "OK\n")
+    sys.stdout.flush()
+"""
+REASONS = {
+    "not-in-allowlist": "not in the allowlist",
+    "read-only": "read-only policy",
+    "private": "private address",
+    "no-policy": "no policy for this sandbox",
+}
+
+
+class EgressError(SandboxUnavailableError):
+    """The egress proxy could not be started or used; no sandbox that needs it starts without it."""
+
+
+def squid_config(
+    folder: Path, port: int, *, upstream: str | None, allowed_networks: tuple[object, ...], hosts_file: Path | None
+) -> str:
+    """squid's whole configuration: nothing cached, a helper that applies each sandbox's policy, refusals of
+    private destinations by the address squid is about to connect to, and a log of refusals only."""
+    private = " ".join(str(net) for net in (*BLOCKED, *BLOCKED_V6))
+    lines = [
+        f"http_port 127.0.0.1:{port}",
+        "pid_filename none", "cache deny all", "cache_mem 8 MB", "netdb_filename none", "pinger_enable off",
+        "shutdown_lifetime 0 seconds", "via off", "forwarded_for delete", "httpd_suppress_version_string on",
+        f"cache_log {folder}/cache.log", f"coredump_dir {folder}", "logfile_rotate 0",
+        f"external_acl_type policy ttl=0 negative_ttl=0 children-max=8 children-startup=1 %>a %>rd %>rP %>rm "
+        f"/usr/bin/python3 -I -S {folder}/helper.py {folder}/policies",
+        "acl policy external policy",
+        f"acl private dst {private}",
+        "acl mark_private annotate_transaction reason=private",
+        "acl refused note reason",
+        "http_access deny manager",
+        "http_access deny !policy",
+    ]  # fmt: skip
+    if allowed_networks:
+        lines.append(f"acl allowed_private dst {' '.join(str(net) for net in allowed_networks)}")
+        lines.append("http_access deny private !allowed_private mark_private")
+    else:
+        lines.append("http_access deny private mark_private")
+    lines.append("http_access allow all")
+    if hosts_file is not None:
+        lines.append(f"hosts_file {hosts_file}")
+    lines += _upstream(upstream)
+    lines += [
+        "logformat refusals %ts.%03tu %>a %>rm %>rd %>rP %{reason}note",
+        f"access_log stdio:{folder}/refusals.log logformat=refusals refused",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _upstream(proxy: str | None) -> list[str]:
+    """A parent proxy every request goes through (the host's own way out)."""
+    if not proxy:
+        return []
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if not parts.hostname or parts.scheme not in ("http", ""):
+        raise EgressError(f"the upstream proxy {proxy!r} must be an http:// address")
+    login = f" login={unquote(parts.username)}:{unquote(parts.password or '')}" if parts.username else ""
+    return [
+        f"cache_peer {parts.hostname} parent {parts.port or 80} 0 no-query no-digest default{login}",
+        "never_direct allow all",
+    ]
