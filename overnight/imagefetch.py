@@ -1,7 +1,7 @@
 """Fetching an image from an address someone else chose, without being turned against our own network.
 
 Every hop (the address given, then each redirect, at most :data:`MAX_REDIRECTS`) is checked before it is
-connected to: http(s) only, no credentials in it, a host allowed by the caller (GitHub's own hosts for an
+connected to: http(s) only, no credentials in it, an address the caller allows (GitHub's own hosts for an
 issue's images), and every address its name resolves to public — loopback, private, link-local (cloud
 metadata), multicast and reserved addresses are refused unless they fall in a network the operator allowed
 (``OVERNIGHT_IMAGES_FETCH_ALLOWED_NETWORKS``). The connection then goes to the address that was checked (the
@@ -31,9 +31,8 @@ class FetchPolicy:
     max_bytes: int
     timeout: float
     allowed_networks: Sequence[Network] = ()
-    host_allowed: Callable[[str], bool] = field(default=lambda host: True)
-    """Whether a hop may go to this host (lower-case name or address, no port)."""
-    https_only: bool = False
+    url_allowed: Callable[[httpx.URL], bool] = field(default=lambda url: True)
+    """Whether a hop may go to this address at all (GitHub's image hosts for an issue's images)."""
     headers: Callable[[httpx.URL], dict[str, str]] = field(default=lambda url: {})
     """Extra headers for a hop (a token for GitHub's own hosts); asked again at every hop."""
 
@@ -49,14 +48,13 @@ def refused_address(address: Address, allowed: Sequence[Network]) -> bool:
 
 def _checked_hop(url: httpx.URL, policy: FetchPolicy) -> Address:
     """The address to connect to for ``url``, after every rule; raises ImageRefused naming the rule."""
-    if url.scheme not in (("https",) if policy.https_only else ("http", "https")):
-        raise ImageRefused("image_url_refused", f"image address {url} is refused: only "
-                           f"{'https' if policy.https_only else 'http and https'} addresses are fetched")  # fmt: skip
+    if url.scheme not in ("http", "https"):
+        raise ImageRefused("image_url_refused", f"image address {url} is refused: only http(s) addresses are fetched")
     if url.userinfo:
         raise ImageRefused("image_url_refused", "image addresses may not carry credentials")
     host = url.host.lower()
-    if not host or not policy.host_allowed(host):
-        raise ImageRefused("image_url_refused", f"image address {url} is refused: host {host!r} is not allowed here")
+    if not host or not policy.url_allowed(url):
+        raise ImageRefused("image_url_refused", f"image address {url} is refused: not one of the hosts allowed here")
     try:
         found = socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:

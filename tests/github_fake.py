@@ -19,7 +19,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.testclient import TestClient
 
 from overnight.github.webhooks import sign
@@ -130,6 +130,8 @@ class FakeGitHub:
     """Logins GitHub does not know (their permission is a 404)."""
     token_login: str = "Codertocat"
     """Whose personal token ``personal_token`` is (GET /user)."""
+    attachments: dict[str, bytes] = field(default_factory=dict)
+    """Files of GET /user-attachments/assets/{id} (a private repository's: a valid token or 404, as GitHub)."""
     _next_id: int = 1000
 
     def calls_to(self, method: str, fragment: str) -> list[Call]:
@@ -238,6 +240,12 @@ class FakeGitHub:
         @app.get("/repos/{owner}/{repo}/collaborators/{username}/permission")
         def permission(owner: str, repo: str, username: str) -> Any:
             return self._permission(owner, username)
+
+        @app.get("/user-attachments/assets/{asset}")
+        def attachment(asset: str, request: Request) -> Any:
+            if asset not in self.attachments or not self._token_ok(request.headers.get("authorization", "")):
+                return JSONResponse(NOT_FOUND, status_code=404)
+            return Response(self.attachments[asset], media_type="image/png")
 
         @app.post("/repos/{owner}/{repo}/issues/{number}/comments", status_code=201)
         def comment(owner: str, repo: str, number: int, body: dict[str, Any]) -> Any:

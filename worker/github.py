@@ -24,9 +24,11 @@ from overnight.events import PublishEvent
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
 from overnight.github.markers import MARK, reaction_target
+from overnight.images import ImageSettings
 from overnight.network_report import markdown_section
 from store.models import GitHubLink, TaskState
 from worker.errors import PublishError, TaskFailure
+from worker.images import fetch_issue_images
 from worker.mirrors import credential_origin, git_env
 from worker.repo import Commit
 
@@ -43,10 +45,13 @@ class GitHubHooks:
         label: str = "overnight",
         draft: bool = True,
         public_url: str | None = None,
+        images: ImageSettings | None = None,
     ) -> None:
         self.client, self.sessions, self.label = client, sessions, label
         self.allow_local, self.draft = allow_local, draft
         self.public_url = public_url.rstrip("/") if public_url else None
+        self.images = images
+        """Limits of the issue's images, fetched when a task starts (None or disabled: none are)."""
 
     def _link(self, task_id: str) -> GitHubLink | None:
         with self.sessions() as session:
@@ -65,7 +70,8 @@ class GitHubHooks:
             raise TaskFailure(f"clone failed: no GitHub token: {exc}") from exc
 
     def started(self, task_id: str) -> None:
-        """👀 on what asked, the trigger label off (so labelling again asks again), a progress comment."""
+        """👀 on what asked, the trigger label off (so labelling again asks again), a progress comment; the
+        images the issue showed fetched with the token (worker/images.py)."""
         link = self._link(task_id)
         if link is None:
             return
@@ -80,6 +86,9 @@ class GitHubHooks:
         except GitHubError as exc:  # the task runs anyway; its result is published at the end
             log.warning("task %s: could not acknowledge on %s#%s: %s", task_id, repo, link.number, exc)
             self._event(task_id, PublishEvent(state="acknowledge-failed", reason=str(exc)))
+        if self.images is not None and self.images.enabled:
+            fetch_issue_images(self.sessions, task_id, token=lambda: self.client.credentials.token(inst),
+                               api_url=self.client.api_url, limits=self.images)  # fmt: skip
 
     def finished(self, task_id: str, state: TaskState, reason: str | None, commit: Commit | None) -> None:
         """Publish a succeeded task's patch (``commit``) and report any ending on the issue; never raises."""

@@ -30,6 +30,7 @@ from worker.attempt import Attempt, Watch
 from worker.context import WorkerContext
 from worker.egress import BlockedReport, network_note, open_lease
 from worker.environment import Environment, enter_environment, prepare_environment
+from worker.images import agent_images
 from worker.messages import TaskMailbox
 from worker.patch import changed_files
 from worker.records import UsageRecorder, store_patch
@@ -191,6 +192,7 @@ def _run_agent(run: AttemptRun) -> None:
             trajectory=run.trajectory,
             environment_note="\n\n".join(note for note in (run.environment.note, network_note(policy)) if note) or None,
             mailbox=TaskMailbox(run.attempt),
+            images=agent_images(run.attempt, run.task.id, run.emit),
         )
     finally:
         if report is not None:

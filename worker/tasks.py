@@ -81,7 +81,7 @@ def github_hooks(settings: Settings, sessions: sessionmaker[Session]) -> GitHubH
         return None
     return GitHubHooks(
         github, sessions, allow_local=settings.allow_local_repos, label=settings.github.trigger_label,
-        draft=settings.github.draft, public_url=settings.public_url,
+        draft=settings.github.draft, public_url=settings.public_url, images=settings.images,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 import store.github
+import store.images
 import store.messages
 import store.tasks
 from api.errors import APIError
@@ -29,6 +30,7 @@ from api.queueing import enqueue_or_fail
 from api.schemas import MAX_INSTRUCTION_BYTES, MAX_MESSAGE_BYTES, ErrorResponse
 from overnight.github.client import GitHubClient
 from overnight.github.errors import GitHubError
+from overnight.github.images import issue_image_urls
 from overnight.github.markers import reaction_target
 from overnight.github.webhooks import (
     Delivery,
@@ -309,6 +311,9 @@ def _create_task(session: Any, settings: Settings, asked: TriggerRequest, instal
         base_branch=parent.base_branch if parent else asked.default_branch,
         pr_number=parent.pr_number if parent else None, pr_url=parent.pr_url if parent else None,
     )  # fmt: skip
+    if settings.images.enabled:  # the worker fetches them: it has the installation token private images need
+        urls = issue_image_urls(settings.github.api_url, asked.text, asked.comment, limit=settings.images.max_per_task)
+        store.images.add_pending(session, task.id, urls)
     return task.id
 
 

@@ -1,0 +1,80 @@
+"""The worker's side of a task's images: fetching those a GitHub issue showed (the webhook noted their addresses;
+the installation token they need is only here), and handing the task's images to the agent with one ``images``
+event that names each by its SHA-256.
+
+A fetch that fails is recorded with its reason and reported in that event; the task goes on without the image.
+Follow-ups and retries carry no images of their own: the model of a follow-up is not sent its parent's again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+import store.images
+from overnight.events import EventSink, ImageFailure, ImageNote, ImagesEvent
+from overnight.github.images import image_url_allowed
+from overnight.imagefetch import FetchPolicy, fetch_image
+from overnight.images import ImageRefused, ImageSettings, TaskImageData
+from worker.attempt import Attempt
+
+log = logging.getLogger(__name__)
+
+
+def fetch_issue_images(
+    sessions: sessionmaker[Session], task_id: str, *, token: Callable[[], str], api_url: str, limits: ImageSettings
+) -> None:
+    """Fetch the task's images not tried yet from GitHub's hosts, with the token; record each outcome."""
+    with sessions() as session:
+        waiting = [(row.id, row.url or "") for row in store.images.pending(session, task_id)]
+    if not waiting:
+        return
+    try:
+        secret = token()
+    except Exception as exc:  # the task goes on without its images; why is recorded with each
+        outcomes: list[tuple[int, TaskImageData | str]] = [
+            (image_id, f"no GitHub token: {exc}") for image_id, _ in waiting
+        ]
+    else:
+        policy = FetchPolicy(
+            max_bytes=limits.max_bytes, timeout=limits.fetch_timeout, allowed_networks=limits.fetch_allowed_networks,
+            url_allowed=image_url_allowed(api_url), headers=lambda url: {"Authorization": f"token {secret}"},
+        )  # fmt: skip
+        outcomes = [(image_id, _fetch(url, policy, number)) for number, (image_id, url) in enumerate(waiting, 1)]
+    with sessions.begin() as session:
+        for image_id, outcome in outcomes:
+            if isinstance(outcome, str):
+                log.warning("task %s: an image of its GitHub issue could not be fetched: %s", task_id, outcome)
+                store.images.record_failed(session, image_id, outcome)
+            else:
+                store.images.record_fetched(session, image_id, outcome)
+
+
+def _fetch(url: str, policy: FetchPolicy, number: int) -> TaskImageData | str:
+    try:
+        return fetch_image(url, policy, what=f"image {number} of the issue", source="github")
+    except ImageRefused as exc:
+        return str(exc)
+
+
+def agent_images(attempt: Attempt, task_id: str, emit: EventSink) -> list[TaskImageData]:
+    """The task's images for the model, in order; an ``images`` event when it has any (or failed to get any)."""
+
+    def read(session: Session) -> tuple[list[TaskImageData], list[ImageFailure]]:
+        images, failed = [], []
+        for row in store.images.list_images(session, task_id):
+            if row.data is not None and row.media_type is not None:
+                images.append(TaskImageData(media_type=row.media_type, data=row.data, source=row.source,  # type: ignore[arg-type]
+                                            url=row.url))  # fmt: skip
+            elif row.error is not None:
+                failed.append(ImageFailure(url=row.url or "", reason=row.error))
+        return images, failed
+
+    images, failed = attempt.read(read)
+    if images or failed:
+        notes = [ImageNote(sha256=image.sha256, media_type=image.media_type, size=len(image.data), source=image.source)
+                 for image in images]  # fmt: skip
+        emit(ImagesEvent(images=notes, failed=failed))
+    return images
