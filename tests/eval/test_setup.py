@@ -14,7 +14,7 @@ import pytest
 
 from overnight.admin.eval.setups import MARKER
 from store.models import Environment, Task
-from tests.eval.conftest import EvalStack
+from tests.eval.conftest import FINISH, EvalStack
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 INSTANCE = "pypi__inflection-2"
@@ -69,6 +69,16 @@ def test_the_instance_set_up_runs_at_the_environment_commit_and_resolves(setup_s
     event = _setup_event(setup_stack, run["task_id"])
     assert event["script"] == "environment set-up script" and event["exit_code"] == 0
     assert "pytest-timeout" in event["log"] and "git worktree add" in event["log"]
+
+
+def test_with_its_set_up_an_empty_patch_fails_only_the_fail_to_pass(setup_stack: EvalStack) -> None:
+    setup_stack.script({INSTANCE: [FINISH]})
+    result = setup_stack.eval(str(setup_stack.instances_file), "--output", "nothing", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = setup_stack.report("nothing")["runs"]
+    assert run["outcome"] == "unresolved" and run["setup_cached"] is True
+    assert run["reason"].startswith("empty patch; 2 of 2 FAIL_TO_PASS fail"), run["reason"]
+    assert run["pass_to_pass"] == [3, 3] and {run["tests"][name] for name in F2P} == {"FAILED"}
 
 
 def test_without_its_set_up_the_tests_do_not_run(setup_stack: EvalStack) -> None:
