@@ -21,6 +21,7 @@ import store.tasks
 from api.events import event_public
 from store.models import Task
 from web import present, queries
+from web.attempts import attempts_context
 from web.pages import WebSessionDep, WebStateDep, render
 from web.session import WebSession
 
@@ -105,7 +106,8 @@ def task_page(request: Request, task_id: str, web: WebSessionDep, app: WebStateD
         # The typed records the API itself sends (an unreadable row: as stored, with its ``error``).
         rows = store.events.list_events(session, task_id, limit=FIRST_EVENTS)
         events = [event_public(row).model_dump(mode="json") for row in rows]
-        return render(request, "task.html", {**summary_context(session, task, web, app), "events": events}, web=web)
+        context = {**summary_context(session, task, web, app), **attempts_context(session, task), "events": events}
+        return render(request, "task.html", context, web=web)
 
 
 @router.get("/tasks/{task_id}/summary", response_class=HTMLResponse)
@@ -117,3 +119,19 @@ def task_summary(request: Request, task_id: str, web: WebSessionDep, app: WebSta
             return not_found(request, web, task_id)
         context = summary_context(session, task, web, app)
         return render(request, "_summary.html", context, web=web, headers={"X-Overnight-State": task.state})
+
+
+@router.get("/tasks/{task_id}/attempts", response_class=HTMLResponse)
+def task_attempts(
+    request: Request, task_id: str, web: WebSessionDep, app: WebStateDep, selected: int | None = None
+) -> HTMLResponse:
+    """A best-of-N task's attempt tabs, re-read while they run (``selected``: the tab the page has open); the
+    header says when nothing will change any more (every attempt ended and the ranking is written)."""
+    with app.sessions() as session:
+        task = store.tasks.get_task(session, task_id, user=web.user)
+        if task is None:
+            return not_found(request, web, task_id)
+        context = attempts_context(session, task, selected)
+        settled = present.is_final(task.state) and all(view.final for view in context["attempts"])
+        headers = {"X-Overnight-Settled": "true" if settled else "false"}
+        return render(request, "_attempts.html", context, web=web, headers=headers)

@@ -109,6 +109,8 @@ const Diff = (() => {
       Object.assign(this, { taskId, container, treeNode, toolbar, notes, help, count, review });
       this.files = [];
       this.loaded = false;
+      this.url = `/v1/tasks/${encodeURIComponent(taskId)}/patch?format=json`;
+      this.commentable = true;
       toolbar.addEventListener("change", (event) => { if (event.target.name === "diff-view") this.draw(); });
       container.addEventListener("click", (event) => this.onClick(event));
       container.addEventListener("keydown", (event) => this.onKey(event));
@@ -124,8 +126,27 @@ const Diff = (() => {
       return this.loading;
     }
 
+    /** Show another patch (an attempt's, ``url`` its JSON); comments on lines only where ``commentable`` (the
+     * task's own patch, which a follow-up starts from). */
+    source(url, commentable) {
+      if (url !== this.url || commentable !== this.commentable) {
+        Object.assign(this, { url, commentable, loaded: false, loading: null, patch: null, files: [] });
+        this.generation = (this.generation || 0) + 1;
+        this.closeEditor();
+        this.treeNode.replaceChildren();
+        this.notes.replaceChildren();
+        this.count.textContent = "";
+        this.toolbar.hidden = true;
+        this.help.hidden = true;
+        this.message("Loading the patch…");
+      }
+      return this.load();
+    }
+
     async fetchAndDraw() {
-      const result = await Overnight.api("GET", `/v1/tasks/${encodeURIComponent(this.taskId)}/patch?format=json`);
+      const url = this.url;
+      const result = await Overnight.api("GET", url);
+      if (url !== this.url) return false; // another patch was chosen meanwhile
       if (!result.ok) {
         this.loading = null; // asked again later (the task ends, the API comes back)
         if (result.status === 409) this.message("The patch appears here when the task ends.");
@@ -199,7 +220,7 @@ const Diff = (() => {
         if (this.pending.length) idle(more); else this.container.dataset.drawn = "all";
       };
       if (this.pending.length) idle(more); else this.container.dataset.drawn = "all";
-      this.help.hidden = false;
+      this.help.hidden = !this.commentable;
     }
 
     drawFile(index) {
@@ -227,6 +248,7 @@ const Diff = (() => {
 
     /** Marks each line-number cell of a file with its path, side and line so it can take a comment. */
     decorate(slot, index) {
+      if (!this.commentable) return;
       const path = filePath(this.files[index] || {});
       const sides = slot.querySelectorAll(".d2h-file-side-diff");
       let first = null;
@@ -259,7 +281,7 @@ const Diff = (() => {
       const remove = event.target.closest("[data-remove-comment]");
       if (remove) return this.review.remove(remove.dataset.removeComment);
       const cell = event.target.closest("td[data-line]");
-      if (cell) this.openEditor(cell);
+      if (cell && this.commentable) this.openEditor(cell);
     }
 
     onKey(event) {
@@ -326,7 +348,7 @@ const Diff = (() => {
 
     /** The saved comments under their lines (of one file, or of every file drawn). */
     showComments(path = null) {
-      const items = this.review.items.filter((item) => path === null || item.path === path);
+      const items = this.commentable ? this.review.items.filter((item) => path === null || item.path === path) : [];
       if (path === null) this.container.querySelectorAll(".comment-saved").forEach((row) => row.remove());
       for (const item of items) {
         const cell = this.cellFor(item);

@@ -117,6 +117,16 @@ const Feed = (() => {
       extra: el("span", { class: "sub" }, d.step != null ? `step ${d.step}` : d.phase === "setup" ? "set-up" : String(d.phase ?? "")),
       body: [el("p", {}, el("code", {}, `${d.method} ${d.host}:${d.port}`), (d.count ?? 1) > 1 ? ` ×${d.count}` : "", ` — ${d.reason ?? ""}`)],
     }),
+    attempt_ended: (d) => ({
+      kind: `Attempt ${d.attempt} ${(own(STATE_WORDS, d.state) || String(d.state)).toLowerCase()}`,
+      cls: d.state === "succeeded" ? "" : "failed",
+      body: [el("p", {}, el("a", { href: `/tasks/${encodeURIComponent(d.task_id)}` }, "Its activity"), d.reason ? ` — ${d.reason}` : "")],
+    }),
+    attempts_ranked: (d) => ({
+      kind: "Attempts ranked",
+      body: [el("p", {}, d.best != null ? `Best: attempt ${d.best} (its patch is this task's).` : "No attempt left a patch.",
+        Array.isArray(d.order) && d.order.length ? ` Order, best first: ${d.order.join(", ")}.` : "")],
+    }),
   };
 
   function toolResult(d, seq) {

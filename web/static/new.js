@@ -5,7 +5,7 @@
 (() => {
   const form = document.getElementById("new-task");
   if (!form) return;
-  const FIELDS = ["repo", "ref", "instruction", "max_steps", "setup"];
+  const FIELDS = ["repo", "ref", "instruction", "max_steps", "attempts", "setup"];
   const CODE_FIELDS = { repository_forbidden: "repo", invalid_repo: "repo", invalid_local_changes: "ref" };
   const formError = document.getElementById("form-error");
 
@@ -54,6 +54,8 @@
     if (value("setup").trim()) payload.setup = value("setup").trim();
     const steps = value("max_steps").trim();
     if (steps) payload.max_steps = /^\d+$/.test(steps) ? Number(steps) : steps; // the API says what is wrong
+    const attempts = value("attempts").trim();
+    if (attempts) payload.attempts = /^\d+$/.test(attempts) ? Number(attempts) : attempts; // 1..8: the API's check
     return payload;
   }
 

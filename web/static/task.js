@@ -42,6 +42,8 @@
     count: document.getElementById("changes-count"),
   });
   showReview(review);
+  // A best-of-N task: its attempts as tabs above the diff, which then shows the chosen attempt's patch.
+  const attempts = typeof Attempts === "undefined" ? null : Attempts.start({ taskId, diff });
 
   // Tabs: arrow keys move between them (the WAI-ARIA tabs pattern); the address keeps the one shown.
   const tabs = [...document.querySelectorAll('.tabs [role="tab"]')];
@@ -56,7 +58,7 @@
     }
     if (focus) tab.focus();
     history.replaceState(null, "", tab === changesTab ? "#changes" : "#activity");
-    if (tab === changesTab && !diff.loaded && final) diff.load();
+    if (tab === changesTab && !diff.loaded && final && !attempts) diff.load();
     if (tab === activityTab) feed.toBottom();
   }
 
@@ -104,7 +106,7 @@
     document.getElementById("follow-up-label").textContent = "Follow-up";
     for (const node of followUp.parentElement.querySelectorAll("[data-final-text]")) node.textContent = node.dataset.finalText;
     followUp.elements.instruction.placeholder = "Now also…";
-    diff.load();
+    if (attempts) attempts.refresh(); else diff.load();
   }
 
   const feed = new Feed.Feed({
@@ -114,6 +116,7 @@
     status: document.getElementById("stream-status"),
     onEvent: (event) => {
       if (ready && ["state", "setup", "model_response", "patch", "publish", "finish"].includes(event.type)) scheduleRefresh();
+      if (ready && attempts && ["attempt_ended", "attempts_ranked"].includes(event.type)) attempts.refresh();
     },
   });
 
@@ -200,7 +203,7 @@
 
   // Start: the patch of an ended task is asked for first (it arrives while the feed is drawn), then the events
   // the page came with, then the live stream from where they end.
-  if (final) diff.load();
+  if (attempts) attempts.show(); else if (final) diff.load();
   const initial = JSON.parse(document.getElementById("initial-events").textContent || "[]");
   feed.addAll(initial);
   feed.container.removeAttribute("aria-busy");
