@@ -12,6 +12,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from overnight.cli.errors import ClientError
+from overnight.cli.images import ImagePart
 from overnight.cli.settings import ClientSettings
 
 
@@ -108,8 +109,12 @@ class APIClient:
                 raise self._unexpected(response, f"in {key!r}: {problem}")
         return items
 
-    def create_task(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._json(self.request("POST", "/v1/tasks", json=body), TASK)
+    def create_task(self, body: dict[str, Any], images: list[ImagePart] | None = None) -> dict[str, Any]:
+        """JSON, or with ``images`` a multipart form: the body as its ``task`` part, each image a file part."""
+        if not images:
+            return self._json(self.request("POST", "/v1/tasks", json=body), TASK)
+        form = {"task": json.dumps(body)}
+        return self._json(self.request("POST", "/v1/tasks", data=form, files=images, timeout=120), TASK)
 
     def get_task(self, task_id: str) -> dict[str, Any]:
         return self._json(self.request("GET", f"/v1/tasks/{task_id}"), TASK)

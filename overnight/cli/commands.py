@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from overnight.cli.checkout import CheckoutError, inspect, local_changes_diff
 from overnight.cli.errors import ClientError
+from overnight.cli.images import ImageOption, image_parts
 from overnight.cli.render import Status, blocked_hosts, describe
 from overnight.cli.terminal import SafeConsole
 
@@ -116,6 +117,7 @@ def submit(
     no_local_changes: Annotated[
         bool, typer.Option("--no-local-changes", help="Start from the remote's commit; ignore unpushed work.")
     ] = False,
+    image: ImageOption = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the task until it ends, then print its diff.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -143,7 +145,7 @@ def submit(
         body["repo"] = repo
     try:
         client = _client()
-        task = client.create_task({key: value for key, value in body.items() if value is not None})
+        task = client.create_task({key: value for key, value in body.items() if value is not None}, image_parts(image))
         if not wait:
             _print_json(task) if as_json else console.print(task["id"], markup=False)
             return
