@@ -107,11 +107,12 @@ class GitHubHooks:
         with self.sessions() as session:
             patch = store.patches.get_patch(session, task_id)
         if state is not TaskState.succeeded:
-            self._report(task_id, link, f"could not finish this: {state.value}, {reason or 'no reason given'}.")
+            what = f"could not finish this: {state.value}, {reason or 'no reason given'}."
+            self._report(task_id, link, what + self._blocked_note(task_id))
             self._set(task_id, "skipped", None)
             return
         if patch is None or not patch.diff:
-            self._report(task_id, link, "found that no changes are needed.")
+            self._report(task_id, link, "found that no changes are needed." + self._blocked_note(task_id))
             self._set(task_id, "skipped", None)
             return
         try:
@@ -176,6 +177,12 @@ class GitHubHooks:
         section = markdown_section(blocked) if blocked else ""
         parts = [text.strip(), f"Fixes #{number}", section, self._task_line(task_id)]
         return "\n\n".join(part for part in parts if part)
+
+    def _blocked_note(self, task_id: str) -> str:
+        """The blocked hosts for a report that opens no pull request (a failed install is often why)."""
+        with self.sessions() as session:
+            blocked = store.network.blocked_summary(session, task_id)
+        return f"\n\n{markdown_section(blocked)}" if blocked else ""
 
     def _body(self, task_id: str, what: str) -> str:
         return f"{MARK}\nOvernight {what}\n\n{self._task_line(task_id)}"

@@ -112,3 +112,25 @@ def test_a_pull_request_without_refusals_says_nothing_of_them(
     _publish(settings, tmp_path, [])
     [pull] = fake.fake.pulls
     assert pull["body"].startswith("a.txt says two now.\n\nFixes #1\n\n") and "Blocked" not in pull["body"]
+
+
+def test_a_failed_task_says_on_the_issue_which_hosts_were_blocked(
+    settings: Settings, fake: FakeGitHubServer, tmp_path: Path
+) -> None:
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with TestClient(create_app(settings)) as api:
+        task_id = str(deliver(api, "issues", labeled()).json()["task_id"])
+    with sessions.begin() as session:
+        store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.running)
+        store.events.append_event(session, task_id, NetworkBlockedEvent(
+            host="registry.npmjs.org", port=443, method="CONNECT", at=AT, phase="setup",
+            reason="not in the allowlist", count=2,
+        ))  # fmt: skip
+        store.tasks.transition(session, task_id, from_states=[TaskState.running], to_state=TaskState.failed,
+                               reason="set-up failed (exit 1)")  # fmt: skip
+    client = client_from_settings(settings.github)
+    assert client is not None
+    GitHubHooks(client, sessions, allow_local=True).finished(task_id, TaskState.failed, "set-up failed (exit 1)", None)
+    [report] = fake.fake.comments.values()
+    assert "could not finish this: failed, set-up failed (exit 1)." in report["body"]
+    assert f"**Blocked hosts:** `registry.npmjs.org` {TIMES}2\n" in report["body"] and not fake.fake.pulls
