@@ -32,6 +32,7 @@ TASK: dict[str, type] = {"id": str, "state": str, "repo": str, "instruction": st
 EVENT: dict[str, type] = {"seq": int, "type": str, "data": dict, "created_at": str}
 PATCH: dict[str, type] = {"base_sha": str, "files_changed": int}
 MESSAGE: dict[str, type] = {"id": int, "task_id": str, "mode": str, "state": str, "text": str}
+ATTEMPT: dict[str, type] = {"attempt": int, "task_id": str, "state": str, "best": bool}
 _JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
                bool: "a boolean", type(None): "null"}  # fmt: skip
 
@@ -131,11 +132,17 @@ class APIClient:
         response = self.request("GET", f"/v1/tasks/{task_id}/events", params={"after": after})
         return self._items(response, "events", EVENT)
 
-    def patch(self, task_id: str, fmt: str = "diff") -> str:
-        return self.request("GET", f"/v1/tasks/{task_id}/patch", params={"format": fmt}).text
+    def patch(self, task_id: str, fmt: str = "diff", *, attempt: int | None = None) -> str:
+        params = {"format": fmt, **({"attempt": attempt} if attempt else {})}
+        return self.request("GET", f"/v1/tasks/{task_id}/patch", params=params).text
 
-    def patch_json(self, task_id: str) -> dict[str, Any]:
-        return self._json(self.request("GET", f"/v1/tasks/{task_id}/patch", params={"format": "json"}), PATCH)
+    def patch_json(self, task_id: str, *, attempt: int | None = None) -> dict[str, Any]:
+        params = {"format": "json", **({"attempt": attempt} if attempt else {})}
+        return self._json(self.request("GET", f"/v1/tasks/{task_id}/patch", params=params), PATCH)
+
+    def attempts(self, task_id: str) -> list[dict[str, Any]]:
+        """A task's best-of-N attempts, by K, with their ranks once ranked."""
+        return self._items(self.request("GET", f"/v1/tasks/{task_id}/attempts"), "attempts", ATTEMPT)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """POST to a task's action (cancel, retry, follow-up); the answer is a task."""

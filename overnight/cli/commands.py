@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
+from overnight.cli.attempts import print_attempts
 from overnight.cli.checkout import CheckoutError, inspect, local_changes_diff
 from overnight.cli.errors import ClientError
 from overnight.cli.images import ImageOption, image_parts
@@ -32,6 +33,7 @@ console = SafeConsole(highlight=False)
 err = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
 FINAL_STATES = {"succeeded", "failed", "cancelled"}
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+AttemptOption = Annotated[int | None, typer.Option(help="Attempt K's patch (a task run with --attempts N).")]
 
 
 def _client() -> APIClient:
@@ -114,6 +116,7 @@ def submit(
     ref: Annotated[str | None, typer.Option(help="Branch, tag or commit (default: what you have checked out).")] = None,
     setup: Annotated[str | None, typer.Option(help="Set-up script in the repository to run instead.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Model calls the task may make.")] = None,
+    attempts: Annotated[int, typer.Option(help="Best-of-N: run it N times at once (1-8), keep the best.")] = 1,
     no_local_changes: Annotated[
         bool, typer.Option("--no-local-changes", help="Start from the remote's commit; ignore unpushed work.")
     ] = False,
@@ -123,7 +126,8 @@ def submit(
 ) -> None:
     """File a task. Inside a git checkout the repository, branch and base commit come from it, and unpushed
     commits and uncommitted files go along, so the task starts from exactly what you have."""
-    body: dict[str, Any] = {"instruction": instruction, "ref": ref, "setup": setup, "max_steps": max_steps}
+    body: dict[str, Any] = {"instruction": instruction, "ref": ref, "setup": setup, "max_steps": max_steps,
+                            "attempts": attempts if attempts != 1 else None}  # fmt: skip
     if repo is None:
         try:
             checkout = inspect(Path.cwd())
@@ -237,13 +241,15 @@ def _age(moment: str) -> str:
 
 
 def show(task_id: str, as_json: JsonOption = False) -> None:
-    """Show one task."""
+    """Show one task (a task run with --attempts: each attempt, its rank and why)."""
     try:
-        task = _client().get_task(task_id)
+        client = _client()
+        task = client.get_task(task_id)
+        attempts = client.attempts(task_id) if (task.get("attempts") or 1) > 1 else []
     except ClientError as exc:
         raise fail(str(exc), exc.exit_code) from exc
     if as_json:
-        _print_json(task)
+        _print_json({**task, "attempts_detail": attempts} if attempts else task)
         return
     for key in ("id", "state", "attempt", "repo", "ref", "base_sha", "steps", "created_at", "finished_at",
                 "failure_reason"):  # fmt: skip
@@ -256,6 +262,10 @@ def show(task_id: str, as_json: JsonOption = False) -> None:
         state = f"{github.get('publish_state')}" + (f" ({error})" if error else "")
         line = f"{github.get('repo')}#{github.get('number')} → {pull}, {state}"
         console.print(f"[bold]github[/bold]: {escape(line)}", markup=True)
+    if task.get("attempt_of"):
+        console.print(f"[bold]attempt[/bold]: {task.get('attempt_index')} of {escape(str(task['attempt_of']))}")
+    elif attempts:
+        print_attempts(console, task, attempts)
     blocked = blocked_hosts(task.get("network_blocked"))
     if blocked:
         console.print(f"[bold]blocked[/bold]: {escape(blocked)}", markup=True)
@@ -291,19 +301,19 @@ def logs(
             console.print(line)
 
 
-def diff(task_id: str, as_json: JsonOption = False) -> None:
+def diff(task_id: str, attempt: AttemptOption = None, as_json: JsonOption = False) -> None:
     """Print a task's patch (colored on a terminal, plain when piped: `git apply` takes it)."""
     try:
         client = _client()
         if as_json:
-            _print_json(client.patch_json(task_id))
+            _print_json(client.patch_json(task_id, attempt=attempt))
             return
-        _print_diff(client.patch(task_id))
+        _print_diff(client.patch(task_id, attempt=attempt))
     except ClientError as exc:
         raise fail(str(exc), exc.exit_code) from exc
 
 
-def apply(task_id: str, as_json: JsonOption = False) -> None:
+def apply(task_id: str, attempt: AttemptOption = None, as_json: JsonOption = False) -> None:
     """Apply a task's patch to this checkout on a new branch `overnight/ID` with `git am`."""
     try:
         status = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True)
@@ -313,11 +323,11 @@ def apply(task_id: str, as_json: JsonOption = False) -> None:
         raise fail("the working tree has uncommitted changes; commit or stash them first", 2)
     try:
         client = _client()
-        patch = client.patch_json(task_id)
-        mbox = client.patch(task_id, "mbox")
+        patch = client.patch_json(task_id, attempt=attempt)
+        mbox = client.patch(task_id, "mbox", attempt=attempt)
     except ClientError as exc:
         raise fail(str(exc), exc.exit_code) from exc
-    branch = f"overnight/{task_id}"
+    branch = f"overnight/{task_id}" + (f"-{attempt}" if attempt else "")
     start = patch["base_sha"]
     if subprocess.run(["git", "cat-file", "-e", f"{start}^{{commit}}"], capture_output=True).returncode != 0:
         raise fail(f"this checkout does not have the task's base commit {start[:12]}: fetch first", 2)
