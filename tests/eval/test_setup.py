@@ -62,6 +62,7 @@ def test_the_instance_set_up_runs_at_the_environment_commit_and_resolves(setup_s
     run = _run(setup_stack, setup_stack.instances_file, "spec")
     assert run["outcome"] == "resolved" and run["task_state"] == "succeeded", run
     assert set(run["tests"].values()) == {"PASSED"} and run["setup_cached"] is False
+    assert run["setup_script"] == "environment set-up script"
     mirror = str((setup_stack.folder / "repos" / "pypi__inflection-timeout").resolve())
     script = _environments(setup_stack)[mirror]
     assert script is not None and script.startswith(MARKER)
@@ -89,7 +90,7 @@ def test_without_its_set_up_the_tests_do_not_run(setup_stack: EvalStack) -> None
     log = (setup_stack.folder / "no-spec" / "logs" / f"{INSTANCE}.1.log").read_text()
     assert "unrecognized arguments: --timeout" in log
     assert _environments(setup_stack) == {}  # the eval's environment went with the instances' set-up
-    assert _setup_event(setup_stack, run["task_id"])["script"] == "automatic set-up"
+    assert _setup_event(setup_stack, run["task_id"])["script"] == run["setup_script"] == "automatic set-up"
 
 
 def test_the_base_commits_requirements_are_not_the_environments(setup_stack: EvalStack) -> None:

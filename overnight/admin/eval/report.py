@@ -40,6 +40,9 @@ class RunRecord(BaseModel):
     queued_seconds: float | None = None
     setup_seconds: float | None = None
     setup_cached: bool | None = None
+    setup_script: str | None = None
+    """Which set-up the task had (its ``setup`` event): ``environment set-up script`` (the instance's, through the
+    eval's environment), ``automatic set-up``, or a path of the repository."""
     grading_seconds: float | None = None
     patch_complete: bool | None = None
     fail_to_pass: tuple[int, int] = (0, 0)

@@ -120,6 +120,7 @@ def _record(instance: Instance, attempt: int, figures: TaskFigures, grade: Grade
         steps=figures.steps, prompt_tokens=figures.prompt_tokens, cached_tokens=figures.cached_tokens,
         completion_tokens=figures.completion_tokens, cost=figures.cost, wall_seconds=figures.wall_seconds,
         queued_seconds=figures.queued_seconds, setup_seconds=figures.setup_seconds, setup_cached=figures.setup_cached,
+        setup_script=figures.setup_script,
         grading_seconds=grade.seconds, patch_complete=figures.patch_complete, fail_to_pass=grade.fail_to_pass,
         pass_to_pass=grade.pass_to_pass, tests=grade.tests, model_patch=figures.diff,
     )  # fmt: skip

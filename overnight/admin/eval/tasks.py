@@ -100,6 +100,7 @@ class TaskFigures(BaseModel):
     setup_seconds: float | None
     """From the set-up phase to the agent's start: the set-up (or its snapshot), and the agent's sandbox."""
     setup_cached: bool | None
+    setup_script: str | None
 
 
 def task_figures(sessions: sessionmaker[Session], task_id: str, budget: Budget) -> TaskFigures:
@@ -108,7 +109,7 @@ def task_figures(sessions: sessionmaker[Session], task_id: str, budget: Budget) 
         if task is None:
             raise LookupError(f"task {task_id} is gone from the database")
         patch = store.patches.get_patch(session, task_id)
-        setup_seconds, setup_cached = _setup_time(session, task)
+        setup_seconds, setup_cached, setup_script = _setup_time(session, task)
         spend = Spend(budget=budget, prompt_tokens=task.prompt_tokens, cached_tokens=task.cached_tokens,
                       completion_tokens=task.completion_tokens)  # fmt: skip
         return TaskFigures(
@@ -118,14 +119,15 @@ def task_figures(sessions: sessionmaker[Session], task_id: str, budget: Budget) 
             completion_tokens=task.completion_tokens, cost=round(spend.cost, 6),
             wall_seconds=_seconds(task.started_at, task.finished_at),
             queued_seconds=_seconds(task.created_at, task.started_at),
-            setup_seconds=setup_seconds, setup_cached=setup_cached,
+            setup_seconds=setup_seconds, setup_cached=setup_cached, setup_script=setup_script,
         )  # fmt: skip
 
 
-def _setup_time(session: Session, task: Task) -> tuple[float | None, bool | None]:
+def _setup_time(session: Session, task: Task) -> tuple[float | None, bool | None, str | None]:
     began: datetime | None = None
     ended: datetime | None = None
     cached: bool | None = None
+    script: str | None = None
     for row in store.events.list_events(session, task.id, limit=EARLY_EVENTS):
         try:
             event = store.events.read_event(row)
@@ -136,8 +138,8 @@ def _setup_time(session: Session, task: Task) -> tuple[float | None, bool | None
         elif isinstance(event, PhaseEvent) and event.phase == "agent" and ended is None:
             ended = row.created_at
         elif isinstance(event, SetupEvent):
-            cached = event.cached
-    return _seconds(began, ended or (task.finished_at if began else None)), cached
+            cached, script = event.cached, event.script
+    return _seconds(began, ended or (task.finished_at if began else None)), cached, script
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
