@@ -168,7 +168,7 @@ def _publish_and_finish(run: AttemptRun, state: TaskState, reason: str | None) -
     ctx, attempt, task_id = run.ctx, run.attempt, run.task.id
     try:
         attempt.write(lambda session: None)  # still this attempt's task?
-        if ctx.hooks is not None:
+        if ctx.hooks is not None and run.task.attempt_of is None:  # an attempt's task is told after the ranking
             try:
                 ctx.hooks.finished(task_id, state, reason, run.commit)
             except Exception:  # publishing is the hook's business; the task still ends

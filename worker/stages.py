@@ -53,12 +53,16 @@ class ClaimedTask:
     """The task whose patch a follow-up starts from."""
     user_id: int | None
     """Whose task: what it may clone and with whose credentials, whose set-up snapshots it may reuse."""
+    attempt_of: str | None = None
+    """A best-of-N attempt task's task (``store/bestof.py``): where the task came from (GitHub) is that one's."""
+    attempt_index: int | None = None
 
     @classmethod
     def of(cls, row: Task) -> ClaimedTask:
         follows = row.parent_id if row.kind in ("follow-up", "attempt") else None  # an attempt: of a follow-up
         return cls(id=row.id, repo=row.repo, ref=row.ref, instruction=row.instruction, max_steps=row.max_steps,
-                   setup=row.setup, start_diff=row.start_diff, follows=follows, user_id=row.user_id)  # fmt: skip
+                   setup=row.setup, start_diff=row.start_diff, follows=follows, user_id=row.user_id,
+                   attempt_of=row.attempt_of, attempt_index=row.attempt_index)  # fmt: skip
 
 
 @dataclass(kw_only=True)
@@ -102,8 +106,8 @@ def _prepare_workspace(run: AttemptRun) -> None:
     run.lease.callback(remove_owned, run.commit_into)
     run.ctx.backend.create_workspace(run.workspace)
     run.owner, run.start_diff, run.start_from = run.attempt.read(lambda session: _starting_point(session, run.task))
-    if run.ctx.hooks is not None:
-        run.ctx.hooks.started(run.task.id)
+    if run.ctx.hooks is not None and (run.task.attempt_index or 1) == 1:  # of a task's attempts, the first tells
+        run.ctx.hooks.started(run.task.attempt_of or run.task.id)
 
 
 def _starting_point(session: Session, task: ClaimedTask) -> tuple[Requester | None, str | None, str]:
@@ -117,7 +121,7 @@ def _starting_point(session: Session, task: ClaimedTask) -> tuple[Requester | No
 def _clone(run: AttemptRun) -> None:
     ctx, task = run.ctx, run.task
     run.emit(PhaseEvent(phase="clone", repo=task.repo, ref=task.ref))
-    credentials = ctx.hooks.git_credentials(task.id, task.repo) if ctx.hooks is not None else None
+    credentials = ctx.hooks.git_credentials(task.attempt_of or task.id, task.repo) if ctx.hooks is not None else None
     run.base_sha, run.mirror = clone_repository(
         task.repo, task.ref, run.workspace, checkout=ctx.checkout, owner=run.owner, credentials=credentials,
         lease=run.lease,

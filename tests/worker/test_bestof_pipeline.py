@@ -115,3 +115,42 @@ def test_all_attempts_failing_fails_the_task_with_their_reasons(
     assert group.failure_reason.startswith("no attempt left a patch: attempt 1 failed (")
     assert "; attempt 2 failed (" in group.failure_reason
     assert group.ranking["best"] is None
+
+
+class RecordingHooks:
+    """Where a task came from, as the worker tells it (GitHub's hooks in production), written down."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def git_credentials(self, task_id: str, url: str) -> dict[str, str]:
+        self.calls.append(("credentials", task_id, None))
+        return {}
+
+    def started(self, task_id: str) -> None:
+        self.calls.append(("started", task_id, None))
+
+    def finished(self, task_id: str, state: Any, reason: str | None, commit: Any) -> None:
+        self.calls.append(("finished", task_id, (state.value, reason, commit)))
+
+
+def test_where_the_task_came_from_hears_of_the_task_once_and_gets_the_best_patchs_commit(
+    sqlite_engine: Engine, docker_backend: DockerBackend, scripted_model: ScriptedModelServer, buggy_repo: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Started once (by attempt 1) and finished once (after the ranking), both as the task; each attempt clones with
+    the task's credentials; the commit handed over is the best patch's, made again on its base."""
+    scripted_model.state.scripts.extend([list(FAILING_SMALL), list(PASSING_BIG)])
+    group_id, attempt_ids = _submit(sqlite_engine, buggy_repo, 2)
+    hooks = RecordingHooks()
+    context = make_context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path, hooks=hooks)
+    for task_id in [*attempt_ids, group_id]:
+        assert run_task(task_id, context) == "ran"
+    assert [(kind, task) for kind, task, _ in hooks.calls if kind == "started"] == [("started", group_id)]
+    assert {task for kind, task, _ in hooks.calls if kind == "credentials"} == {group_id}
+    finished = [(task, info) for kind, task, info in hooks.calls if kind == "finished"]
+    assert len(finished) == 1 and finished[0][0] == group_id
+    state, reason, commit = finished[0][1]
+    group, patch, _ = outcome(sqlite_engine, group_id)
+    assert (state, reason) == ("succeeded", None) == (group.state, group.failure_reason)
+    assert commit is not None and patch is not None and patch.mbox == commit.mbox and "a + b" in patch.mbox
