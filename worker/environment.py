@@ -15,12 +15,14 @@ import shlex
 import stat
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import git
 
+from overnight.environments import DEFAULT_SETUP_NETWORK, AllowlistNetwork
 from overnight.events import EventSink, SetupEvent
 from sandbox.base import CommandResult, Sandbox, SandboxBackend, SandboxError, SandboxSpec
 from sandbox.environments import (
@@ -31,7 +33,9 @@ from sandbox.environments import (
     environment_key,
 )
 from sandbox.output import truncate_middle
+from sandbox.proxy import EgressLease, EgressProxy
 from worker.autosetup import auto_setup_script
+from worker.egress import BlockedReport, open_lease
 from worker.errors import GitMemoryError, TaskFailure
 from worker.hostgit import DEFAULT_GIT_MEMORY, workspace_tree
 from worker.task_environment import TaskEnvironment, find_secrets
@@ -75,6 +79,9 @@ class SetupPolicy:
     """HTTP(S)_PROXY / NO_PROXY for set-up sandboxes, when the host reaches registries through a proxy."""
     repo_images: tuple[str, ...] = ()
     """Images a repository may name in .overnight/image (the operator's list); none: only ``image``."""
+    egress: Literal["firewall", "registries"] = "firewall"
+    """How a set-up whose policy is full goes out: the set-up network, or the egress proxy to ``registries``."""
+    registries: tuple[str, ...] = ()
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -192,6 +199,7 @@ def prepare_environment(
     owner: str | None = None,
     git_memory: int = DEFAULT_GIT_MEMORY,
     task_env: TaskEnvironment | None = None,
+    egress: EgressProxy | None = None,
 ) -> Environment:
     """Where the agent's sandbox starts: after the set-up script, the automatic set-up, or neither.
 
@@ -211,16 +219,20 @@ def prepare_environment(
         emit(SetupEvent(script=script.path, auto=script.auto, cached=True, environment=key, **given))
         return Environment(ref=cached)
     started = time.monotonic()
-    sandbox = backend.start(_setup_spec(task_id, workspace, base, policy, task_env))
-    try:
-        on_sandbox(sandbox)  # a cancel kills the set-up's command too (or, found already, stops it starting)
-        return _run_setup(sandbox, script, key=key, base=base, cache=cache, policy=policy, emit=emit, started=started,
-                          task_env=task_env)  # fmt: skip
-    except SandboxError as exc:
-        raise TaskFailure(f"set-up: {exc}") from exc
-    finally:
-        on_sandbox(None)
-        sandbox.close()
+    with ExitStack() as stack:  # the lease on the egress proxy (if any) outlives the sandbox
+        proxied = _setup_egress(policy, task_env)
+        lease = open_lease(egress, task_id, proxied, stack, phase="set-up") if proxied else None
+        sandbox = backend.start(_setup_spec(task_id, workspace, base, policy, task_env, lease))
+        report = BlockedReport(lease, emit, phase="setup") if lease else None
+        try:
+            on_sandbox(sandbox)  # a cancel kills the set-up's command too (or, found already, stops it starting)
+            return _run_setup(sandbox, script, key=key, base=base, cache=cache, policy=policy, emit=emit,
+                              started=started, task_env=task_env, report=report)  # fmt: skip
+        except SandboxError as exc:
+            raise TaskFailure(f"set-up: {exc}") from exc
+        finally:
+            on_sandbox(None)
+            sandbox.close()
 
 
 def _setup_network(policy: SetupPolicy, task_env: TaskEnvironment | None) -> bool:
@@ -228,13 +240,32 @@ def _setup_network(policy: SetupPolicy, task_env: TaskEnvironment | None) -> boo
     return policy.network and (task_env is None or task_env.setup_network.mode != "none")
 
 
+def _setup_egress(policy: SetupPolicy, task_env: TaskEnvironment | None) -> AllowlistNetwork | None:
+    """The allowlist a set-up reaches through the egress proxy: its environment's, or the operator's registries
+    for a full policy when OVERNIGHT_SANDBOX_SETUP_EGRESS=registries; None: no network, or the set-up network."""
+    if not _setup_network(policy, task_env):
+        return None
+    chosen = task_env.setup_network if task_env else DEFAULT_SETUP_NETWORK
+    if isinstance(chosen, AllowlistNetwork):
+        return chosen
+    if policy.egress != "registries":
+        return None
+    if not policy.registries:
+        raise TaskFailure("set-up: OVERNIGHT_SANDBOX_SETUP_EGRESS is registries, but "
+                          "OVERNIGHT_SANDBOX_SETUP_REGISTRIES names none")  # fmt: skip
+    return AllowlistNetwork(domains=list(policy.registries))
+
+
 def _setup_spec(
-    task_id: str, workspace: Path, base: str | None, policy: SetupPolicy, task_env: TaskEnvironment | None
-) -> SandboxSpec:
+    task_id: str, workspace: Path, base: str | None, policy: SetupPolicy, task_env: TaskEnvironment | None,
+    lease: EgressLease | None,
+) -> SandboxSpec:  # fmt: skip
     network = _setup_network(policy, task_env)
-    env = {**(policy.proxy_env if network else {}), **(task_env.variables if task_env else {})}
-    return SandboxSpec(task_id=task_id, workspace=workspace, network=network, purpose="setup", lifetime=policy.lifetime,
-                       image=base, ca_bundle=policy.ca_bundle if network else None, env=env)  # fmt: skip
+    direct = network and lease is None  # the set-up network; through the egress proxy, the backend sets HTTP_PROXY
+    env = {**(policy.proxy_env if direct else {}), **(task_env.variables if task_env else {})}
+    return SandboxSpec(task_id=task_id, workspace=workspace, network=direct, purpose="setup", lifetime=policy.lifetime,
+                       image=base, ca_bundle=policy.ca_bundle if network else None, env=env,
+                       egress=lease.folder if lease else None)  # fmt: skip
 
 
 def _given(task_env: TaskEnvironment | None, *, ran: bool = True) -> dict[str, Any]:
@@ -249,6 +280,7 @@ def _given(task_env: TaskEnvironment | None, *, ran: bool = True) -> dict[str, A
 def _run_setup(
     sandbox: Sandbox, script: SetupScript, *, key: str, base: str | None, cache: EnvironmentCache,
     policy: SetupPolicy, emit: EventSink, started: float, task_env: TaskEnvironment | None,
+    report: BlockedReport | None = None,
 ) -> Environment:  # fmt: skip
     """Run the set-up in its sandbox (the environment's secrets in the command's variables only), say how it went
     (secrets redacted), check that no secret outlives it, and snapshot what it left under ``key``. A failed script
@@ -257,6 +289,8 @@ def _run_setup(
     result = sandbox.run(script.command, env=task_env.secrets if task_env else None, timeout=policy.timeout,
                          output_limit=LOG_LIMIT)  # fmt: skip
     log = truncate_middle(redact(result.stdout + result.stderr), LOG_LIMIT)
+    if report is not None:  # what the egress proxy refused it, before its event (and before a failure ends the task)
+        report.flush()
     emit(SetupEvent(
         script=script.path, auto=script.auto, cached=False, network=_setup_network(policy, task_env),
         commands=script.text.decode("utf-8", errors="replace") if script.auto else None, exit_code=result.exit_code,

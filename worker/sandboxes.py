@@ -77,6 +77,8 @@ def setup_policy(sandbox: SandboxSettings, *, lifetime: float) -> SetupPolicy:
         ca_bundle=sandbox.ca_bundle,
         proxy_env=sandbox.proxy_env(),
         repo_images=tuple(sandbox.repo_images),
+        egress=sandbox.setup_egress,
+        registries=tuple(sandbox.setup_registries),
     )
 
 

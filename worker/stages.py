@@ -147,7 +147,7 @@ def _set_up(run: AttemptRun) -> None:
         task_id=task.id, repository=task.repo, workspace=run.workspace, setup_path=task.setup,
         backend=ctx.backend, cache=ctx.environments, policy=ctx.setup, emit=run.emit, on_sandbox=run.watch.attach,
         owner=None if task.user_id is None else str(task.user_id), git_memory=ctx.limits.git_memory,
-        task_env=run.task_env,
+        task_env=run.task_env, egress=ctx.egress,
     )  # fmt: skip
 
 

@@ -22,8 +22,10 @@ from overnight.environments import pattern_key
 from sandbox.base import SandboxBackend
 from sandbox.proxy import EgressProxy
 from store.engine import make_sessionmaker
+from tests.conftest import SANDBOX_IMAGE
 from tests.egress_web import PUBLIC, Web, egress_web
 from tests.worker.conftest import make_context, outcome
+from worker.environment import SetupPolicy
 from worker.pipeline import run_task
 
 
@@ -122,3 +124,40 @@ def test_a_policy_that_needs_the_proxy_fails_the_task_on_a_worker_without_one(
     task, _, _ = outcome(sqlite_engine, task_id)
     assert task.state == "failed"
     assert task.failure_reason == "the agent network policy 'full' needs the egress proxy, which this worker lacks"
+
+
+SETUP = """curl -sS --max-time 10 http://allowed.test:{port}/setup
+curl -sS --max-time 10 -o /dev/null -w 'refused %{{http_code}}\\n' -X POST http://elsewhere.test:{port}/upload
+curl -sS --max-time 5 --noproxy '*' http://{public}:{port}/direct || echo 'direct: nothing'
+"""
+
+
+@pytest.mark.parametrize("how", ["environment allowlist", "operator registries"])
+def test_a_set_up_goes_through_the_proxy_to_its_allowlist(
+    sqlite_engine: Engine, backend: SandboxBackend, scripted_model: ScriptedModelServer, buggy_repo: Path,
+    tmp_path: Path, web: Web, how: str,
+) -> None:  # fmt: skip
+    """An environment's allowlist set-up policy, or a full one when the operator sends set-ups to the registries
+    (OVERNIGHT_SANDBOX_SETUP_EGRESS=registries), reaches its hosts through the proxy and nothing else; what was
+    refused is a network_blocked event of the set-up phase."""
+    script = SETUP.format(port=web.port, public=PUBLIC)
+    if how == "environment allowlist":
+        _environment(sqlite_engine, buggy_repo, setup_script=script,
+                     setup_network={"mode": "allowlist", "domains": ["allowed.test"]})  # fmt: skip
+        setup = SetupPolicy(image=SANDBOX_IMAGE, network=True, timeout=120, lifetime=900)
+    else:
+        _environment(sqlite_engine, buggy_repo, setup_script=script)
+        setup = SetupPolicy(image=SANDBOX_IMAGE, network=True, timeout=120, lifetime=900, egress="registries",
+                            registries=("allowed.test", "*.pkg.test"))  # fmt: skip
+    scripted_model.state.extend(_finish())
+    context = make_context(sqlite_engine, backend, scripted_model.base_url, tmp_path, egress=web.proxy, setup=setup)
+    with make_sessionmaker(sqlite_engine).begin() as session:
+        task_id = store.tasks.create_task(session, repo=str(buggy_repo), ref=None, instruction="fix the test").id
+    run_task(task_id, context)
+    task, _, events = outcome(sqlite_engine, task_id)
+    assert task.state == "succeeded", task.failure_reason
+    [log] = [data["log"] for kind, data in events if kind == "setup"]
+    assert f"{PUBLIC} GET /setup" in log and "refused 403" in log and "direct: nothing" in log, log
+    [blocked] = [data for kind, data in events if kind == "network_blocked"]
+    assert (blocked["host"], blocked["method"], blocked["phase"], blocked["step"]) == ("elsewhere.test", "POST",
+                                                                                      "setup", None)  # fmt: skip
