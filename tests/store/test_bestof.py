@@ -5,9 +5,12 @@ cancel of the group cancels every attempt."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 import store.attempts
@@ -16,6 +19,7 @@ import store.events
 import store.tasks
 import store.users
 from store.bestof import RankEntry
+from store.engine import make_sessionmaker
 from store.models import Task, TaskState, User
 
 
@@ -106,3 +110,35 @@ def test_ranking_puts_passing_tests_before_size_and_size_before_number() -> None
         usable={1, 2, 3, 4, 5},
     )  # fmt: skip
     assert [(e.attempt, e.rank) for e in ranked] == [(3, 1), (5, 2), (2, 3), (4, 4), (1, 5), (6, 6)]
+
+
+def test_two_attempts_ending_at_once_append_in_turn_and_the_later_sees_the_ranking_due(engine: Engine) -> None:
+    """Attempt 1's end is held uncommitted while attempt 2 ends on another connection: attempt 2's end waits for
+    the task's row, then appends after it (no clash of sequence numbers) and sees every attempt ended."""
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        group, attempts = _group(session, 2)
+        group_id, (first, second) = group.id, [a.id for a in attempts]
+        for task_id in (first, second):
+            store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.running)
+    seen: list[bool] = []
+
+    def end_second() -> None:
+        with sessions.begin() as session:
+            store.tasks.transition(session, second, from_states=[TaskState.running], to_state=TaskState.succeeded)
+            seen.append(store.bestof.ranking_due(session, group_id))
+
+    with sessions.begin() as session:
+        store.tasks.transition(session, first, from_states=[TaskState.running], to_state=TaskState.failed,
+                               reason="boom")  # fmt: skip
+        assert not store.bestof.ranking_due(session, group_id)  # attempt 2 still runs, as this one sees it
+        other = threading.Thread(target=end_second)
+        other.start()
+        time.sleep(0.5)
+        assert seen == []  # waiting for the task's row
+    other.join(timeout=30)
+    assert seen == [True]
+    with sessions() as session:
+        ended = [(e.seq, e.data["attempt"]) for e in store.events.list_events(session, group_id)
+                 if e.type == "attempt_ended"]  # fmt: skip
+        assert [attempt for _, attempt in ended] == [1, 2] and ended[0][0] < ended[1][0]
