@@ -145,6 +145,7 @@ def test_an_owner_changes_the_environment_through_the_forms_and_a_secret_never_c
     tokens: dict[str, str],
     environment: dict[str, Any],
     browser: Callable[..., Browser],
+    shots: Path,
 ) -> None:
     alice = visitor()
     alice.sign_in(live.base, tokens["alice"])
@@ -183,6 +184,7 @@ def test_an_owner_changes_the_environment_through_the_forms_and_a_secret_never_c
     expect(page.locator("#environment-status")).to_have_text("Saved: the set-up script.")
     page.get_by_role("button", name="Remove secret NPM_TOKEN").click()
     expect(page.locator("#environment-status")).to_have_text("Saved: secret NPM_TOKEN removed.")
+    page.screenshot(path=shots / "environment.png", full_page=True)
 
     # A refusal is shown as the API said it (a name of Overnight's own), and changes nothing.
     page.get_by_label("Variable name").fill("OVERNIGHT_X")
