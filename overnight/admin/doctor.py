@@ -2,7 +2,8 @@
 
 Server-side (it reads the server's settings): database, broker, sandbox, image, and the model endpoint —
 reachable, serving the configured model, accepting `reasoning_effort`, calling a tool for a probe request,
-reporting cached tokens — vLLM's version when /version answers, and, when vLLM's /metrics answers, speculative
+reporting cached tokens, taking an image when tasks may carry them (``doctor_vision``) — vLLM's version when
+/version answers, and, when vLLM's /metrics answers, speculative
 decoding and prefix caching (checks that need the model itself to act are marked as depending on its weights); when
 GitHub is configured, settings that cannot work, then who GitHub says the credentials are. The egress proxy, the
 stored environments' network policies and the secrets key are checked in ``doctor_network.py``.
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from overnight.admin.doctor_vision import VISION_CHECK, VISION_FIX, takes_images
 from overnight.settings import Settings
 
 PROBE_TOOL = {
@@ -209,6 +211,9 @@ def _model_checks(settings: Settings) -> list[Check]:
             lambda: _cached(http, probe, responses),
         ),
     ]
+    if settings.images.enabled:  # a task's screenshot must fail here, not mid-run
+        image = lambda: takes_images(http, settings.llm.model, settings.llm.reasoning_effort)  # noqa: E731
+        checks.append(_check(VISION_CHECK, VISION_FIX, image))
     version = _server_version(http, base)
     if version is not None:
         checks.append(version)

@@ -13,6 +13,7 @@ import docker
 import pytest
 
 from agent.scripted import ScriptedCall, ScriptedModel, ScriptedModelServer, ScriptedTurn
+from overnight.admin.doctor_vision import VISION_CHECK
 from store.engine import make_engine, migrate
 from tests.conftest import REDIS_URL, SANDBOX_IMAGE
 
@@ -49,9 +50,10 @@ def test_doctor_passes_on_a_server_set_up_as_tasks_need(
 ) -> None:
     code, checks = doctor(tmp_path, eagle.base_url)
     assert code == 0, {name: c for name, c in checks.items() if not c["ok"]}
-    assert len(checks) == 15 and all(check["ok"] for check in checks.values())
+    assert len(checks) == 16 and all(check["ok"] for check in checks.values())
     assert checks["returns a tool call for a probe request"]["detail"].startswith('ping({"ok": true})')
     assert "prompt tokens cached" in checks["reports cached tokens"]["detail"]
+    assert "with a 16x16 image" in checks[VISION_CHECK]["detail"]
     assert checks["environment network policies parse"]["detail"] == "0 environments, every policy parses"
     requests = eagle.state.requests
     assert {body.get("reasoning_effort") for body in requests} == {"high"}
@@ -75,6 +77,7 @@ def test_doctor_names_what_is_wrong_and_how_to_fix_it(
         "sandbox backend runs a command", "serves the configured model", "accepts reasoning_effort",
         "returns a tool call for a probe request", "reports cached tokens", "speculative decoding active (EAGLE)",
         "prefix caching active",  # no request was served, so nothing reached the cache either
+        VISION_CHECK,
     }  # fmt: skip
     assert checks["database reachable and migrated"]["detail"].endswith("schema at revision None, the code needs 0013")
     assert "--served-model-name" in checks["serves the configured model"]["fix"]
@@ -92,6 +95,19 @@ def test_doctor_fails_a_server_that_ignores_reasoning_effort(tmp_path: Path, doc
     assert {name for name, check in checks.items() if not check["ok"]} == {"accepts reasoning_effort"}
     assert "no reasoning in the answer" in checks["accepts reasoning_effort"]["detail"]
     assert "--reasoning-parser mistral" in checks["accepts reasoning_effort"]["fix"]
+
+
+def test_doctor_fails_a_model_server_without_vision_while_tasks_may_carry_images(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    with ScriptedModelServer(ScriptedModel(default=PING, vision=False)) as server:
+        code, checks = doctor(tmp_path, server.base_url)
+        assert code == 1 and {name for name, check in checks.items() if not check["ok"]} == {VISION_CHECK}
+        assert "At most 0 image(s) may be provided in one prompt" in checks[VISION_CHECK]["detail"]
+        assert "--language-model-only" in checks[VISION_CHECK]["fix"]
+        assert "OVERNIGHT_IMAGES_ENABLED=false" in checks[VISION_CHECK]["fix"]
+        code, checks = doctor(tmp_path, server.base_url, OVERNIGHT_IMAGES_ENABLED="false")
+    assert code == 0 and VISION_CHECK not in checks  # tasks refuse images: the server need not take them
 
 
 def test_bench_llm_reports_latency_throughput_acceptance_and_cache_for_two_endpoints(
