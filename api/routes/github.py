@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+import store.bestof
 import store.github
 import store.images
 import store.messages
@@ -191,6 +192,9 @@ def _decide(
         if settings.github.reply_unauthorised:
             reply = (installation, asked.repo, asked.number, UNAUTHORISED_REPLY.format(login=asked.sender))
         return record.done(204, f"refused: {refused}", reply=reply)
+    if asked.refusal is not None:  # attempts=N out of range: said to the one who asked, nothing started
+        reply = (installation, asked.repo, asked.number, f"@{asked.sender}: {asked.refusal}; nothing was started.")
+        return record.done(204, f"refused: {asked.refusal}", reply=reply)
     if asked.source == "issue-comment":
         steered = _steer_live_task(session, settings, asked, record, installation)
         if steered is not None:
@@ -200,10 +204,11 @@ def _decide(
         parent = store.github.link_of_pull_request(session, asked.repo, asked.number)
         if parent is None:
             return record.done(204, "ignored: a pull request Overnight did not open")
-    task_id = _create_task(session, settings, asked, installation, parent)
+    task_id, runs = _create_task(session, settings, asked, installation, parent)
     outcome = record.done(202, "queued", task_id)
     if outcome[0] == 202:
-        enqueue_or_fail(session, state.queue, task_id)
+        for run in runs:
+            enqueue_or_fail(session, state.queue, run)
     return outcome
 
 
@@ -215,6 +220,13 @@ def _steer_live_task(
     task_id = store.github.live_task_of_issue(session, asked.repo, asked.number)
     if task_id is None:
         return None
+    live = store.tasks.get_task(session, task_id)
+    if live is not None and store.bestof.has_attempts(live):  # N agents: no one of them is "the" task to steer
+        reply = (installation, asked.repo, asked.number, f"@{asked.sender}: task `{task_id}` runs {live.attempts} "
+                 "attempts, so a comment cannot steer it; nothing was started or sent. Send a message to one "
+                 f"attempt with `overnight say` (`overnight show {task_id}` lists them).")  # fmt: skip
+        return record.done(204, f"ignored: task {task_id} runs {live.attempts} attempts (a comment cannot steer them)",
+                           task_id, reply=reply)  # fmt: skip
     text = steer_text(asked, settings.github.command)
     if text is None:
         return record.done(204, f"ignored: task {task_id} is still running on this issue and the comment says "
@@ -289,7 +301,11 @@ def _repository_refused(
     return None
 
 
-def _create_task(session: Any, settings: Settings, asked: TriggerRequest, installation: int | None, parent: Any) -> str:
+def _create_task(
+    session: Any, settings: Settings, asked: TriggerRequest, installation: int | None, parent: Any
+) -> tuple[str, list[str]]:
+    """The task (its pull request is published from it) and the ids the workers run: its own, or those of its
+    attempts when the command asked for more than one (``attempts=N``)."""
     try:
         repo_url = validate_repo_url(f"{settings.github.git_base}/{asked.repo}.git",
                                      allow_local=settings.allow_local_repos)  # fmt: skip
@@ -314,7 +330,9 @@ def _create_task(session: Any, settings: Settings, asked: TriggerRequest, instal
     if settings.images.enabled:  # the worker fetches them: it has the installation token private images need
         urls = issue_image_urls(settings.github.api_url, asked.text, asked.comment, limit=settings.images.max_per_task)
         store.images.add_pending(session, task.id, urls)
-    return task.id
+    if asked.attempts > 1:
+        return task.id, [attempt.id for attempt in store.bestof.add_attempts(session, task, asked.attempts)]
+    return task.id, [task.id]
 
 
 def _react(client: GitHubClient, installation: int | None, repo: str, target: str) -> None:

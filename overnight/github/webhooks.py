@@ -153,6 +153,11 @@ class Request:
     pr_head: str | None = None
     comment: str | None = None
     """The comment's own text (comments only)."""
+    attempts: int = 1
+    """Best-of-N: how many attempts the command asked for (``attempts=N`` after it; 1 without)."""
+    refusal: str | None = None
+    """Why the command's options cannot be followed (an ``attempts=`` out of range): nothing is started, and the
+    person who asked is told (once they are known to have write access)."""
 
     @property
     def on_pull_request(self) -> bool:
@@ -172,6 +177,25 @@ def command_line(body: str | None, command: str) -> str | None:
     if rest and not rest[0].isspace():
         return None  # "/overnightly" is not the command
     return rest.split("\n", 1)[0].strip()
+
+
+MAX_ATTEMPTS = 8
+"""The most attempts a command may ask for (the API's bound too)."""
+_ATTEMPTS = re.compile(r"attempts=(\S*)", re.IGNORECASE)
+
+
+def command_options(extra: str) -> tuple[int, str | None, str]:
+    """(attempts, why they cannot be, the rest) of a command's line: ``attempts=N`` as its first word asks for N
+    attempts, from 1 to :data:`MAX_ATTEMPTS`; without it, 1."""
+    words = extra.split(None, 1)
+    found = _ATTEMPTS.fullmatch(words[0]) if words else None
+    if found is None:
+        return 1, None, extra
+    rest = words[1] if len(words) > 1 else ""
+    value = found.group(1)
+    if not value.isdigit() or not 1 <= int(value) <= MAX_ATTEMPTS:
+        return 1, f"attempts must be a number from 1 to {MAX_ATTEMPTS}, not {value[:20]!r}", rest
+    return int(value), None, rest
 
 
 def request_of(event: str, delivery: Delivery, rules: Rules) -> Request | str:
@@ -210,7 +234,7 @@ def request_of(event: str, delivery: Delivery, rules: Rules) -> Request | str:
             rules.pr_comments_need_command or not on_pull_request or not (comment.body or "").strip()
         ):
             return f"the comment does not start with {rules.command}"
-        extra = extra or ""
+        attempts, refusal, extra = command_options(extra or "")
         if event == "issue_comment":
             assert delivery.issue is not None
             issue = delivery.issue
@@ -219,7 +243,7 @@ def request_of(event: str, delivery: Delivery, rules: Rules) -> Request | str:
                 source=source, repo=repo.full_name, default_branch=repo.default_branch, number=issue.number,
                 sender=comment.user.login, association=comment.author_association, comment_id=comment.id,
                 extra=extra, title=issue.title, text=(comment.body or "") if issue.pull_request else (issue.body or ""),
-                comment=comment.body or "",
+                comment=comment.body or "", attempts=attempts, refusal=refusal,
             )  # fmt: skip
         pull = delivery.pull_request
         assert pull is not None
@@ -230,6 +254,7 @@ def request_of(event: str, delivery: Delivery, rules: Rules) -> Request | str:
             source="review-comment", repo=repo.full_name, default_branch=repo.default_branch, number=pull.number,
             sender=comment.user.login, association=comment.author_association, comment_id=comment.id, extra=extra,
             title=pull.title, text=comment.body or "", review_context=context, pr_head=pull.head.ref,
+            attempts=attempts, refusal=refusal,
         )  # fmt: skip
     return f"{event} is not a trigger"
 
@@ -285,6 +310,9 @@ def steer_text(request: Request, command: str) -> str | None:
     text = _clean(request.comment or "")
     if text.lower().startswith(command.lower()):
         text = text[len(command) :].strip()
+        first = text.split(None, 1)
+        if first and _ATTEMPTS.fullmatch(first[0]):  # an option for a new task, not words for this one
+            text = first[1].strip() if len(first) > 1 else ""
     if not text:
         return None
     return f"@{request.sender} commented on issue #{request.number}:\n\n{text}"
