@@ -157,3 +157,33 @@ def test_the_quota_counts_every_attempt(
                                              "attempts": 2})  # fmt: skip
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_tasks"
     create(client)
+
+
+def test_idempotency_retry_and_follow_up_of_a_task_with_attempts(
+    client: TestClient, settings: Settings, redis_url: str
+) -> None:
+    """A repeated key returns the task and sends nothing more; once ranked, a follow-up starts from the task (its
+    patch is the best attempt's), a retry runs N attempts again, and a retry of an attempt task is refused."""
+    key = {"Idempotency-Key": "bestof-1"}
+    first = client.post("/v1/tasks", json={"repo": REPO, "instruction": "Fix it", "attempts": 2}, headers=key)
+    again = client.post("/v1/tasks", json={"repo": REPO, "instruction": "Fix it", "attempts": 2}, headers=key)
+    assert (first.status_code, again.status_code) == (201, 200) and again.json()["id"] == first.json()["id"]
+    assert redis.Redis.from_url(redis_url).llen(settings.queue) == 2
+    task_id = first.json()["id"]
+    with _sessions(settings)() as session:
+        attempt_ids = [a.id for a in store.bestof.attempts_of(session, task_id)]
+    for attempt_id in attempt_ids:
+        _end_with_patch(settings, attempt_id, "diff --git a/x b/x\n+one\n")
+    with _sessions(settings).begin() as session:
+        ranking = Ranking(best=1, entries=[RankEntry(attempt=k, task_id=t, state="succeeded", rank=k, reason="r")
+                                           for k, t in enumerate(attempt_ids, start=1)])  # fmt: skip
+        store.bestof.store_ranking(session, task_id, ranking, attempt_ids[0])
+        store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.succeeded)
+    follow = client.post(f"/v1/tasks/{task_id}/follow-up", json={"instruction": "Now also the docs"})
+    assert follow.status_code == 201 and follow.json()["parent_id"] == task_id and follow.json()["attempts"] == 1
+    retried = client.post(f"/v1/tasks/{task_id}/retry")
+    assert retried.status_code == 201 and retried.json()["attempts"] == 2
+    with _sessions(settings)() as session:
+        assert len(store.bestof.attempts_of(session, retried.json()["id"])) == 2
+    refused = client.post(f"/v1/tasks/{attempt_ids[1]}/retry")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "task_is_an_attempt"
