@@ -65,6 +65,16 @@ if [ "$(id -u)" = 0 ] && ! getent group overnight-egress >/dev/null; then
     groupadd --system overnight-egress
 fi
 
+echo "== egress proxy"
+# Sandboxes whose network policy is an allowlist or full reach out only through squid, which each worker process
+# starts on its own when a sandbox first needs it (sandbox/proxy.py); the package's system service is not used.
+if ! command -v squid >/dev/null 2>&1; then
+    RUNLEVEL=1 apt_install squid
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now squid >/dev/null 2>&1 || true
+    fi
+fi
+
 echo "== workspace disks"
 # Each workspace and set-up environment is a loop-mounted ext4 filesystem as large as the disk limit
 # (sandbox/disk.py, docs/sandbox.md "Disk"); a worker that cannot make one refuses to start.

@@ -134,8 +134,8 @@ class EgressProxy:
             return
         if shutil.which(self.config.squid) is None:
             raise EgressError("the egress proxy needs squid (apt-get install squid): infra/setup-host.sh installs it")
-        try:
-            account = pwd.getpwnam(self.config.user)
+        try:  # a root worker runs squid as its own user; any other, as itself
+            account = pwd.getpwnam(self.config.user) if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
         except KeyError as exc:
             raise EgressError(f"the egress proxy's user {self.config.user!r} does not exist") from exc
         if self._folder is not None:
@@ -151,11 +151,15 @@ class EgressProxy:
                                                         allowed_networks=config.allowed_networks,
                                                         hosts_file=config.hosts_file))  # fmt: skip
         self._offset = 0
-        self._process = subprocess.Popen(
-            [self.config.squid, "-N", "-f", str(folder / "squid.conf")], user=account.pw_uid, group=account.pw_gid,
-            extra_groups=[], preexec_fn=_die_with_parent, start_new_session=True, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )  # fmt: skip
+        try:
+            self._process = subprocess.Popen(
+                [self.config.squid, "-N", "-f", str(folder / "squid.conf")], user=account.pw_uid,
+                group=account.pw_gid, extra_groups=[] if os.geteuid() == 0 else None, preexec_fn=_die_with_parent,
+                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise EgressError(f"could not start squid: {exc}") from exc
         self._wait_ready()
 
     def _wait_ready(self) -> None:

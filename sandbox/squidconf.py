@@ -7,6 +7,8 @@ ERR with a reason squid keeps as a note; squid then refuses private destinations
 
 from __future__ import annotations
 
+import shutil
+import sys
 from ipaddress import IPv6Network
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -48,6 +50,14 @@ REASONS = {
 }
 
 
+def helper_python() -> str:
+    """A python3 squid's user can run (the worker's own may sit under a root-only home): the system's first."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3"), sys.executable):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise EgressError("the egress proxy's policy helper needs a python3 that squid's user can run")
+
+
 class EgressError(SandboxUnavailableError):
     """The egress proxy could not be started or used; no sandbox that needs it starts without it."""
 
@@ -64,7 +74,7 @@ def squid_config(
         "shutdown_lifetime 0 seconds", "via off", "forwarded_for delete", "httpd_suppress_version_string on",
         f"cache_log {folder}/cache.log", f"coredump_dir {folder}", "logfile_rotate 0",
         f"external_acl_type policy ttl=0 negative_ttl=0 children-max=8 children-startup=1 %>a %>rd %>rP %>rm "
-        f"/usr/bin/python3 -I -S {folder}/helper.py {folder}/policies",
+        f"{helper_python()} -I -S {folder}/helper.py {folder}/policies",
         "acl policy external policy",
         f"acl private dst {private}",
         "acl mark_private annotate_transaction reason=private",
