@@ -28,6 +28,7 @@ from overnight.images import ImageSettings
 from overnight.network_report import markdown_section
 from store.models import GitHubLink, TaskState
 from worker.errors import PublishError, TaskFailure
+from worker.github_attempts import attempts_section
 from worker.images import fetch_issue_images
 from worker.mirrors import credential_origin, git_env
 from worker.repo import Commit
@@ -171,11 +172,13 @@ class GitHubHooks:
 
     def _pull_body(self, task_id: str, text: str, number: int) -> str:
         """The agent's description, what it fixes, the hosts the sandbox's network policy refused (issue 18:
-        why an install may have failed) and the task's address."""
+        why an install may have failed), a best-of-N task's attempts (the pull request is the best one's) and
+        the task's address."""
         with self.sessions() as session:
             blocked = store.network.blocked_summary(session, task_id)
+            attempts = attempts_section(session, task_id, public_url=self.public_url)
         section = markdown_section(blocked) if blocked else ""
-        parts = [text.strip(), f"Fixes #{number}", section, self._task_line(task_id)]
+        parts = [text.strip(), f"Fixes #{number}", section, attempts, self._task_line(task_id)]
         return "\n\n".join(part for part in parts if part)
 
     def _blocked_note(self, task_id: str) -> str:
