@@ -132,6 +132,7 @@ class GitHubHooks:
                 message = f"opened {'a draft' if pull.draft else 'a'} pull request: {pull.html_url}"
             else:
                 message = f"pushed a new commit to `{link.branch}` ({link.pr_url or f'#{link.pr_number}'})."
+                message += self._blocked_note(task_id)  # the pull request's body is the first task's
         except (PublishError, GitHubError) as exc:
             self._failed(task_id, link, str(exc))
             return

@@ -15,6 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 
 import store.events
+import store.github
 import store.patches
 import store.tasks
 from api.app import create_app
@@ -67,8 +68,9 @@ def _mirror(tmp_path: Path) -> tuple[Path, str]:
     return mirror, git(work, "rev-parse", "HEAD").strip()
 
 
-def _publish(settings: Settings, tmp_path: Path, blocked: list[NetworkBlockedEvent]) -> str:
-    """A labelled issue's task, succeeded with a one-line patch and ``blocked`` among its events, published."""
+def _publish(settings: Settings, tmp_path: Path, blocked: list[NetworkBlockedEvent], *, pull: bool = False) -> str:
+    """A labelled issue's task, succeeded with a one-line patch and ``blocked`` among its events, published
+    (``pull``: as a follow-up of a task whose pull request is open already)."""
     mirror, base = _mirror(tmp_path)
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with TestClient(create_app(settings)) as api:
@@ -82,6 +84,10 @@ def _publish(settings: Settings, tmp_path: Path, blocked: list[NetworkBlockedEve
         store.patches.store_patch(session, task_id, base_sha=base, diff=DIFF, title="Say two",
                                   body="a.txt says two now.", files_changed=1)  # fmt: skip
         store.tasks.transition(session, task_id, from_states=[TaskState.running], to_state=TaskState.succeeded)
+        if pull:
+            link = store.github.get_link(session, task_id)
+            assert link is not None
+            link.pr_number, link.pr_url = 7, "https://github.com/Codertocat/Hello-World/pull/7"
     commit = commit_patch(mirror, base, DIFF, "Say two\n", into=tmp_path / "task.git", author="Overnight",
                           email="overnight@example.com")  # fmt: skip
     client = client_from_settings(settings.github)
@@ -134,3 +140,16 @@ def test_a_failed_task_says_on_the_issue_which_hosts_were_blocked(
     [report] = fake.fake.comments.values()
     assert "could not finish this: failed, set-up failed (exit 1)." in report["body"]
     assert f"**Blocked hosts:** `registry.npmjs.org` {TIMES}2\n" in report["body"] and not fake.fake.pulls
+
+
+def test_a_commit_pushed_to_an_open_pull_request_says_which_hosts_were_blocked(
+    settings: Settings, fake: FakeGitHubServer, tmp_path: Path
+) -> None:
+    _publish(settings, tmp_path, [
+        NetworkBlockedEvent(host="registry.example.com", port=443, method="CONNECT", at=AT, phase="agent", step=1,
+                            reason="not in the allowlist"),
+    ], pull=True)  # fmt: skip
+    assert not fake.fake.pulls  # the pull request's body is the first task's
+    [report] = fake.fake.comments.values()
+    assert "pushed a new commit to" in report["body"]
+    assert f"**Blocked hosts:** `registry.example.com` {TIMES}1\n" in report["body"]
