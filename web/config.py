@@ -21,6 +21,9 @@ class WebConfig:
     """https://github.com, or a GitHub Enterprise Server's address: where issue links point."""
     secure_cookies: bool
     """Mark cookies Secure even on a plain-HTTP request (the API behind a TLS-terminating proxy)."""
+    images_max: int = 0
+    """Images a task may carry (0: the server takes none, and the form has no image field)."""
+    image_max_bytes: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebConfig:
@@ -33,6 +36,8 @@ class WebConfig:
             max_cost=settings.agent.budget.max_cost,
             github_base=settings.github.git_base,
             secure_cookies=(settings.public_url or "").startswith("https://"),
+            images_max=settings.images.max_per_task if settings.images.enabled else 0,
+            image_max_bytes=settings.images.max_bytes,
         )
 
     @property

@@ -8,7 +8,9 @@ const Overnight = (() => {
   async function api(method, url, body, headers = {}) {
     const options = { method, credentials: "same-origin", headers: { Accept: "application/json", ...headers } };
     if (method !== "GET" && method !== "HEAD") options.headers["X-CSRF-Token"] = csrfToken();
-    if (body !== undefined) {
+    if (body instanceof FormData) {
+      options.body = body; // the browser sets multipart/form-data with its boundary
+    } else if (body !== undefined) {
       options.headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
     }

@@ -127,6 +127,18 @@ const Feed = (() => {
       body: [el("p", {}, d.best != null ? `Best: attempt ${d.best} (its patch is this task's).` : "No attempt left a patch.",
         Array.isArray(d.order) && d.order.length ? ` Order, best first: ${d.order.join(", ")}.` : "")],
     }),
+    images: (d) => {
+      const given = Array.isArray(d.images) ? d.images : [];
+      const failed = Array.isArray(d.failed) ? d.failed : [];
+      return {
+        kind: `${given.length} image${given.length === 1 ? "" : "s"} for the model`,
+        cls: failed.length ? "failed" : "",
+        body: [
+          ...given.map((i) => el("p", {}, `${i.media_type}, ${i.size} bytes (${i.source}) · `, el("code", {}, String(i.sha256 ?? "").slice(0, 12)))),
+          ...failed.map((f) => el("p", {}, "Not fetched: ", el("code", {}, String(f.url ?? "")), ` — ${f.reason ?? ""}`)),
+        ],
+      };
+    },
   };
 
   function toolResult(d, seq) {

@@ -1,12 +1,17 @@
 // The new-task form posts to the API itself (POST /v1/tasks) and shows the API's own validation errors next
-// to the field each concerns; the Idempotency-Key of the form makes a double submit file one task.
+// to the field each concerns; the Idempotency-Key of the form makes a double submit file one task. With images
+// chosen it posts multipart/form-data: the same JSON as the "task" part, each file an "image" part.
 "use strict";
 
 (() => {
   const form = document.getElementById("new-task");
   if (!form) return;
-  const FIELDS = ["repo", "ref", "instruction", "max_steps", "attempts", "setup"];
-  const CODE_FIELDS = { repository_forbidden: "repo", invalid_repo: "repo", invalid_local_changes: "ref" };
+  const FIELDS = ["repo", "ref", "instruction", "max_steps", "attempts", "setup", "images"]
+    .filter((name) => document.getElementById(name)); // "images" only when the server takes images
+  const CODE_FIELDS = {
+    repository_forbidden: "repo", invalid_repo: "repo", invalid_local_changes: "ref",
+    not_an_image: "images", image_too_large: "images", too_many_images: "images", images_disabled: "images",
+  };
   const formError = document.getElementById("form-error");
 
   function clearErrors() {
@@ -24,7 +29,8 @@
     const general = [];
     let first = null;
     for (const detail of details) {
-      const name = String(detail.field || "").split(".")[0];
+      const field = String(detail.field || "").split(".")[0];
+      const name = /^image/.test(field) ? "images" : field; // image[0], image_urls.1: the images field
       if (FIELDS.includes(name)) {
         const slot = document.getElementById(`${name}-error`);
         slot.textContent = slot.textContent ? `${slot.textContent} ${detail.message}` : detail.message;
@@ -56,7 +62,12 @@
     if (steps) payload.max_steps = /^\d+$/.test(steps) ? Number(steps) : steps; // the API says what is wrong
     const attempts = value("attempts").trim();
     if (attempts) payload.attempts = /^\d+$/.test(attempts) ? Number(attempts) : attempts; // 1..8: the API's check
-    return payload;
+    const files = form.elements.images ? Array.from(form.elements.images.files) : [];
+    if (!files.length) return payload;
+    const data = new FormData();
+    data.append("task", JSON.stringify(payload));
+    for (const file of files) data.append("image", file, file.name);
+    return data;
   }
 
   form.addEventListener("submit", async (event) => {
