@@ -113,6 +113,25 @@ def test_a_specs_file_gives_the_same_set_up_by_repository_and_version(setup_stac
     assert run["setup_cached"] is True  # the same script as the first run's: its environment, found again
 
 
+def test_grading_runs_the_eval_commands_with_the_environments_variables(setup_stack: EvalStack) -> None:
+    """The eval commands deselect the test the environment's variable names: only both together break exactly it."""
+    from sqlalchemy import select
+
+    mirror = str((setup_stack.folder / "repos" / "pypi__inflection-timeout").resolve())
+    with setup_stack.cluster.sessions()() as session:  # an operator's variable on the eval's environment
+        row = session.scalar(select(Environment).where(Environment.pattern == mirror))
+        assert row is not None
+        row.variables = {"EVAL_SKIP": "test_pluralize_plurals"}
+        session.commit()
+    deselect = """export PYTEST_ADDOPTS="$PYTEST_ADDOPTS -k 'not $EVAL_SKIP'\""""
+    spec = {**setup_stack.instances[0]["spec"], "eval_commands": [deselect]}
+    run = _run(setup_stack, _variant(setup_stack, "eval-commands", spec=spec), "eval-commands")
+    assert run["setup_cached"] is False  # the variables are part of the set-up's key
+    assert run["reason"] == "1 of 3 PASS_TO_PASS broke (test_inflection.py::test_pluralize_plurals)", run
+    assert run["tests"]["test_inflection.py::test_pluralize_plurals"] == "MISSING" and run["fail_to_pass"] == [2, 2]
+    assert _environments(setup_stack)[mirror] is not None
+
+
 def test_an_environment_the_eval_did_not_make_is_left_alone(setup_stack: EvalStack) -> None:
     from sqlalchemy import select
 
