@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sandbox.runtime import WORKDIR
 from worker.autosetup import VENV
 
 COMMIT = re.compile(r"^[0-9a-f]{4,64}$")
@@ -144,7 +145,7 @@ def setup_commands(spec: InstanceSpec, *, environment_commit: str | None) -> str
             f"rm -rf {ENV_CHECKOUT}",
             f"git worktree add --quiet --detach {ENV_CHECKOUT} {commit} || {{ echo 'overnight eval: the "
             f"environment_setup_commit {commit} is not in the repository' >&2; exit 1; }}",
-            f"cd {ENV_CHECKOUT}", *dependencies, "cd /workspace",
+            f"cd {ENV_CHECKOUT}", *dependencies, f"cd {WORKDIR}",
             f"git worktree remove --force {ENV_CHECKOUT}", "git worktree prune",
         ]  # fmt: skip
     if spec.pre_install or spec.install:
