@@ -71,3 +71,13 @@ def record_failed(session: Session, image_id: int, error: str) -> None:
 def _next_position(session: Session, task_id: str) -> int:
     last = session.scalar(select(func.max(TaskImage.position)).where(TaskImage.task_id == task_id))
     return 0 if last is None else last + 1
+
+
+def copy_images(session: Session, from_task: str, to_task: str) -> int:
+    """A retry's images: those of the task it repeats that were had (a failed fetch is not tried again)."""
+    rows = [row for row in list_images(session, from_task) if row.data is not None]
+    for position, row in enumerate(rows):
+        session.add(TaskImage(task_id=to_task, position=position, source=row.source, url=row.url,
+                              media_type=row.media_type, sha256=row.sha256, size=row.size, data=row.data))  # fmt: skip
+    session.flush()
+    return len(rows)

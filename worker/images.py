@@ -60,7 +60,8 @@ def _fetch(url: str, policy: FetchPolicy, number: int) -> TaskImageData | str:
 
 
 def agent_images(attempt: Attempt, task_id: str, emit: EventSink) -> list[TaskImageData]:
-    """The task's images for the model, in order; an ``images`` event when it has any (or failed to get any)."""
+    """The task's images for the model, in order; an ``images`` event when it has any (or failed to get any).
+    Follow-ups are not given their parent's images (a retry was given copies of its original's)."""
 
     def read(session: Session) -> tuple[list[TaskImageData], list[ImageFailure]]:
         images, failed = [], []
@@ -68,8 +69,8 @@ def agent_images(attempt: Attempt, task_id: str, emit: EventSink) -> list[TaskIm
             if row.data is not None and row.media_type is not None:
                 images.append(TaskImageData(media_type=row.media_type, data=row.data, source=row.source,  # type: ignore[arg-type]
                                             url=row.url))  # fmt: skip
-            elif row.error is not None:
-                failed.append(ImageFailure(url=row.url or "", reason=row.error))
+            else:  # a failed fetch, or one never tried (the task started without its GitHub hooks)
+                failed.append(ImageFailure(url=row.url or "", reason=row.error or "not fetched"))
         return images, failed
 
     images, failed = attempt.read(read)

@@ -235,6 +235,7 @@ def retry_task(
     if original.attempts > 1:
         store.bestof.add_attempts(session, task, original.attempts)
     store.events.append_event(session, task.id, RetryEvent(retry_of=original.id))
+    store.images.copy_images(session, original.id, task.id)  # the same task again: its images too
     session.commit()
     return _enqueue(session, queue, task)
 

@@ -15,11 +15,13 @@ import redis
 from fastapi.testclient import TestClient
 
 import store.images
+import store.tasks
 import store.users
 from api.app import create_app
 from overnight.images import ImageSettings
 from overnight.settings import APISettings, Settings
 from store.engine import make_engine, make_sessionmaker, migrate
+from store.models import TaskState
 from tests.images import GIF, file_server, png
 
 REPO = "https://github.com/acme/widgets.git"
@@ -189,3 +191,16 @@ def test_the_create_route_takes_images_beyond_the_upload_limit_and_no_more(tmp_p
         too_big = client.post("/v1/tasks", json={**TASK, "instruction": "x" * 10, "pad": "y" * limit})
         assert too_big.status_code == 413 and str(limit) in too_big.json()["error"]["message"]
         assert client.post("/v1/tasks", json={**TASK, "pad": "y"}).status_code == 422  # a small body is read
+
+
+def test_a_retry_carries_the_images_of_the_task_it_repeats(
+    api: tuple[TestClient, Settings],
+) -> None:
+    client, settings = api
+    created = client.post("/v1/tasks", **_form(("shot.png", png(), "image/png")))
+    task_id = created.json()["id"]
+    with make_sessionmaker(make_engine(settings.resolved_database_url)).begin() as session:
+        store.tasks.transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.failed)
+    retry = client.post(f"/v1/tasks/{task_id}/retry")
+    assert retry.status_code == 201, retry.text
+    assert [(s, m, d) for s, m, _, _, d in _images_of(settings, retry.json()["id"])] == [("upload", "image/png", png())]
