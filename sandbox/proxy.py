@@ -33,6 +33,7 @@ from collections import deque
 from datetime import UTC, datetime
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -116,12 +117,17 @@ class EgressProxy:
             self._start()
             assert self._folder is not None
             address = self._new_address()
-            policy_file = self._folder / "policies" / address
-            policy_file.write_text(policy.model_dump_json())
-            policy_file.chmod(0o644)
-            lease = EgressLease(self, address, policy_file, task_id)
+            lease = EgressLease(self, address, policy, task_id)
+            self._write_policy(lease)
             self._leases[address] = lease
             return lease
+
+    def _write_policy(self, lease: EgressLease) -> None:
+        """The policy file squid's helper reads for the lease's source address (root's; squid's user reads it)."""
+        assert self._folder is not None
+        lease.policy_file = self._folder / "policies" / lease.address
+        lease.policy_file.write_text(lease.policy.model_dump_json())
+        lease.policy_file.chmod(0o644)
 
     def _new_address(self) -> str:
         while True:
@@ -151,15 +157,14 @@ class EgressProxy:
                                                         allowed_networks=config.allowed_networks,
                                                         hosts_file=config.hosts_file))  # fmt: skip
         self._offset = 0
-        try:
-            self._process = subprocess.Popen(
-                [self.config.squid, "-N", "-f", str(folder / "squid.conf")], user=account.pw_uid,
-                group=account.pw_gid, extra_groups=[] if os.geteuid() == 0 else None, preexec_fn=_die_with_parent,
-                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-            )  # fmt: skip
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise EgressError(f"could not start squid: {exc}") from exc
+        for lease in self._leases.values():  # squid died and is started again: the open leases go on
+            self._write_policy(lease)
+        self._process = _spawn(
+            [self.config.squid, "-N", "-f", str(folder / "squid.conf")], user=account.pw_uid, group=account.pw_gid,
+            extra_groups=[] if os.geteuid() == 0 else None, preexec_fn=_die_with_parent, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )  # fmt: skip
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -244,10 +249,12 @@ def _dispatch(line: str, leases: dict[str, EgressLease]) -> None:
 class EgressLease:
     """One sandbox's way out: the socket the worker listens on (in ``folder``) and the refusals of its requests."""
 
-    def __init__(self, proxy: EgressProxy, address: str, policy_file: Path, task_id: str) -> None:
+    def __init__(self, proxy: EgressProxy, address: str, policy: ProxyPolicy, task_id: str) -> None:
         self.proxy = proxy
         self.address = address
-        self.policy_file = policy_file
+        self.policy = policy
+        self.policy_file = Path("/nonexistent")
+        """Where squid's helper reads the policy (written by the proxy, moved when squid is started again)."""
         self.pending: deque[Refusal] = deque()
         if proxy.config.lease_root is not None:
             proxy.config.lease_root.mkdir(parents=True, exist_ok=True)
@@ -298,6 +305,27 @@ class EgressLease:
         self.relay.close()
         self.proxy.release(self)
         remove_owned(self.folder)
+
+
+def _spawn(argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``Popen`` from a thread that lives as long as this process: squid's parent-death signal fires when the
+    thread that started it ends, and the caller's thread may be a short-lived one."""
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def keeper() -> None:
+        try:
+            started["process"] = subprocess.Popen(argv, **options)
+        except (OSError, subprocess.SubprocessError) as exc:
+            started["error"] = exc
+        ready.set()
+        threading.Event().wait()
+
+    threading.Thread(target=keeper, name="overnight-egress-squid", daemon=True).start()
+    ready.wait()
+    if "error" in started:
+        raise EgressError(f"could not start squid: {started['error']}")
+    return started["process"]  # type: ignore[no-any-return]
 
 
 def _free_port() -> int:

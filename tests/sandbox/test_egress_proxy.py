@@ -175,3 +175,19 @@ def test_the_doctor_probe_starts_a_proxy_of_its_own_and_sees_it_refuse() -> None
     assert doctor_probe(ProxyConfig()).endswith("refused a request outside its allowlist and logged it")
     with pytest.raises(EgressError, match="needs squid"):
         doctor_probe(ProxyConfig(squid="/nonexistent/squid"))
+
+
+def test_a_squid_that_died_is_started_again_and_open_leases_go_on(web: Web) -> None:
+    proxy = EgressProxy(web.proxy.config)
+    try:
+        first = proxy.open("first", ProxyPolicy(domains=("allowed.test",)))
+        assert proxy._process is not None
+        proxy._process.kill()
+        proxy._process.wait()
+        second = proxy.open("second", ProxyPolicy(domains=("elsewhere.test",)))  # squid starts again
+        assert _status(first, "GET", f"http://allowed.test:{web.port}/") == 200
+        assert _status(first, "GET", f"http://elsewhere.test:{web.port}/") == 403
+        assert _status(second, "GET", f"http://elsewhere.test:{web.port}/") == 200
+        assert [r.host for r in first.refusals()] == ["elsewhere.test"] and second.refusals() == []
+    finally:
+        proxy.close()
