@@ -15,6 +15,7 @@ from agent.base import ModelResponseError
 from agent.client import ChatClient, LLMConfig, _TurnAccumulator
 from agent.prompts import SYSTEM_PROMPT, first_user_message
 from agent.tools import Toolbox
+from overnight.admin.doctor_vision import VISION_CHECK
 from tests.mistral_validation import assert_valid_mistral_request
 from tests.overnight.test_doctor_and_bench import doctor
 from tests.vllm.conftest import SERVED_MODEL, VLLMServer
@@ -69,9 +70,13 @@ def test_doctor_passes_what_does_not_depend_on_the_weights(
     code, checks = doctor(tmp_path, vllm_server.base_url, OVERNIGHT_LLM_API_KEY=vllm_server.api_key,
                           OVERNIGHT_LLM_MODEL=SERVED_MODEL)  # fmt: skip
     failed = {name for name, check in checks.items() if not check["ok"]}
-    # A random model neither reasons nor calls the probe tool; every flag-dependent check passes.
-    assert code == 1 and failed == {"accepts reasoning_effort", "returns a tool call for a probe request"}, checks
-    for name in failed:
+    # A random model neither reasons nor calls the probe tool; every flag-dependent check passes but the image
+    # one: the tiny model has no vision (and serve.sh passes --language-model-only), so vLLM refuses an image.
+    weights = {"accepts reasoning_effort", "returns a tool call for a probe request"}
+    assert code == 1 and failed == weights | {VISION_CHECK}, checks
+    assert "HTTP 400 to a request with one image" in checks[VISION_CHECK]["detail"], checks[VISION_CHECK]
+    assert not checks[VISION_CHECK]["depends_on_weights"]
+    for name in weights:
         assert checks[name]["depends_on_weights"] and "depends on the model's weights" in checks[name]["fix"]
     for name in ("serves the configured model", "reports cached tokens", "speculative decoding active (EAGLE)",
                  "prefix caching active"):  # fmt: skip
