@@ -84,6 +84,8 @@ class ProxyConfig(BaseModel):
     lease_root: Path | None = None
     """Where each sandbox's socket folder is made (the control folders' root: the Docker engine sees it)."""
     startup_timeout: float = Field(default=15, gt=0)
+    log_rotate_bytes: int = Field(default=16 * 2**20, gt=0)
+    """Size past which the refusal log is read, rotated and deleted."""
 
 
 class Refusal(BaseModel):
@@ -108,7 +110,8 @@ class EgressProxy:
         self._process: subprocess.Popen[bytes] | None = None
         self._folder: Path | None = None
         self._port = 0
-        self._offset = 0
+        self._offset = self._old_offset = 0
+        self._rotated = 0.0
         self._leases: dict[str, EgressLease] = {}
 
     def open(self, task_id: str, policy: ProxyPolicy) -> EgressLease:
@@ -156,7 +159,7 @@ class EgressProxy:
         (folder / "squid.conf").write_text(squid_config(folder, self._port, upstream=config.upstream,
                                                         allowed_networks=config.allowed_networks,
                                                         hosts_file=config.hosts_file))  # fmt: skip
-        self._offset = 0
+        self._offset, self._rotated = 0, 0.0
         for lease in self._leases.values():  # squid died and is started again: the open leases go on
             self._write_policy(lease)
         self._process = _spawn(
@@ -200,20 +203,34 @@ class EgressProxy:
         return sock
 
     def poll(self) -> None:
-        """Read the refusals squid logged since the last poll and hand each to its lease."""
+        """Read the refusals squid logged since the last poll and hand each to its lease. Past
+        ``log_rotate_bytes`` the log is renamed and squid told to reopen it (SIGUSR1); what it wrote to the old
+        one meanwhile is read a second later, then the old one goes: the log never grows past about that size."""
         with self._lock:
             if self._folder is None:
                 return
-            try:
-                with open(self._folder / "refusals.log", "rb") as log:
-                    log.seek(self._offset)
-                    data = log.read(4 * 2**20)
-            except FileNotFoundError:
-                return
-            complete = data[: data.rfind(b"\n") + 1]
-            self._offset += len(complete)
-            for line in complete.decode(errors="replace").splitlines():
-                _dispatch(line, self._leases)
+            log, old = self._folder / "refusals.log", self._folder / "refusals.old"
+            if self._rotated and time.monotonic() - self._rotated > 1.0:
+                self._read(old, self._old_offset)
+                old.unlink(missing_ok=True)
+                self._rotated = 0.0
+            self._offset = self._read(log, self._offset)
+            if not self._rotated and self._offset > self.config.log_rotate_bytes and self._process is not None:
+                log.rename(old)
+                self._old_offset, self._offset, self._rotated = self._offset, 0, time.monotonic()
+                self._process.send_signal(signal.SIGUSR1)
+
+    def _read(self, path: Path, offset: int) -> int:
+        try:
+            with open(path, "rb") as log:
+                log.seek(offset)
+                data = log.read(4 * 2**20)
+        except FileNotFoundError:
+            return offset
+        complete = data[: data.rfind(b"\n") + 1]
+        for line in complete.decode(errors="replace").splitlines():
+            _dispatch(line, self._leases)
+        return offset + len(complete)
 
     def release(self, lease: EgressLease) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ them names, and the proxy is told it may connect to the one "public" address amo
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -189,5 +190,22 @@ def test_a_squid_that_died_is_started_again_and_open_leases_go_on(web: Web) -> N
         assert _status(first, "GET", f"http://elsewhere.test:{web.port}/") == 403
         assert _status(second, "GET", f"http://elsewhere.test:{web.port}/") == 200
         assert [r.host for r in first.refusals()] == ["elsewhere.test"] and second.refusals() == []
+    finally:
+        proxy.close()
+
+
+def test_the_refusal_log_is_rotated_and_no_refusal_is_lost(web: Web) -> None:
+    proxy = EgressProxy(web.proxy.config.model_copy(update={"log_rotate_bytes": 1}))
+    try:
+        lease = proxy.open("rotate", ProxyPolicy(domains=("allowed.test",)))
+        seen = []
+        for index in range(4):
+            assert _status(lease, "GET", f"http://elsewhere.test:{web.port}/{index}") == 403
+            seen += lease.refusals()
+            time.sleep(1.1)
+        seen += lease.refusals()
+        assert sum(refusal.count for refusal in seen) == 4
+        assert proxy._folder is not None and not (proxy._folder / "refusals.old").exists()
+        assert (proxy._folder / "refusals.log").stat().st_size < 200  # the last line at most
     finally:
         proxy.close()
