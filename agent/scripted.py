@@ -11,6 +11,7 @@ answers themselves are made in ``agent/scripted_wire.py``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -26,6 +27,7 @@ from agent.scripted_wire import CHARS_PER_TOKEN, complete, error, stream, tool_c
 from overnight.loopback import LoopbackServer
 
 CACHE_BLOCK_TOKENS = 16
+IMAGE_TOKENS = 1024
 __all__ = ["ScriptedCall", "ScriptedModel", "ScriptedModelServer", "ScriptedTurn", "example_session", "tool_call_id"]
 
 
@@ -105,7 +107,7 @@ class ScriptedModel:
             self.affinity.append(affinity)
             self.received_at.append(time.time())
             self.requests.append(body)
-            prompt = json.dumps([body.get("tools"), body.get("messages")], separators=(",", ":"))
+            prompt = json.dumps([body.get("tools"), _counted(body.get("messages"))], separators=(",", ":"))
             usage = self._prompt_usage(prompt)
             self._previous_prompt = prompt
             if affinity and affinity not in self.sessions and self.scripts:
@@ -185,6 +187,20 @@ def create_app(state: ScriptedModel) -> Starlette:
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         ]
     )
+
+
+def _counted(messages: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The messages as their tokens are counted: an image as IMAGE_TOKENS (vLLM counts its patches, not the
+    length of its base64), different images differently."""
+
+    def part(p: dict[str, Any]) -> dict[str, Any]:
+        if p.get("type") != "image_url":
+            return p
+        digest = hashlib.sha256(str(p.get("image_url")).encode()).hexdigest()
+        return {"type": "image_url", "image_url": digest * (IMAGE_TOKENS * CHARS_PER_TOKEN // len(digest))}
+
+    return [{**m, "content": [part(p) for p in m["content"]]} if isinstance(m.get("content"), list) else m
+            for m in messages or []]  # fmt: skip
 
 
 def _parts(body: dict[str, Any]) -> list[dict[str, Any]]:

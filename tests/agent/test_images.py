@@ -112,3 +112,17 @@ def test_a_model_server_without_vision_fails_the_run_saying_the_images_were_refu
         _run(server, ctx, [])
     message = str(failure.value)
     assert "At most 0 image(s)" in message and "without vision" in message and "overnight doctor" in message
+
+
+def test_an_image_counts_as_a_bounded_number_of_prompt_tokens_not_its_base64(
+    scripted_model: ScriptedModelServer, ctx: ToolContext
+) -> None:
+    """As vLLM counts an image's patches: a 600 KB screenshot does not look like 200k tokens of context (which
+    would compact the run at once)."""
+    heavy = TaskImageData(media_type="image/png", data=png(40, 30) + b"\0" * 600_000, source="upload")
+    scripted_model.state.extend([ScriptedTurn(tool_calls=[FINISH])])
+    trajectory = Trajectory()
+    client = ChatClient(LLMConfig(base_url=scripted_model.base_url, model="mistral-medium-3.5", retries=0))
+    run_agent(instruction="Look.", model=client, ctx=ctx, config=AgentConfig(), on_event=lambda event: None,
+              trajectory=trajectory, images=[heavy])  # fmt: skip
+    assert 1024 < trajectory.steps[0]["usage"]["prompt_tokens"] < 10_000
