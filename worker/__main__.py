@@ -13,7 +13,7 @@ from overnight.settings import Settings
 from sandbox.base import SandboxUnavailableError
 from worker.celery_app import register_tasks
 from worker.reconciler import start_reconciler
-from worker.sandboxes import check_disk_enforcement, start_reaper
+from worker.sandboxes import check_disk_enforcement, egress_proxy, start_reaper
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,12 +29,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(str(exc))
     broker_url, description = resolve_broker_url(settings)
     logging.getLogger("overnight.worker").info(description)
-    # Sandboxes a crashed worker left behind, their folders and its workspaces on this host: now, then periodically.
+    # Sandboxes a crashed worker left behind, their folders and its workspaces on this host: now, then periodically
+    # (and its egress proxy's folder: squid itself died with it).
     environments = [settings.environments_dir / backend for backend in ("docker", "bwrap")]
     start_reaper(
         settings.worker.reap_seconds,
-        (settings.data_dir / "control", settings.environments_dir, *environments, settings.workspaces_dir),
-    )
+        (settings.data_dir / "control", settings.environments_dir, *environments, settings.workspaces_dir,
+         egress_proxy(settings).config.state_root),
+    )  # fmt: skip
     app = create_celery(broker_url, queue=settings.queue, task_time_limit=settings.worker.task_time_limit)
     start_reconciler(settings, TaskQueue(broker_url, queue=settings.queue))
     register_tasks(app)

@@ -9,7 +9,11 @@ them names, and the proxy is told it may connect to the one "public" address amo
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +22,7 @@ import pytest
 
 from sandbox.base import Sandbox, SandboxBackend, SandboxSpec
 from sandbox.proxy import EgressError, EgressLease, EgressProxy, ProxyConfig, ProxyPolicy, doctor_probe
+from sandbox.reaper import reap_folders
 from tests.egress_web import PARENT, PRIVATE, PUBLIC, Web, egress_web
 
 
@@ -209,3 +214,33 @@ def test_the_refusal_log_is_rotated_and_no_refusal_is_lost(web: Web) -> None:
         assert (proxy._folder / "refusals.log").stat().st_size < 200  # the last line at most
     finally:
         proxy.close()
+
+
+def test_squid_dies_with_its_worker_and_the_reaper_removes_its_folders(web: Web, tmp_path: Path) -> None:
+    """A worker killed with -9 leaves no squid (its parent-death signal) and folders the reaper removes."""
+    root = Path(tempfile.mkdtemp(prefix="overnight-test-egress-"))  # squid's user reaches it (tmp_path: not)
+    root.chmod(0o755)
+    code = (
+        "import sys, time; from pathlib import Path\n"
+        "from sandbox.proxy import EgressProxy, ProxyConfig, ProxyPolicy\n"
+        f"proxy = EgressProxy(ProxyConfig(lease_root=Path({str(tmp_path / 'leases')!r}), "
+        f"state_root=Path({str(root)!r})))\n"
+        "lease = proxy.open('killed', ProxyPolicy(domains=None))\n"
+        "print(proxy._process.pid, proxy._folder, lease.folder, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=Path.cwd())
+    assert worker.stdout is not None
+    pid, state, lease = worker.stdout.readline().split()
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    assert Path(state).is_dir() and Path(lease).is_dir()
+    try:
+        removed = reap_folders([root, tmp_path / "leases"])
+        assert {Path(state), Path(lease)} <= set(removed) and not Path(state).exists() and not Path(lease).exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
