@@ -45,6 +45,10 @@ def test_two_attempts_show_as_tabs_live_and_the_best_ones_diff_is_the_tasks(
     page.goto(f"{stack.base}/tasks/new")
     page.get_by_label("Repository").fill(str(buggy_repo))
     page.get_by_label("Instruction").fill("Fix add() in calc.py")
+    page.get_by_label("Attempts").fill("9")  # the API's bound, shown under the field
+    page.get_by_role("button", name="Start task").click()
+    expect(page.locator("#attempts-error")).to_contain_text("less than or equal to 8")
+    expect(page.get_by_label("Attempts")).to_have_attribute("aria-invalid", "true")
     page.get_by_label("Attempts").fill("2")
     page.get_by_role("button", name="Start task").click()
     group = task_on_page(page)
