@@ -114,6 +114,17 @@ def test_one_script_per_repository_picks_the_set_up_by_the_commit_checked_out(tm
     assert subprocess.run(["bash", "-c", picked], cwd=repo, capture_output=True, text=True).stdout == "old\n"
 
 
+def test_a_failing_pre_install_command_is_reported_and_the_install_must_succeed(tmp_path: Path) -> None:
+    """SWE-bench's pre_install lines include apt-get, which needs the root the sandbox's user does not have."""
+    spec = InstanceSpec(pre_install=["WHERE=built", "false && echo never", "echo pre: $WHERE"], install="echo done")
+    script = setup_commands(spec, environment_commit=None).replace("python3 -m venv", ": ").replace(". /opt", ": ")
+    ran = subprocess.run(["bash", "-ec", script], cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout == "pre: built\ndone\n", ran
+    assert "a pre_install command failed (exit 1); going on" in ran.stderr
+    failing = setup_commands(InstanceSpec(install="exit 7"), environment_commit=None).replace("python3 -m", ": ")
+    assert subprocess.run(["bash", "-ec", failing.replace(". /opt", ": ")], cwd=tmp_path).returncode == 7
+
+
 def test_a_repository_whose_instances_do_not_agree_on_a_set_up_is_refused() -> None:
     with pytest.raises(InstanceError, match="x-2 has no set-up while x-1 has one"):
         dispatch_script("a/b", [instance("x-1", "aaaa", spec={"install": "a"}), instance("x-2", "bbbb")])

@@ -52,7 +52,9 @@ class InstanceSpec(BaseModel):
     pip_packages: list[str] = Field(default_factory=list)
     """Installed after ``packages``; shell text, as SWE-bench's harness joins them into its pip command."""
     pre_install: list[str] = Field(default_factory=list)
-    """Commands run in the workspace at the base commit before ``install`` (as the sandbox's user, not root)."""
+    """Commands run in the workspace at the base commit before ``install``, in one shell (an assignment holds for
+    the next), as the sandbox's user: one that fails (SWE-bench's ``apt-get`` lines need root) is reported in the
+    set-up's log and the set-up goes on."""
     install: str | None = None
     eval_commands: list[str] = Field(default_factory=list)
     """Commands the grading runs in the tests' shell, before the test command."""
@@ -149,5 +151,9 @@ def setup_commands(spec: InstanceSpec, *, environment_commit: str | None) -> str
             f"git worktree remove --force {ENV_CHECKOUT}", "git worktree prune",
         ]  # fmt: skip
     if spec.pre_install or spec.install:
-        lines += ["# the instance, at its base commit", *spec.pre_install, *([spec.install] if spec.install else [])]
+        lines.append("# the instance, at its base commit")
+    for command in spec.pre_install:
+        lines.append(f'{{ {command}\n}} || echo "overnight eval: a pre_install command failed (exit $?); going on" >&2')
+    if spec.install:
+        lines.append(spec.install)
     return "\n".join(lines)
