@@ -164,6 +164,7 @@ def _start_sandbox(run: AttemptRun) -> None:
             image=run.environment.ref,
             network=run.ctx.agent_network and run.egress is None,
             egress=run.egress.folder if run.egress else None,
+            ca_bundle=run.ctx.setup.ca_bundle if run.egress else None,  # a TLS-intercepting way out needs its CA
             lifetime=max(run.deadline - time.monotonic(), 1.0),
             env=run.task_env.variables if run.task_env else {},  # its variables; never its secrets
         )
