@@ -160,13 +160,13 @@ Domain = Annotated[str, AfterValidator(check_domain)]
 
 
 class AllowlistNetwork(_Policy):
-    """Only these hosts, through the egress proxy (part 2 of issue 18 enforces it; see docs/environments.md)."""
+    """Only these hosts, through the worker's egress proxy (docs/environments.md, "Network policies at work")."""
 
     mode: Literal["allowlist"] = "allowlist"
     domains: list[Domain] = Field(min_length=1, max_length=MAX_DOMAINS)
     """Host names; ``*.example.com`` is every host under example.com (not example.com itself)."""
     read_only: bool = False
-    """Only GET and HEAD requests (and OPTIONS, which they need)."""
+    """Only GET and HEAD requests (and OPTIONS, which they need); so no HTTPS, whose method the proxy cannot see."""
 
 
 NetworkPolicy = Annotated[NoNetwork | FullNetwork | AllowlistNetwork, Field(discriminator="mode")]
