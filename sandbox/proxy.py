@@ -17,7 +17,6 @@ read-only policy cannot tell GET from POST inside it, so under ``read_only`` CON
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
 import pwd
@@ -33,7 +32,6 @@ from collections import deque
 from datetime import UTC, datetime
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sandbox.image import SERVER_UID
 from sandbox.reaper import owned_tempdir, remove_owned
 from sandbox.relay import SOCKET_NAME, Relay
-from sandbox.squidconf import HELPER, REASONS, EgressError, squid_config
+from sandbox.squidconf import HELPER, REASONS, EgressError, die_with_parent, free_port, spawn, squid_config
 
 SETTLE_SECONDS = 2.0
 """How long reading refusals waits for the sandbox's open connections to end (a download still running is left
@@ -50,7 +48,6 @@ LOG_DELAY = 0.02
 """squid writes a refusal's line as it ends the transaction: a moment after the connection closed."""
 MAX_PENDING = 1000
 """Refusals of one lease kept until they are read; more are counted into the last one."""
-_PR_SET_PDEATHSIG = 1
 
 
 class ProxyPolicy(BaseModel):
@@ -147,6 +144,15 @@ class EgressProxy:
             account = pwd.getpwnam(self.config.user) if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
         except KeyError as exc:
             raise EgressError(f"the egress proxy's user {self.config.user!r} does not exist") from exc
+        for attempt in range(3):  # squid binds a port found free a moment before: another may have taken it
+            try:
+                self._launch(account)
+                return
+            except EgressError:
+                if attempt == 2:
+                    raise
+
+    def _launch(self, account: pwd.struct_passwd) -> None:
         if self._folder is not None:
             remove_owned(self._folder)
         self._folder = folder = owned_tempdir("overnight-egress-", self.config.state_root)
@@ -154,7 +160,7 @@ class EgressProxy:
         (folder / "helper.py").write_text(HELPER)
         os.chmod(folder, 0o755)
         os.chown(folder, account.pw_uid, account.pw_gid)
-        self._port = _free_port()
+        self._port = free_port()
         config = self.config
         (folder / "squid.conf").write_text(squid_config(folder, self._port, upstream=config.upstream,
                                                         allowed_networks=config.allowed_networks,
@@ -162,9 +168,9 @@ class EgressProxy:
         self._offset, self._rotated = 0, 0.0
         for lease in self._leases.values():  # squid died and is started again: the open leases go on
             self._write_policy(lease)
-        self._process = _spawn(
+        self._process = spawn(
             [self.config.squid, "-N", "-f", str(folder / "squid.conf")], user=account.pw_uid, group=account.pw_gid,
-            extra_groups=[] if os.geteuid() == 0 else None, preexec_fn=_die_with_parent, start_new_session=True,
+            extra_groups=[] if os.geteuid() == 0 else None, preexec_fn=die_with_parent, start_new_session=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )  # fmt: skip
@@ -192,15 +198,23 @@ class EgressProxy:
         return " | ".join(line for line in lines if "FATAL" in line or "ERROR" in line)[-500:] or "(nothing logged)"
 
     def connect(self, address: str) -> socket.socket:
-        """A connection to squid from a lease's own source address."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind((address, 0))
-            sock.connect(("127.0.0.1", self._port))
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        """A connection to squid from a lease's own source address; a squid that died is started again."""
+        for attempt in range(2):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((address, 0))
+                sock.connect(("127.0.0.1", self._port))
+                return sock
+            except ConnectionRefusedError:
+                sock.close()
+                if attempt:
+                    raise
+                with self._lock:
+                    self._start()
+            except OSError:
+                sock.close()
+                raise
+        raise AssertionError("unreachable")
 
     def poll(self) -> None:
         """Read the refusals squid logged since the last poll and hand each to its lease. Past
@@ -322,37 +336,6 @@ class EgressLease:
         self.relay.close()
         self.proxy.release(self)
         remove_owned(self.folder)
-
-
-def _spawn(argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
-    """``Popen`` from a thread that lives as long as this process: squid's parent-death signal fires when the
-    thread that started it ends, and the caller's thread may be a short-lived one."""
-    started: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def keeper() -> None:
-        try:
-            started["process"] = subprocess.Popen(argv, **options)
-        except (OSError, subprocess.SubprocessError) as exc:
-            started["error"] = exc
-        ready.set()
-        threading.Event().wait()
-
-    threading.Thread(target=keeper, name="overnight-egress-squid", daemon=True).start()
-    ready.wait()
-    if "error" in started:
-        raise EgressError(f"could not start squid: {started['error']}")
-    return started["process"]  # type: ignore[no-any-return]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # in the child: squid dies with the worker process that started it
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def doctor_probe(config: ProxyConfig) -> str:

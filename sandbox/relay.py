@@ -96,7 +96,7 @@ class Relay:
             return
         try:
             upstream = self.connect()
-        except OSError:
+        except Exception:  # the proxy cannot be reached (or started again): the client sees its connection end
             client.close()
             return
         self.accepted += 1

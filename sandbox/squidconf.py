@@ -7,14 +7,22 @@ ERR with a reason squid keeps as a note; squid then refuses private destinations
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
+import socket
+import subprocess
 import sys
+import threading
 from ipaddress import IPv6Network
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sandbox.base import SandboxUnavailableError
 from sandbox.egress import BLOCKED
+
+_PR_SET_PDEATHSIG = 1
 
 BLOCKED_V6 = tuple(IPv6Network(net) for net in ("::/127", "::ffff:0:0/96", "64:ff9b::/96", "fc00::/7", "fe80::/10",
                                                   "fec0::/10", "ff00::/8", "2001:db8::/32"))  # fmt: skip
@@ -110,3 +118,34 @@ def _upstream(proxy: str | None) -> list[str]:
         f"cache_peer {parts.hostname} parent {parts.port or 80} 0 no-query no-digest default{login}",
         "never_direct allow all",
     ]
+
+
+def spawn(argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``Popen`` from a thread that lives as long as this process: squid's parent-death signal fires when the
+    thread that started it ends, and the caller's thread may be a short-lived one."""
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def keeper() -> None:
+        try:
+            started["process"] = subprocess.Popen(argv, **options)
+        except (OSError, subprocess.SubprocessError) as exc:
+            started["error"] = exc
+        ready.set()
+        threading.Event().wait()
+
+    threading.Thread(target=keeper, name="overnight-egress-squid", daemon=True).start()
+    ready.wait()
+    if "error" in started:
+        raise EgressError(f"could not start squid: {started['error']}")
+    return started["process"]  # type: ignore[no-any-return]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def die_with_parent() -> None:  # in the child: squid dies with the worker process that started it
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -190,7 +190,10 @@ def test_a_squid_that_died_is_started_again_and_open_leases_go_on(web: Web) -> N
         assert proxy._process is not None
         proxy._process.kill()
         proxy._process.wait()
-        second = proxy.open("second", ProxyPolicy(domains=("elsewhere.test",)))  # squid starts again
+        assert _status(first, "GET", f"http://allowed.test:{web.port}/") == 200  # its next request starts squid
+        proxy._process.kill()
+        proxy._process.wait()
+        second = proxy.open("second", ProxyPolicy(domains=("elsewhere.test",)))  # so does a new lease
         assert _status(first, "GET", f"http://allowed.test:{web.port}/") == 200
         assert _status(first, "GET", f"http://elsewhere.test:{web.port}/") == 403
         assert _status(second, "GET", f"http://elsewhere.test:{web.port}/") == 200
