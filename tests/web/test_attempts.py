@@ -89,6 +89,9 @@ def test_a_ranked_group_shows_its_attempts_as_tabs_with_the_best_marked_and_open
     assert "step budget exhausted (3 steps)" in panel(page, 3)
     assert f'href="/tasks/{attempts[0]}"' in panel(page, 1)  # each attempt's own activity
     assert "best of 3 attempts" in page
+    listed = browser("alice").page("/").text  # the list names the task's attempts; its attempt tasks are not rows
+    assert f'<tr id="task-{group}"' in listed and "· best of 3</div>" in listed
+    assert not any(f'<tr id="task-{attempt}"' in listed for attempt in attempts)
     own_page = browser("alice").page(f"/tasks/{attempts[0]}").text
     assert f'attempt 1 of <a href="/tasks/{group}">' in own_page and 'id="attempts"' not in own_page
     # Markup in a ranking's reason is text.
