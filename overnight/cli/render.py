@@ -38,6 +38,7 @@ def _line(event: TaskEvent) -> str | None:
         CompactionEvent,
         FinishEvent,
         FormatErrorEvent,
+        ImagesEvent,
         MessageDeliveredEvent,
         MessageDroppedEvent,
         ModelResponseEvent,
@@ -86,6 +87,11 @@ def _line(event: TaskEvent) -> str | None:
             times = f" ×{event.count}" if event.count > 1 else ""  # noqa: RUF001
             what = f"{event.method} {event.host}:{event.port}{times} ({where}): {event.reason}"
             return f"[yellow]⊘ blocked[/yellow] {escape(what)}"
+        case ImagesEvent():
+            given = ", ".join(f"{image.media_type} ({image.size} bytes)" for image in event.images)
+            missed = "; not fetched: " + "; ".join(f"{f.url}: {f.reason}" for f in event.failed) if event.failed else ""
+            what = f"{len(event.images)} image(s) for the model{': ' if given else ''}{given}{missed}"
+            return f"[dim]… {escape(what)}[/dim]"
         case CompactionEvent() | FormatErrorEvent() | FinishEvent():
             return f"[magenta]{event.type}[/magenta]"
     return None

@@ -52,3 +52,16 @@ def test_a_model_response_without_text_has_no_line_and_one_with_text_its_first_l
     assert describe(silent) is None
     assert describe(said) == "[blue]step 2[/blue] Running the tests."
     assert isinstance(parse_event("model_response", said["data"]), ModelResponseEvent)
+
+
+def test_an_images_event_has_a_line_naming_what_was_given_and_what_was_not_fetched() -> None:
+    event = {"type": "images", "data": {
+        "images": [{"sha256": "a" * 64, "media_type": "image/png", "size": 68, "source": "upload"}],
+        "failed": [{"url": "https://github.com/user-attachments/assets/[x]", "reason": "HTTP 404"}]}}  # fmt: skip
+    line = describe(event)
+    assert line is not None
+    console = Console(file=io.StringIO(), width=300)
+    console.print(line)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "1 image(s) for the model: image/png (68 bytes)" in text
+    assert "not fetched: https://github.com/user-attachments/assets/[x]: HTTP 404" in text  # markup stays text
