@@ -32,7 +32,7 @@ from collections import deque
 from datetime import UTC, datetime
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -270,7 +270,8 @@ def _dispatch(line: str, leases: dict[str, EgressLease]) -> None:
     stamp, address, method, host, port, reason = fields[:6]
     try:
         at = datetime.fromtimestamp(float(stamp), UTC)
-        refusal = Refusal(host=unquote(host)[:255], port=int(port) if port.isdigit() else 0, method=method[:16],
+        host = quote(unquote(host), safe="[]:*")[:255]  # the sandbox's bytes: one printable token, never a line break
+        refusal = Refusal(host=host, port=int(port) if port.isdigit() else 0, method=method[:16],
                           at=at, reason=REASONS.get(reason, reason[:80]))  # fmt: skip
     except ValueError:
         return
