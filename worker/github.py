@@ -28,7 +28,7 @@ from overnight.images import ImageSettings
 from overnight.network_report import markdown_section
 from store.models import GitHubLink, TaskState
 from worker.errors import PublishError, TaskFailure
-from worker.github_attempts import attempts_section
+from worker.github_attempts import attempts_section, best_of_note
 from worker.images import fetch_issue_images
 from worker.mirrors import credential_origin, git_env
 from worker.repo import Commit
@@ -130,6 +130,7 @@ class GitHubHooks:
                     row.pr_number, row.pr_url = pull.number, pull.html_url
                 link.pr_number, link.pr_url = pull.number, pull.html_url
                 message = f"opened {'a draft' if pull.draft else 'a'} pull request: {pull.html_url}"
+                message += self._best_of(task_id)
             else:
                 message = f"pushed a new commit to `{link.branch}` ({link.pr_url or f'#{link.pr_number}'})."
                 message += self._blocked_note(task_id)  # the pull request's body is the first task's
@@ -181,6 +182,11 @@ class GitHubHooks:
         section = markdown_section(blocked) if blocked else ""
         parts = [text.strip(), f"Fixes #{number}", section, attempts, self._task_line(task_id)]
         return "\n\n".join(part for part in parts if part)
+
+    def _best_of(self, task_id: str) -> str:
+        """What the progress comment adds for a task run as attempts: which one the pull request is."""
+        with self.sessions() as session:
+            return best_of_note(session, task_id)
 
     def _blocked_note(self, task_id: str) -> str:
         """The blocked hosts for a report that opens no pull request (a failed install is often why)."""

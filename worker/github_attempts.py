@@ -60,3 +60,12 @@ def attempts_section(session: Session, task_id: str, *, public_url: str | None =
     """The attempts of ``task_id`` for its pull request's body; "" when it ran once (or was not ranked)."""
     ranking = store.bestof.ranking_of(session, task_id)
     return attempts_markdown(task_id, ranking, public_url=public_url) if ranking is not None else ""
+
+
+def best_of_note(session: Session, task_id: str) -> str:
+    """For the progress comment of a ranked task: ``(the best of N attempts: attempt K)`` after a space; ""
+    otherwise."""
+    ranking = store.bestof.ranking_of(session, task_id)
+    if ranking is None or ranking.best is None:
+        return ""
+    return f" (the best of {len(ranking.entries)} attempts: attempt {ranking.best})"

@@ -65,6 +65,9 @@ def test_the_pull_request_is_the_best_attempt_s_and_lists_every_attempt(
     )
     assert "1 file" in other_row and "`tests pass; " in other_row
     assert body.rstrip().endswith(f"(`overnight show {group_id}`)")
+    [progress] = world.fake.comments.values()  # the one progress comment, edited in place
+    assert progress["body"].endswith(f"pull request: {pull['html_url']} (the best of 2 attempts: attempt 2)\n\n"
+                                     f"Task `{group_id}` (`overnight show {group_id}`)")  # fmt: skip
     # No attempt published anything of its own.
     for attempt_id in attempts:
         assert world.outcome(attempt_id)[2] is None
