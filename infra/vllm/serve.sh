@@ -12,7 +12,9 @@
 # SPEC_METHOD picks the speculative decoding: eagle (the default: Mistral's EAGLE head, EAGLE_MODEL), suffix
 # (vLLM's suffix decoding, no draft model: needs the arctic-inference package, see constraints.txt) or none.
 # NUM_SPECULATIVE_TOKENS is the draft length (eagle: 3); for suffix, the most tokens one step may speculate
-# (default 32). The tests run this script on a CPU with a tiny model (tests/vllm/conftest.py), with
+# (default 32). Images: the vision encoder is served, since tasks may carry images (OVERNIGHT_IMAGES_ENABLED, on by
+# default; `overnight doctor` checks); LANGUAGE_MODEL_ONLY=1 passes --language-model-only (no vision encoder, more
+# memory for the KV cache), and the platform then needs OVERNIGHT_IMAGES_ENABLED=false. The tests run this script on a CPU with a tiny model (tests/vllm/conftest.py), with
 # TENSOR_PARALLEL_SIZE=1, small MAX_MODEL_LEN, MAX_NUM_SEQS and MAX_NUM_BATCHED_TOKENS.
 set -euo pipefail
 
@@ -26,6 +28,7 @@ MAX_NUM_SEQS="${MAX_NUM_SEQS:-128}"
 MAX_NUM_BATCHED_TOKENS="${MAX_NUM_BATCHED_TOKENS:-16384}"
 GPU_MEMORY_UTILIZATION="${GPU_MEMORY_UTILIZATION:-0.85}"
 DRAFT_MAX_MODEL_LEN="${DRAFT_MAX_MODEL_LEN:-65536}"
+LANGUAGE_MODEL_ONLY="${LANGUAGE_MODEL_ONLY:-0}"
 HOST="${HOST:-0.0.0.0}"
 PORT="${PORT:-8000}"
 : "${VLLM_API_KEY:?set VLLM_API_KEY (the platform sends it as OVERNIGHT_LLM_API_KEY)}"
@@ -40,6 +43,8 @@ case "$SPEC_METHOD" in
   none) SPECULATIVE=() ;;
   *) echo "SPEC_METHOD must be eagle, suffix or none (got '$SPEC_METHOD')" >&2; exit 2 ;;
 esac
+TEXT_ONLY=()
+if [ "$LANGUAGE_MODEL_ONLY" = 1 ]; then TEXT_ONLY=(--language-model-only); fi
 
 exec vllm serve "$MODEL" \
   --served-model-name "$SERVED_MODEL_NAME" \
@@ -48,7 +53,7 @@ exec vllm serve "$MODEL" \
   --enable-auto-tool-choice --tool-call-parser mistral \
   --reasoning-parser mistral \
   "${SPECULATIVE[@]}" \
-  --language-model-only \
+  "${TEXT_ONLY[@]}" \
   --max-model-len "$MAX_MODEL_LEN" \
   --max-num-seqs "$MAX_NUM_SEQS" --max-num-batched-tokens "$MAX_NUM_BATCHED_TOKENS" \
   --gpu-memory-utilization "$GPU_MEMORY_UTILIZATION" \

@@ -15,8 +15,8 @@ PROBE_PNG = (
 """A 16x16 red PNG."""
 VISION_CHECK = "takes images (tasks may carry them)"
 VISION_FIX = (
-    "serve a model with vision and without --language-model-only (infra/vllm/serve.sh sets it to save memory; "
-    "remove it there), or set OVERNIGHT_IMAGES_ENABLED=false so that tasks refuse images when they are filed"
+    "serve a model with vision and without --language-model-only (infra/vllm/serve.sh passes it only with "
+    "LANGUAGE_MODEL_ONLY=1), or set OVERNIGHT_IMAGES_ENABLED=false so that tasks refuse images when they are filed"
 )
 
 

@@ -71,7 +71,7 @@ def test_doctor_passes_what_does_not_depend_on_the_weights(
                           OVERNIGHT_LLM_MODEL=SERVED_MODEL)  # fmt: skip
     failed = {name for name, check in checks.items() if not check["ok"]}
     # A random model neither reasons nor calls the probe tool; every flag-dependent check passes but the image
-    # one: the tiny model has no vision (and serve.sh passes --language-model-only), so vLLM refuses an image.
+    # one: the tiny model has no vision encoder, so vLLM refuses an image.
     weights = {"accepts reasoning_effort", "returns a tool call for a probe request"}
     assert code == 1 and failed == weights | {VISION_CHECK}, checks
     assert "HTTP 400 to a request with one image" in checks[VISION_CHECK]["detail"], checks[VISION_CHECK]
