@@ -37,10 +37,28 @@ class FetchPolicy:
     """Extra headers for a hop (a token for GitHub's own hosts); asked again at every hop."""
 
 
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to: mapped, NAT64 (RFC 6052/8215), 6to4, IPv4-compatible."""
+    if address.ipv4_mapped is not None or address.sixtofour is not None:
+        return address.ipv4_mapped or address.sixtofour
+    if any(address in network for network in (*_NAT64, _IPV4_COMPATIBLE)):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def refused_address(address: Address, allowed: Sequence[Network]) -> bool:
-    """True for an address an image fetch must not reach: anything not globally routable, unless allowed."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """True for an address an image fetch must not reach: anything not globally routable, unless allowed. An IPv6
+    address that leads to an IPv4 one (mapped, NAT64, 6to4, IPv4-compatible) is refused when that one is."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address.is_site_local or (embedded is not None and refused_address(embedded, allowed)):
+            return True
     if any(address in network for network in allowed):
         return False
     return not address.is_global or address.is_multicast
@@ -124,5 +142,5 @@ def _get(
             response.close()
     except httpx.TimeoutException as exc:
         raise ImageRefused("image_fetch_failed", f"{what}: took longer than {policy.timeout:g} s") from exc
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a Location httpx cannot build
         raise ImageRefused("image_fetch_failed", f"{what}: {url} could not be fetched ({type(exc).__name__})") from exc
