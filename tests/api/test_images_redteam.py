@@ -193,7 +193,7 @@ def hostile() -> Iterator[str]:
 
 
 REDIRECTS = [
-    *EMBEDDED[:3], "http://127.0.0.2/x.png", "http://[::1]/x.png", "http://2130706434/x.png",
+    *EMBEDDED[1:4], "http://127.0.0.2/x.png", "http://[::1]/x.png", "http://2130706434/x.png",
     "http://user:pw@127.0.0.1/x.png", "ftp://127.0.0.1/x.png", "gopher://127.0.0.1:6379/_INFO",
     "//169.254.169.254/latest/", "https:///169.254.169.254/",
 ]  # fmt: skip
