@@ -92,6 +92,10 @@ def test_the_requirements_stage_leaves_out_the_project_and_reads_the_first_file_
     (tmp_path / "req" / "dev.txt").unlink()
     missing = subprocess.run(["bash", "-ec", loop], cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode == 1 and "no requirements file at the environment commit" in missing.stderr
+    odd = InstanceSpec(packages="requirements.txt", reqs_path=["r-$(echo expanded).txt"])
+    loop = setup_commands(odd, environment_commit=None).split("cd /tmp/overnight-env-commit\n")[1].split("\ncd /")[0]
+    said = subprocess.run(["bash", "-ec", loop], cwd=tmp_path, capture_output=True, text=True).stderr
+    assert "(looked for r-$(echo expanded).txt)" in said  # a path is data, never run
 
 
 def test_one_script_per_repository_picks_the_set_up_by_the_commit_checked_out(tmp_path: Path) -> None:

@@ -109,6 +109,8 @@ def _packages_step(spec: InstanceSpec) -> list[str]:
         return []
     if spec.packages == "requirements.txt":
         paths = " ".join(shlex.quote(path) for path in spec.reqs_path)
+        missing = shlex.quote(f"overnight eval: no requirements file at the environment commit (looked for "
+                              f"{' '.join(spec.reqs_path)})")  # fmt: skip
         return [f"""found=
 for file in {paths}; do
   if [ -f "$file" ]; then
@@ -116,8 +118,7 @@ for file in {paths}; do
     pip install --progress-bar off -r "$(dirname "$file")/{FILTERED}"; break
   fi
 done
-[ -n "$found" ] || {{ echo "overnight eval: no requirements file at the environment commit (looked for {paths})" >&2; \
-exit 1; }}"""]  # fmt: skip
+[ -n "$found" ] || {{ echo {missing} >&2; exit 1; }}"""]  # fmt: skip
     if spec.packages == "environment.yml":
         return ["echo 'overnight eval: packages=environment.yml needs conda, which the sandbox image lacks: skipped'"]
     try:
