@@ -88,8 +88,12 @@ class GitHubHooks:
             log.warning("task %s: could not acknowledge on %s#%s: %s", task_id, repo, link.number, exc)
             self._event(task_id, PublishEvent(state="acknowledge-failed", reason=str(exc)))
         if self.images is not None and self.images.enabled:
-            fetch_issue_images(self.sessions, task_id, token=lambda: self.client.credentials.token(inst),
-                               api_url=self.client.api_url, limits=self.images)  # fmt: skip
+            failed = fetch_issue_images(self.sessions, task_id, token=lambda: self.client.credentials.token(inst),
+                                        api_url=self.client.api_url, limits=self.images)  # fmt: skip
+            if failed:  # said on the issue too: the task goes on without them
+                reason = failed[0].replace("`", "'")[:300]  # a code span: no markup, no mention
+                self._report(task_id, link, f"is working on this, without {len(failed)} image(s) of the issue that "
+                             f"could not be fetched (`{reason}`)")  # fmt: skip
 
     def finished(self, task_id: str, state: TaskState, reason: str | None, commit: Commit | None) -> None:
         """Publish a succeeded task's patch (``commit``) and report any ending on the issue; never raises."""

@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 
 def fetch_issue_images(
     sessions: sessionmaker[Session], task_id: str, *, token: Callable[[], str], api_url: str, limits: ImageSettings
-) -> None:
-    """Fetch the task's images not tried yet from GitHub's hosts, with the token; record each outcome."""
+) -> list[str]:
+    """Fetch the task's images not tried yet from GitHub's hosts, with the token; record each outcome. Returns
+    why each that failed did (empty: all were fetched, or there were none)."""
     with sessions() as session:
         waiting = [(row.id, row.url or "") for row in store.images.pending(session, task_id)]
     if not waiting:
-        return
+        return []
     try:
         secret = token()
     except Exception as exc:  # the task goes on without its images; why is recorded with each
@@ -50,6 +51,7 @@ def fetch_issue_images(
                 store.images.record_failed(session, image_id, outcome)
             else:
                 store.images.record_fetched(session, image_id, outcome)
+    return [outcome for _, outcome in outcomes if isinstance(outcome, str)]
 
 
 def _fetch(url: str, policy: FetchPolicy, number: int) -> TaskImageData | str:

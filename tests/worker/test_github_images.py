@@ -97,6 +97,9 @@ def test_an_issue_image_is_fetched_with_the_installation_token_and_given_to_the_
     assert [(note.media_type, note.size, note.source) for note in event.images] == [("image/png", len(SHOT), "github")]
     [failure] = event.failed
     assert failure.url.endswith("/missing") and "HTTP 404" in failure.reason
+    # Said on the issue too, in the progress comment (edited in place).
+    [comment] = fake.fake.comments.values()
+    assert "without 1 image(s) of the issue that could not be fetched" in comment["body"] and comment["edits"] == 1
 
 
 def test_an_issue_image_on_a_refused_address_is_reported_and_the_task_goes_on(
