@@ -243,6 +243,16 @@ def ranking_of(session: Session, group_id: str) -> Ranking | None:
     return Ranking.model_validate(group.ranking)
 
 
+def fail_unsent(session: Session, group_id: str, *, reason: str | None) -> None:
+    """The attempts of ``group_id`` still queued and never sent end failed with ``reason`` (the broker could not
+    take one of them); committed here. No-op for a task without attempts."""
+    for task in attempts_of(session, group_id):
+        if task.state == TaskState.queued.value and task.enqueued_at is None:
+            store.tasks.transition(session, task.id, from_states=[TaskState.queued], to_state=TaskState.failed,
+                                   reason=reason)  # fmt: skip
+            session.commit()
+
+
 # --- cancelling -----------------------------------------------------------------------------------
 
 

@@ -90,9 +90,12 @@ def _check_access(settings: Settings, user: User, repo: str) -> None:
 
 
 def _enqueue(session: SessionDep, queue: TaskQueue, task: Task) -> TaskPublic:
-    """Send the task, or its attempt tasks (a task with attempts runs none of its own)."""
-    for each in store.bestof.attempts_of(session, task.id) or [task]:
+    """Send the task, or its attempt tasks (a task with attempts runs none of its own; when one cannot be sent,
+    the others fail with it, and the task with them once ranked)."""
+    attempts = store.bestof.attempts_of(session, task.id)
+    for each in attempts or [task]:
         if not enqueue_or_fail(session, queue, each.id):
+            store.bestof.fail_unsent(session, task.id, reason=each.failure_reason)
             raise APIError(503, "broker_unavailable", "the task queue is unreachable; the task was not started")
     return TaskPublic.model_validate(store.tasks.get_task(session, task.id))
 

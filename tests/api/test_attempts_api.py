@@ -19,6 +19,7 @@ import store.patches
 import store.tasks
 import store.users
 from api.app import create_app
+from overnight.queue import TaskQueue
 from overnight.settings import Settings
 from store.bestof import RankEntry, Ranking
 from store.engine import make_engine, make_sessionmaker, migrate
@@ -187,3 +188,19 @@ def test_idempotency_retry_and_follow_up_of_a_task_with_attempts(
         assert len(store.bestof.attempts_of(session, retried.json()["id"])) == 2
     refused = client.post(f"/v1/tasks/{attempt_ids[1]}/retry")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "task_is_an_attempt"
+
+
+def test_an_unreachable_broker_fails_every_attempt_so_the_task_ends_failed_once_ranked(
+    settings: Settings, tokens: dict[str, str]
+) -> None:
+    queue = TaskQueue("redis://127.0.0.1:1/0", queue="unused")
+    with TestClient(create_app(settings, queue=queue)) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {tokens['alice']}"
+        response = test_client.post("/v1/tasks", json={"repo": REPO, "instruction": "x", "attempts": 3})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "broker_unavailable"
+        task = test_client.get("/v1/tasks").json()["tasks"][0]
+        attempts = test_client.get(f"/v1/tasks/{task['id']}/attempts").json()["attempts"]
+    assert [a["state"] for a in attempts] == ["failed"] * 3
+    assert all("broker unreachable" in a["failure_reason"] for a in attempts)
+    with _sessions(settings)() as session:
+        assert store.bestof.ranking_due(session, task["id"])  # the reconciler sends it; it ends failed, with why
