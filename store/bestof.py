@@ -110,6 +110,23 @@ def attempt_task(session: Session, group_id: str, index: int) -> Task | None:
     return session.scalar(select(Task).where(Task.attempt_of == group_id, Task.attempt_index == index))
 
 
+USAGE = ("steps", "prompt_tokens", "cached_tokens", "completion_tokens", "sandbox_seconds")
+
+
+def usage_with_attempts(session: Session, group_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    """For each task with attempts among ``group_ids``: its attempts' steps, tokens and sandbox seconds added to its
+    own (the ranking's checks), as a task shows them. The rows keep their own counts, so sums over tasks (metrics)
+    count each once."""
+    columns = [func.sum(getattr(Task, name)) for name in USAGE]
+    rows = session.execute(
+        select(Task.attempt_of, *columns).where(Task.attempt_of.in_(list(group_ids))).group_by(Task.attempt_of)
+    ).all()
+    own = {task.id: task for task in session.scalars(select(Task).where(Task.id.in_([row[0] for row in rows])))}
+    return {
+        row[0]: {name: getattr(own[row[0]], name) + (row[i + 1] or 0) for i, name in enumerate(USAGE)} for row in rows
+    }
+
+
 # --- following the attempts (hooks of store.attempts.claim and store.tasks.transition) ----------------
 
 

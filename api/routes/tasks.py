@@ -189,13 +189,16 @@ def list_tasks(
         )
     except ValueError as exc:
         raise APIError(422, "invalid_cursor", "cursor is not one this API returned") from exc
-    return TaskList(tasks=[TaskPublic.model_validate(task) for task in tasks], next_cursor=next_cursor)
+    usage = store.bestof.usage_with_attempts(session, [task.id for task in tasks if task.attempts > 1])
+    public = [_counted(TaskPublic.model_validate(task), usage.get(task.id)) for task in tasks]
+    return TaskList(tasks=public, next_cursor=next_cursor)
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=ERRORS)
 def show_task(task_id: str, session: SessionDep, user: CurrentUser) -> TaskPublic:
     task = TaskPublic.model_validate(_task_or_404(session, task_id, user))
-    return task.model_copy(update={"network_blocked": store.network.blocked_summary(session, task_id)})
+    usage = store.bestof.usage_with_attempts(session, [task_id]).get(task_id) if task.attempts > 1 else None
+    return _counted(task, usage).model_copy(update={"network_blocked": store.network.blocked_summary(session, task_id)})
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, responses=ERRORS)
@@ -338,6 +341,15 @@ def task_patch(
     if format == "mbox":
         return Response(content=patch.mbox, media_type="application/mbox", headers=headers)
     return Response(content=patch.diff, media_type="text/x-diff", headers=headers)
+
+
+def _counted(task: TaskPublic, usage: dict[str, float] | None) -> TaskPublic:
+    """A task with attempts shows their steps and tokens (``store.bestof.usage_with_attempts``)."""
+    if not usage:
+        return task
+    return task.model_copy(
+        update={name: int(value) for name, value in usage.items() if name in TaskPublic.model_fields}
+    )
 
 
 def _send_quietly(session: Session, queue: TaskQueue, task_id: str) -> None:

@@ -204,3 +204,14 @@ def test_an_unreachable_broker_fails_every_attempt_so_the_task_ends_failed_once_
     assert all("broker unreachable" in a["failure_reason"] for a in attempts)
     with _sessions(settings)() as session:
         assert store.bestof.ranking_due(session, task["id"])  # the reconciler sends it; it ends failed, with why
+
+
+def test_a_task_with_attempts_shows_their_steps_and_tokens_together(client: TestClient, settings: Settings) -> None:
+    task = create(client, attempts=2)
+    with _sessions(settings).begin() as session:
+        for k, attempt in enumerate(store.bestof.attempts_of(session, task["id"]), start=1):
+            attempt.steps, attempt.prompt_tokens, attempt.completion_tokens = 3 * k, 1000 * k, 10 * k
+    shown = client.get(f"/v1/tasks/{task['id']}").json()
+    assert (shown["steps"], shown["prompt_tokens"], shown["completion_tokens"]) == (9, 3000, 30)
+    listed = client.get("/v1/tasks").json()["tasks"][0]
+    assert (listed["id"], listed["steps"], listed["prompt_tokens"]) == (task["id"], 9, 3000)
