@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
-from ipaddress import IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -70,6 +70,27 @@ class EgressError(SandboxUnavailableError):
     """The egress proxy could not be started or used; no sandbox that needs it starts without it."""
 
 
+def host_addresses() -> list[str]:
+    """Every address of this host's own interfaces but loopback (which ``private`` holds), read when squid starts:
+    squid must not connect to the host itself whatever range its address is in — a cloud VM's public address on
+    eth0 would hand a sandbox every service listening on all addresses (as the set-up firewall's ``addrtype
+    LOCAL`` rule keeps set-ups from them)."""
+    found: set[IPv4Address | IPv6Address] = set()
+    try:
+        previous = ""
+        for line in Path("/proc/net/fib_trie").read_text().splitlines():
+            text = line.strip()
+            if text.startswith("|--"):
+                previous = text.split()[-1]
+            elif text == "/32 host LOCAL" and previous:
+                found.add(IPv4Address(previous))
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            found.add(IPv6Address(int(line.split()[0], 16)))
+    except (OSError, ValueError, IndexError):
+        pass
+    return sorted(str(address) for address in found if not (address.is_loopback or address.is_link_local))
+
+
 def squid_config(
     folder: Path, port: int, *, upstream: str | None, allowed_networks: tuple[object, ...], hosts_file: Path | None
 ) -> str:
@@ -90,6 +111,8 @@ def squid_config(
         "http_access deny manager",
         "http_access deny !policy",
     ]  # fmt: skip
+    if own := host_addresses():  # the host itself, whatever its range (and never an allowed one)
+        lines += [f"acl own_host dst {' '.join(own)}", "http_access deny own_host mark_private"]
     if allowed_networks:
         lines.append(f"acl allowed_private dst {' '.join(str(net) for net in allowed_networks)}")
         lines.append("http_access deny private !allowed_private mark_private")
