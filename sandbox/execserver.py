@@ -39,7 +39,6 @@ from execsupport import (  # type: ignore[import-not-found]
     safe_env,
     skip_lines,
 )
-from relay import serve_loopback  # type: ignore[import-not-found]
 
 READ_CHUNK = 2**20
 """Bytes of a file one answer carries at most (the worker reads larger files in pieces)."""
@@ -337,7 +336,9 @@ def serve(args):
     if args.home:
         seed_home(server, args.home, args.seed_home)
     act_as(os.geteuid(), os.getegid())
-    if args.egress:  # the sandbox's only way out: 127.0.0.1:3128, relayed to the egress proxy's socket
+    if args.egress:  # the sandbox's only way out: 127.0.0.1:3128, relayed to the proxy (imported only then)
+        from relay import serve_loopback  # type: ignore[import-not-found]
+
         serve_loopback(args.egress)
     os.rename(args.socket + ".tmp", args.socket)  # appears only once it accepts
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
