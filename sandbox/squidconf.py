@@ -47,9 +47,12 @@ for line in sys.stdin:
             reason = "not-in-allowlist"
         elif policy.get("read_only") and method not in ("GET", "HEAD", "OPTIONS"):
             reason = "read-only"
-    sys.stdout.write(f"ERR reason={reason}\n" if reason else "OK\n")
+    ok = "OK read_only=1\n" if policy and policy.get("read_only") else "OK\n"
+    sys.stdout.write(f"ERR reason={reason}\n" if reason else ok)
     sys.stdout.flush()
 """
+METHOD_OVERRIDES = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+"""Headers with which many frameworks (Rails, Laravel, Express, Google's APIs) take a GET for the method they name."""
 REASONS = {
     "not-in-allowlist": "not in the allowlist",
     "read-only": "read-only policy",
@@ -110,6 +113,8 @@ def squid_config(
         "acl refused note reason",
         "http_access deny manager",
         "http_access deny !policy",
+        "acl read_only note read_only 1",  # the helper's answer for a read-only lease: no header asks for a write
+        *(f"request_header_access {name} deny read_only" for name in METHOD_OVERRIDES),
     ]  # fmt: skip
     if own := host_addresses():  # the host itself, whatever its range (and never an allowed one)
         lines += [f"acl own_host dst {' '.join(own)}", "http_access deny own_host mark_private"]
