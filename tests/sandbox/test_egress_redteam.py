@@ -367,6 +367,15 @@ def test_read_only_does_not_pass_method_override_headers(web: Web, counting: int
         assert not any(overrides), f"a read-only lease's GET reached the origin with {overrides}"
     finally:
         lease.close()
+    writer = web.proxy.open("redteam-rw", ProxyPolicy(domains=("allowed.test",)))
+    try:  # a lease that may write keeps its headers: the stripping is the read-only policy's, not everyone's
+        _raw(writer, (
+            f"GET http://allowed.test:{counting}/repos/y HTTP/1.1\r\nHost: allowed.test\r\n"
+            "X-HTTP-Method-Override: PATCH\r\nConnection: close\r\n\r\n"
+        ).encode())  # fmt: skip
+        assert _Counting.seen[-1][1].get("x-http-method-override") == "PATCH"
+    finally:
+        writer.close()
 
 
 # --- the refusals the worker reads back --------------------------------------------------------------------------
