@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from sqlalchemy.orm import Session
 
@@ -27,13 +28,21 @@ import store.bestof
 import store.patches
 import store.tasks
 from agent.base import Cancelled
+from sandbox.base import Sandbox
 from sandbox.reaper import mark_owned, remove_owned
 from store.attempts import CANCELLED_BY_USER
 from store.bestof import RankEntry, Ranking, size_text
 from store.models import Task, TaskState
 from worker import errors
 from worker.attempt import Attempt, Superseded, Watch
-from worker.bestof_check import CheckResult, check_patch, last_passing_test, stored_trajectory
+from worker.bestof_check import (
+    MAX_CHECKS_AT_ONCE,
+    CheckResult,
+    RunningChecks,
+    check_patch,
+    last_passing_test,
+    stored_trajectory,
+)
 from worker.context import WorkerContext
 from worker.repo import Commit, clone_repository, commit_patch, task_owner
 from worker.stages import ClaimedTask
@@ -96,31 +105,57 @@ def _rank(
 ) -> tuple[TaskState, str | None, Commit | None]:
     candidates = attempt.read(lambda session: _candidates(session, group.id))
     cancelled = watch.stop_reason(ask=True) == "cancelled"
-    checks: dict[int, CheckResult] = {}
     commands = _commands(candidates)
-    for candidate in candidates:
-        command = commands.get(candidate.index)
-        if cancelled or command is None or not _usable(candidate, cancelled=False) or not candidate.diff:
-            continue
-        try:
-            checks[candidate.index] = check_patch(ctx, attempt, watch, group, index=candidate.index,
-                                                  base_sha=candidate.base_sha or "", diff=candidate.diff,
-                                                  command=command)  # fmt: skip
-        except Superseded:
-            raise
-        except Cancelled:
-            cancelled = True
-        except Exception as exc:  # the check could not say; the ranking goes on without it
-            if watch.stop_reason(ask=True) == "cancelled":
-                cancelled = True
-                continue
-            log.warning("task %s: checking attempt %d failed: %s", group.id, candidate.index, exc)
-            checks[candidate.index] = CheckResult(passed=None, note=f"check failed: {errors.failure_reason(exc)}")
+    jobs = (
+        [] if cancelled else [c for c in candidates if c.index in commands and c.diff and _usable(c, cancelled=False)]
+    )
+    checks, stopped = _check_all(ctx, attempt, watch, group, jobs, commands)
+    cancelled = cancelled or stopped
     ranking = build_ranking(candidates, checks, commands, cancelled=cancelled)
     best = next((c for c in candidates if c.index == ranking.best), None)
     commit = _commit(ctx, lease, group, best) if best is not None and ctx.hooks is not None else None
     attempt.write(lambda session: _store(session, group.id, ranking, best, commit))
     return (*_ending(candidates, ranking, cancelled=cancelled), commit)
+
+
+def _check_all(
+    ctx: WorkerContext, attempt: Attempt, watch: Watch, group: ClaimedTask, jobs: Sequence[Candidate],
+    commands: dict[int, str],
+) -> tuple[dict[int, CheckResult], bool]:  # fmt: skip
+    """Each job's patch checked, up to MAX_CHECKS_AT_ONCE at once (a stop interrupts every check's command), and
+    whether the user cancelled meanwhile. A superseded ranking raises once every check has let go."""
+    checks: dict[int, CheckResult] = {}
+    if not jobs:
+        return checks, False
+    running = RunningChecks()
+    try:
+        watch.attach(cast(Sandbox, running))  # the watch stops what it holds: every check's sandbox
+    except Cancelled:
+        return checks, True
+    try:
+        with ThreadPoolExecutor(max_workers=max(min(MAX_CHECKS_AT_ONCE, len(jobs)), 1)) as pool:
+            futures = {c.index: pool.submit(check_patch, ctx, attempt, watch, running, group, index=c.index,
+                                            base_sha=c.base_sha or "", diff=c.diff or "", command=commands[c.index])
+                       for c in jobs}  # fmt: skip
+    finally:
+        watch.attach(None)
+    cancelled, superseded = False, None
+    for index, future in futures.items():
+        exc = future.exception()
+        if exc is None:
+            checks[index] = future.result()
+        elif isinstance(exc, Superseded):
+            superseded = exc
+        elif isinstance(exc, Cancelled) or watch.stop_reason(ask=True) == "cancelled":
+            cancelled = True
+        else:  # the check could not say; the ranking goes on without it
+            log.warning("task %s: checking attempt %d failed: %s", group.id, index, exc)
+            checks[index] = CheckResult(passed=None, note=f"check failed: {errors.failure_reason(exc)}")
+    if superseded is not None:
+        raise superseded
+    if cancelled or watch.stop_reason(ask=True) == "cancelled":  # what an interrupted command said is no verdict
+        return {}, True
+    return checks, False
 
 
 def _candidates(session: Session, group_id: str) -> list[Candidate]:

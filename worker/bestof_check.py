@@ -9,16 +9,18 @@ runs there with the agent's limits and no network, and only its exit code and th
 from __future__ import annotations
 
 import json
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from typing import cast
 
 from sqlalchemy.orm import Session
 
 import store.tasks
 from agent.loop import Trajectory
 from overnight.events import EventSink, SetupEvent, TaskEvent, ToolResultEvent
-from sandbox.base import SandboxSpec
+from sandbox.base import Sandbox, SandboxSpec
 from sandbox.output import truncate_middle
 from sandbox.reaper import mark_owned, remove_owned
 from store.bestof import OUTPUT_TAIL
@@ -37,6 +39,49 @@ G="/usr/bin/git -c core.fsmonitor=false -c core.hooksPath=/dev/null"
 if [ -s {START_DIFF} ]; then $G apply -R --binary --whitespace=nowarn {START_DIFF}; fi
 if [ -s {ATTEMPT_DIFF} ]; then $G apply --binary --whitespace=nowarn {ATTEMPT_DIFF}; fi
 """
+
+
+MAX_CHECKS_AT_ONCE = 4
+"""Checks of one ranking running at once (each a sandbox of its own)."""
+
+
+class RunningChecks:
+    """The sandboxes of the checks running at once, held by the ranking's watch as its one sandbox: a stop (cancel,
+    superseded) interrupts the command of each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sandboxes: list[Sandbox] = []
+
+    def interrupt(self) -> None:
+        with self._lock:
+            running = list(self._sandboxes)
+        for sandbox in running:
+            sandbox.interrupt()
+
+    def swap(self, old: Sandbox | None, new: Sandbox | None) -> None:
+        with self._lock:
+            if old is not None and old in self._sandboxes:
+                self._sandboxes.remove(old)
+            if new is not None:
+                self._sandboxes.append(new)
+
+
+class CheckWatch:
+    """One check's side of the ranking's watch: what the stages ask of a watch (``check``, ``attach``)."""
+
+    def __init__(self, watch: Watch, running: RunningChecks) -> None:
+        self.watch, self.running = watch, running
+        self.sandbox: Sandbox | None = None
+
+    def check(self) -> None:
+        self.watch.check()
+
+    def attach(self, sandbox: Sandbox | None) -> None:
+        self.running.swap(self.sandbox, sandbox)
+        self.sandbox = sandbox
+        if sandbox is not None:
+            self.watch.check()
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -81,15 +126,16 @@ def _seconds_only(attempt: Attempt) -> EventSink:
 
 
 def check_patch(
-    ctx: WorkerContext, attempt: Attempt, watch: Watch, group: ClaimedTask, *, index: int, base_sha: str, diff: str,
-    command: str,
+    ctx: WorkerContext, attempt: Attempt, watch: Watch, running: RunningChecks, group: ClaimedTask, *, index: int,
+    base_sha: str, diff: str, command: str,
 ) -> CheckResult:  # fmt: skip
     """Attempt ``index``'s ``diff`` on ``base_sha`` in a fresh sandbox, then ``command``; the sandbox and its
-    workspace are gone when this returns, whatever happened."""
+    workspace are gone when this returns, whatever happened. Checks may run at once (``running``)."""
     workspace = ctx.workspaces / f"{group.id}.{attempt.number}.check{index}"
+    own = CheckWatch(watch, running)
     with ExitStack() as lease:
         run = AttemptRun(
-            ctx=ctx, attempt=attempt, watch=watch, lease=lease, task=replace(group, ref=base_sha),
+            ctx=ctx, attempt=attempt, watch=cast(Watch, own), lease=lease, task=replace(group, ref=base_sha),
             emit=_seconds_only(attempt), workspace=workspace, commit_into=workspace.with_name(workspace.name + ".c"),
             deadline=time.monotonic() + ctx.setup.lifetime,
         )  # fmt: skip
@@ -97,7 +143,7 @@ def check_patch(
             return _run_check(run, diff, command)
         finally:
             if run.sandbox is not None:
-                watch.attach(None)
+                own.attach(None)
                 run.sandbox.close()
             remove_owned(workspace)
 
