@@ -237,7 +237,7 @@ class TaskPublic(AttemptsPublicFields):
     )  # fmt: skip
 
     id: str
-    kind: str = Field(description="task, or follow-up (starts from parent_id's patch).")
+    kind: str = Field(description="task, follow-up (starts from parent_id's patch) or attempt (one of attempt_of's).")
     parent_id: str | None
     user_id: int | None
     repo: str
