@@ -25,6 +25,7 @@ PARENT = "127.0.0.23"
 HOSTS = {
     PUBLIC: "allowed.test elsewhere.test a.pkg.test pkg.test",
     PRIVATE: "rebound.test",
+    "127.0.0.1": "localhost",
 }
 
 

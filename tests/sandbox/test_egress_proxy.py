@@ -103,12 +103,13 @@ def test_an_allowed_name_that_resolves_to_a_private_address_is_refused(
     sandbox, lease = leased(backend, ProxyPolicy(domains=("rebound.test", "allowed.test")))
     assert curl(sandbox, f"http://rebound.test:{web.port}/").endswith("403")
     full, full_lease = leased(backend, ProxyPolicy(domains=None))  # full: the public internet only
-    for address in ("127.0.0.1", PRIVATE, "169.254.169.254", "10.1.2.3", "[::1]"):
+    for address in ("127.0.0.1", "localhost", PRIVATE, "169.254.169.254", "10.1.2.3", "[::1]"):
         # (--noproxy '': loopback is in NO_PROXY, which would keep curl in the sandbox's own loopback)
         assert curl(full, f"http://{address}:{web.port}/", "--noproxy ''").endswith("403"), address
     assert curl(full, f"http://allowed.test:{web.port}/").endswith("200")
     assert {r.reason for r in lease.refusals()} == {"private address"}
-    assert {r.host for r in full_lease.refusals()} == {"127.0.0.1", PRIVATE, "169.254.169.254", "10.1.2.3", "[::1]"}
+    refused = {r.host for r in full_lease.refusals()}
+    assert refused == {"127.0.0.1", "localhost", PRIVATE, "169.254.169.254", "10.1.2.3", "[::1]"}
 
 
 def test_one_sandbox_cannot_use_anothers_socket_or_policy(
@@ -247,3 +248,14 @@ def test_squid_dies_with_its_worker_and_the_reaper_removes_its_folders(web: Web,
         assert {Path(state), Path(lease)} <= set(removed) and not Path(state).exists() and not Path(lease).exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_squids_own_manager_and_internal_pages_are_refused(web: Web) -> None:
+    lease = web.proxy.open("manager", ProxyPolicy(domains=None))
+    try:
+        port = web.proxy._port
+        for target in ("cache_object://localhost/info", f"http://127.0.0.1:{port}/squid-internal-mgr/info",
+                       f"http://localhost:{port}/squid-internal-mgr/menu", f"http://{port}/"):  # fmt: skip
+            assert _status(lease, "GET", target) == 403, target
+    finally:
+        lease.close()
