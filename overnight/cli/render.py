@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 if TYPE_CHECKING:
-    from overnight.events import TaskEvent
+    from overnight.events import ImagesEvent, TaskEvent
 
 
 def read(event: dict[str, Any]) -> TaskEvent | None:
@@ -88,13 +88,17 @@ def _line(event: TaskEvent) -> str | None:
             what = f"{event.method} {event.host}:{event.port}{times} ({where}): {event.reason}"
             return f"[yellow]⊘ blocked[/yellow] {escape(what)}"
         case ImagesEvent():
-            given = ", ".join(f"{image.media_type} ({image.size} bytes)" for image in event.images)
-            missed = "; not fetched: " + "; ".join(f"{f.url}: {f.reason}" for f in event.failed) if event.failed else ""
-            what = f"{len(event.images)} image(s) for the model{': ' if given else ''}{given}{missed}"
-            return f"[dim]… {escape(what)}[/dim]"
+            return _images_line(event)
         case CompactionEvent() | FormatErrorEvent() | FinishEvent():
             return f"[magenta]{event.type}[/magenta]"
     return None
+
+
+def _images_line(event: ImagesEvent) -> str:
+    given = ", ".join(f"{image.media_type} ({image.size} bytes)" for image in event.images)
+    missed = "; not fetched: " + "; ".join(f"{f.url}: {f.reason}" for f in event.failed) if event.failed else ""
+    what = f"{len(event.images)} image(s) for the model" + (f": {given}" if given else "") + missed
+    return f"[dim]… {escape(what)}[/dim]"
 
 
 def blocked_hosts(summary: object) -> str | None:
