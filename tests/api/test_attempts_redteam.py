@@ -20,6 +20,7 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
+import store.attempts
 import store.bestof
 import store.patches
 import store.tasks
@@ -231,3 +232,23 @@ def test_the_rankings_check_sandbox_reaches_nothing_the_agents_sandbox_could_not
         check_env = next(line for line in in_check if line.startswith("PROBE env"))
         assert set(eval(check_env.removeprefix("PROBE env "))) <= set(eval(agent_env.removeprefix("PROBE env ")))
         assert set(in_check) - {check_env} <= set(in_agent) - {agent_env}, (in_check, in_agent)
+
+
+def test_ranking_a_task_does_not_take_its_user_past_the_concurrency_limit(
+    alice: TestClient, settings: Settings
+) -> None:
+    """A user at OVERNIGHT_MAX_ACTIVE_TASKS_PER_USER gets no more sandboxes by filing tasks with attempts: the
+    ranking of a task whose attempts ended runs a check sandbox per attempt (the agents' commands, each up to the
+    command timeout), so it waits as a task of theirs would ("busy") while they are at the limit — else a user
+    with many such tasks holds as many worker slots as there are rankings due, beyond the limit."""
+    created = alice.post("/v1/tasks", json={"repo": REPO, "instruction": "Fix it", "attempts": 2}).json()
+    single = alice.post("/v1/tasks", json={"repo": REPO, "instruction": "another"}).json()
+    with _sessions(settings).begin() as session:
+        for attempt in store.bestof.attempts_of(session, created["id"]):
+            assert store.attempts.claim(session, attempt.id, worker="w", max_active_per_user=4) == 1
+            store.tasks.transition(session, attempt.id, from_states=[TaskState.preparing], to_state=TaskState.running)
+            store.tasks.transition(session, attempt.id, from_states=[TaskState.running], to_state=TaskState.failed)
+        assert store.bestof.ranking_due(session, created["id"])
+        assert store.attempts.claim(session, single["id"], worker="w", max_active_per_user=1) == 1  # at the limit
+        claimed = store.bestof.claim_ranking(session, created["id"], worker="w")
+    assert claimed is None, "the ranking started while its user was at the concurrency limit of 1"
