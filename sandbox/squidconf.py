@@ -24,9 +24,11 @@ from sandbox.egress import BLOCKED
 
 _PR_SET_PDEATHSIG = 1
 
-BLOCKED_V6 = tuple(IPv6Network(net) for net in ("::/127", "::ffff:0:0/96", "64:ff9b::/96", "fc00::/7", "fe80::/10",
-                                                  "fec0::/10", "ff00::/8", "2001:db8::/32"))  # fmt: skip
-"""IPv6's loopback, unspecified, mapped and NAT64 forms of IPv4, unique-local, link-local, multicast, documentation."""
+BLOCKED_V6 = tuple(IPv6Network(net) for net in ("::/96", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
+                                                  "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+                                                  "2001:db8::/32"))  # fmt: skip
+"""IPv6's loopback, unspecified, IPv4-compatible, mapped, NAT64 (both prefixes) and 6to4 forms of IPv4, discard,
+unique-local, link-local, site-local, multicast, documentation."""
 HELPER = r"""
 import ipaddress, json, os, sys
 from urllib.parse import unquote
@@ -104,6 +106,8 @@ def squid_config(
         f"http_port 127.0.0.1:{port}",
         "pid_filename none", "cache deny all", "cache_mem 8 MB", "netdb_filename none", "pinger_enable off",
         "shutdown_lifetime 0 seconds", "via off", "forwarded_for delete", "httpd_suppress_version_string on",
+        "visible_hostname overnight-egress", "reply_header_access X-Cache deny all",
+        "reply_header_access X-Cache-Lookup deny all",  # the host's name is none of the sandbox's business
         f"cache_log {folder}/cache.log", f"coredump_dir {folder}", "logfile_rotate 0",
         f"external_acl_type policy ttl=0 negative_ttl=0 children-max=8 children-startup=1 %>a %>rd %>rP %>rm "
         f"{helper_python()} -I -S {folder}/helper.py {folder}/policies",
