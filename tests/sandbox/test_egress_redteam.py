@@ -8,6 +8,7 @@ servers of ``tests/egress_web.py`` (loopback addresses named by a hosts file of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -52,21 +53,25 @@ def plain_proxy() -> Iterator[EgressProxy]:
 
 @pytest.fixture(scope="module")
 def host_service() -> Iterator[int]:
-    """A service of the host listening on every address (as Docker's published ports, an API on 0.0.0.0, a
-    database a container reaches do), v4 and v6, on one port; it answers SECRET to anything."""
-    listeners = []
-    v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    v4.bind(("0.0.0.0", 0))
-    port = int(v4.getsockname()[1])
-    listeners.append(v4)
-    if socket.has_ipv6:
-        v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    """A service of the host on one port of every address it has (as Docker's published ports, an API on 0.0.0.0,
+    a database a container reaches do), loopback included; it answers SECRET to anything. Each address is bound by
+    itself, so the other tests' servers on 127.0.0.x are never shadowed."""
+    addresses = ["127.0.0.1", "::1", *host_addresses()]
+    listeners: list[socket.socket] = []
+    port = 0
+    for _ in range(20):  # a port free on every address
+        for listener in listeners:
+            listener.close()
+        listeners = []
         try:
-            v6.bind(("::", port))
-            listeners.append(v6)
+            for address in addresses:
+                listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+                listeners.append(listener)
+                listener.bind((address, port))
+                port = int(listener.getsockname()[1])
+            break
         except OSError:
-            v6.close()
+            port = 0
     answer = f"HTTP/1.0 200 OK\r\nContent-Length: {len(SECRET)}\r\n\r\n{SECRET}".encode()
 
     def serve(listener: socket.socket) -> None:
@@ -90,6 +95,8 @@ def host_service() -> Iterator[int]:
         yield port
     finally:
         for listener in listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept(); close alone would not
             listener.close()
 
 
@@ -215,8 +222,9 @@ def test_loopback_in_every_spelling_is_refused(plain_proxy: EgressProxy, host_se
     try:
         port = host_service
         refused = ["localhost", "127.0.0.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f000001", "127.1",
-                   "0.0.0.0", "0", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[64:ff9b::7f00:1]"]  # fmt: skip
-        harmless = ["[::127.0.0.1]", "[2002:7f00:1::]", "localhost.", "LOCALHOST", "127.000.000.001"]
+                   "0.0.0.0", "0", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[64:ff9b::7f00:1]",
+                   "[64:ff9b:1::7f00:1]", "[::127.0.0.1]", "[2002:7f00:1::]"]  # fmt: skip
+        harmless = ["localhost.", "LOCALHOST", "127.000.000.001"]
         for host in refused + harmless:
             for request in (f"GET http://{host}:{port}/ HTTP/1.0\r\n\r\n", f"CONNECT {host}:{port} HTTP/1.0\r\n\r\n"):
                 answer = _raw(lease, request.encode())
@@ -246,6 +254,22 @@ def test_the_manager_interface_and_squids_own_pages_are_refused(plain_proxy: Egr
             answer = _raw(lease, request.encode())
             assert _status(answer) in (400, 403), (request, answer[:300])
             assert b"Squid Object Cache" not in answer and b"Cache Manager menu" not in answer
+    finally:
+        lease.close()
+
+
+def test_squids_answers_do_not_name_the_host(web: Web) -> None:
+    """Neither a refusal page nor an answer passed through names the worker's host (squid's X-Cache headers and
+    error pages carry its host name by default)."""
+    lease = web.proxy.open("redteam", ProxyPolicy(domains=("allowed.test",)))
+    host = socket.gethostname()
+    try:
+        for request in (
+            f"GET http://allowed.test:{web.port}/x HTTP/1.0\r\n\r\n",
+            "GET http://refused.test/ HTTP/1.0\r\n\r\n",
+        ):
+            answer = _raw(lease, request.encode()).decode(errors="replace")
+            assert f"by {host} " not in answer and f"from {host}" not in answer and "X-Cache" not in answer, answer
     finally:
         lease.close()
 
