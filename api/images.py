@@ -122,7 +122,7 @@ async def _uploaded(part: UploadFile | str, index: int, limits: ImageSettings) -
     what = f"image {index + 1}" + (f" ({part.filename[:100]})" if part.filename else "")
     data = await part.read(limits.max_bytes + 1)
     try:
-        return checked_image(data, max_bytes=limits.max_bytes, what=what, source="upload")
+        return checked_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, what=what, source="upload")
     except ImageRefused as exc:
         raise refused(exc, field) from exc
 
@@ -137,8 +137,9 @@ def task_images(request: Request, urls: Sequence[str], limits: ImageSettings) ->
     if len(uploaded) + len(urls) > limits.max_per_task:
         raise refused(too_many(len(uploaded) + len(urls), limits.max_per_task), "image_urls")
     policy = FetchPolicy(
-        max_bytes=limits.max_bytes, timeout=limits.fetch_timeout, allowed_networks=limits.fetch_allowed_networks
-    )
+        max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, timeout=limits.fetch_timeout,
+        allowed_networks=limits.fetch_allowed_networks,
+    )  # fmt: skip
     fetched = []
     for index, url in enumerate(urls):
         try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from overnight.images import ImageRefused, ImageSource, TaskImageData, checked_image, too_large
+from overnight.images import MAX_PIXELS, ImageRefused, ImageSource, TaskImageData, checked_image, too_large
 
 MAX_REDIRECTS = 5
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -30,6 +30,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 class FetchPolicy:
     max_bytes: int
     timeout: float
+    max_pixels: int = MAX_PIXELS
     allowed_networks: Sequence[Network] = ()
     url_allowed: Callable[[httpx.URL], bool] = field(default=lambda url: True)
     """Whether a hop may go to this address at all (GitHub's image hosts for an issue's images)."""
@@ -100,7 +101,9 @@ def fetch_image(url: str, policy: FetchPolicy, *, what: str, source: ImageSource
             address = _checked_hop(current, policy)
             data, location = _get(client, current, address, policy, deadline, what)
             if location is None:
-                return checked_image(data, max_bytes=policy.max_bytes, what=what, source=source, url=url)
+                return checked_image(
+                    data, max_bytes=policy.max_bytes, max_pixels=policy.max_pixels, what=what, source=source, url=url
+                )
             try:
                 current = current.join(location)
             except httpx.InvalidURL as exc:

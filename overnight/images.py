@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import warnings
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 ImageSource = Literal["upload", "url", "github"]
 KINDS = "PNG, JPEG, GIF or WebP"
 REFERENCE_PREFIX = "overnight-image:sha256:"
+MAX_PIXELS = 16 * 2**20
+"""The default largest canvas (width x height) of an image: 16 Mpx, 4096 x 4096."""
+_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
 
 
 class ImageSettings(BaseModel):
@@ -33,6 +39,9 @@ class ImageSettings(BaseModel):
     """Largest image accepted (uploaded or fetched); a larger one is refused with 413."""
     max_per_task: int = Field(default=4, ge=1, le=16)
     """Images one task may carry; more are refused with 422 (GitHub: the first ones are kept)."""
+    max_pixels: int = Field(default=MAX_PIXELS, ge=64 * 64, le=2**28)
+    """Largest canvas (width x height) an image's header may claim; a larger one is refused with 413 before
+    it is decoded (a small file can claim a canvas of gigabytes)."""
     fetch_timeout: float = Field(default=10.0, gt=0, le=120)
     """Seconds one image fetch may take, redirects included."""
     fetch_allowed_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
@@ -83,17 +92,58 @@ class TaskImageData:
 
 
 def checked_image(
-    data: bytes, *, max_bytes: int, what: str, source: ImageSource, url: str | None = None
+    data: bytes,
+    *,
+    max_bytes: int,
+    what: str,
+    source: ImageSource,
+    url: str | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> TaskImageData:
-    """``data`` as an accepted image; raises :class:`ImageRefused` naming ``what`` and the rule it broke."""
+    """``data`` as an accepted image; raises :class:`ImageRefused` naming ``what`` and the rule it broke.
+
+    The first bytes name the kind; then Pillow reads the header (the canvas must be at most ``max_pixels``) and
+    decodes the whole image, so what reaches the model server is an image its decoder reads, not a file that
+    only starts like one."""
     if len(data) > max_bytes:
         raise too_large(what, max_bytes)
     media_type = sniff_media_type(data)
     if media_type is None:
-        raise ImageRefused(
-            "not_an_image", f"{what} is not a {KINDS} image (judged by its content, not its name or type)", status=415
-        )
+        raise not_an_image(what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=list(_FORMATS)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise too_many_pixels(what, width, height, max_pixels)
+                if _FORMATS.get(image.format or "") != media_type:
+                    raise not_an_image(what)
+                image.load()  # the whole decode, bounded by the canvas checked above
+    except ImageRefused:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise too_many_pixels(what, 0, 0, max_pixels) from exc
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for a file it cannot read
+        raise not_an_image(what) from exc
     return TaskImageData(media_type=media_type, data=data, source=source, url=url)
+
+
+def not_an_image(what: str) -> ImageRefused:
+    return ImageRefused(
+        "not_an_image",
+        f"{what} is not a {KINDS} image that decodes (judged by its content, not its name or type)",
+        status=415,
+    )
+
+
+def too_many_pixels(what: str, width: int, height: int, max_pixels: int) -> ImageRefused:
+    size = f" ({width} x {height})" if width and height else ""
+    return ImageRefused(
+        "image_too_large",
+        f"{what}{size} is larger than the limit of {max_pixels} pixels per image (OVERNIGHT_IMAGES_MAX_PIXELS)",
+        status=413,
+    )
 
 
 def too_large(what: str, max_bytes: int) -> ImageRefused:

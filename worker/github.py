@@ -89,7 +89,7 @@ class GitHubHooks:
             self._event(task_id, PublishEvent(state="acknowledge-failed", reason=str(exc)))
         if self.images is not None and self.images.enabled:
             failed = fetch_issue_images(self.sessions, task_id, token=lambda: self.client.credentials.token(inst),
-                                        api_url=self.client.api_url, limits=self.images)  # fmt: skip
+                                        api_url=self.client.api_url, limits=self.images, repo=repo)  # fmt: skip
             if failed:  # said on the issue too: the task goes on without them
                 reason = failed[0].replace("`", "'")[:300]  # a code span: no markup, no mention
                 self._report(task_id, link, f"is working on this, without {len(failed)} image(s) of the issue that "

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import store.images
 from overnight.events import EventSink, ImageFailure, ImageNote, ImagesEvent
-from overnight.github.images import image_url_allowed
+from overnight.github.images import image_url_allowed, token_wanted
 from overnight.imagefetch import FetchPolicy, fetch_image
 from overnight.images import ImageRefused, ImageSettings, TaskImageData
 from worker.attempt import Attempt
@@ -24,10 +24,17 @@ log = logging.getLogger(__name__)
 
 
 def fetch_issue_images(
-    sessions: sessionmaker[Session], task_id: str, *, token: Callable[[], str], api_url: str, limits: ImageSettings
+    sessions: sessionmaker[Session],
+    task_id: str,
+    *,
+    token: Callable[[], str],
+    api_url: str,
+    limits: ImageSettings,
+    repo: str | None = None,
 ) -> list[str]:
-    """Fetch the task's images not tried yet from GitHub's hosts, with the token; record each outcome. Returns
-    why each that failed did (empty: all were fetched, or there were none)."""
+    """Fetch the task's images not tried yet from GitHub's hosts, with the token (only to the hosts that need
+    it; raw files only of ``repo``); record each outcome. Returns why each that failed did (empty: all were
+    fetched, or there were none)."""
     with sessions() as session:
         waiting = [(row.id, row.url or "") for row in store.images.pending(session, task_id)]
     if not waiting:
@@ -39,9 +46,12 @@ def fetch_issue_images(
             (image_id, f"no GitHub token: {exc}") for image_id, _ in waiting
         ]
     else:
+        wants = token_wanted(api_url)
         policy = FetchPolicy(
-            max_bytes=limits.max_bytes, timeout=limits.fetch_timeout, allowed_networks=limits.fetch_allowed_networks,
-            url_allowed=image_url_allowed(api_url), headers=lambda url: {"Authorization": f"token {secret}"},
+            max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, timeout=limits.fetch_timeout,
+            allowed_networks=limits.fetch_allowed_networks,
+            url_allowed=image_url_allowed(api_url, repo),
+            headers=lambda url: {"Authorization": f"token {secret}"} if wants(url) else {},
         )  # fmt: skip
         outcomes = [(image_id, _fetch(url, policy, number)) for number, (image_id, url) in enumerate(waiting, 1)]
     with sessions.begin() as session:

@@ -328,7 +328,9 @@ def _create_task(
         pr_number=parent.pr_number if parent else None, pr_url=parent.pr_url if parent else None,
     )  # fmt: skip
     if settings.images.enabled:  # the worker fetches them: it has the installation token private images need
-        urls = issue_image_urls(settings.github.api_url, asked.text, asked.comment, limit=settings.images.max_per_task)
+        urls = issue_image_urls(
+            settings.github.api_url, asked.text, asked.comment, limit=settings.images.max_per_task, repo=asked.repo
+        )
         store.images.add_pending(session, task.id, urls)
     if asked.attempts > 1:
         return task.id, [attempt.id for attempt in store.bestof.add_attempts(session, task, asked.attempts)]

@@ -42,27 +42,64 @@ def _server(api_url: str) -> tuple[str, str] | None:
     return parts.scheme, parts.netloc.lower()
 
 
-def image_url_allowed(api_url: str) -> Callable[[httpx.URL], bool]:
-    """Whether an address (the first, or a redirect's) is one of GitHub's image hosts, over the right scheme."""
+def _raw_path_allowed(path: str, repo: str | None, *, prefixed: bool) -> bool:
+    """A raw file's path names its repository (``/OWNER/NAME/raw/...``, or ``/raw/OWNER/NAME/...`` when
+    ``prefixed``): with ``repo`` given, only that repository's, since the token reads every repository of the
+    installation and raw addresses can be guessed (an issue must not make the worker read another one)."""
+    if repo is None:
+        return True
+    owner_name = "/" + repo.strip("/").lower() + "/"
+    lowered = path.lower()
+    return lowered.startswith("/raw" + owner_name) if prefixed else lowered.startswith(owner_name)
+
+
+def image_url_allowed(api_url: str, repo: str | None = None) -> Callable[[httpx.URL], bool]:
+    """Whether an address (the first, or a redirect's) is one of GitHub's image hosts, over the right scheme;
+    with ``repo`` (OWNER/NAME), raw files only of that repository."""
     server = _server(api_url.rstrip("/"))
 
     def allowed(url: httpx.URL) -> bool:
         host = url.host.lower()
         netloc = f"{host}:{url.port}" if url.port else host
         if server is not None and netloc == server[1]:
-            return url.scheme == server[0]
+            if url.scheme != server[0]:
+                return False
+            if url.path.startswith(("/user-attachments/", "/assets/", "/storage/")):
+                return True
+            return _raw_path_allowed(url.path, repo, prefixed=url.path.startswith("/raw/"))
         if url.scheme != "https" or url.port not in (None, 443):
             return False
         if host == "github.com":
-            return url.path.startswith(("/user-attachments/", "/assets/")) or "/raw/" in url.path
+            if url.path.startswith(("/user-attachments/", "/assets/")):
+                return True
+            return "/raw/" in url.path and _raw_path_allowed(url.path, repo, prefixed=False)
+        if host == "raw.githubusercontent.com":
+            return _raw_path_allowed(url.path, repo, prefixed=False)
         return host.endswith(GITHUB_CONTENT_DOMAIN)
 
     return allowed
 
 
-def issue_image_urls(api_url: str, *texts: str | None, limit: int) -> list[str]:
-    """The first ``limit`` images of ``texts`` that may be fetched (others are not GitHub's: left out)."""
-    allowed = image_url_allowed(api_url)
+def token_wanted(api_url: str) -> Callable[[httpx.URL], bool]:
+    """Whether a hop is sent the installation token: github.com, raw.githubusercontent.com and the configured
+    server need it for private repositories; GitHub's other content hosts (signed addresses, avatars, the image
+    proxy) do not, and never get it."""
+    server = _server(api_url.rstrip("/"))
+
+    def wanted(url: httpx.URL) -> bool:
+        host = url.host.lower()
+        netloc = f"{host}:{url.port}" if url.port else host
+        if server is not None:
+            return netloc == server[1]
+        return host in ("github.com", "raw.githubusercontent.com")
+
+    return wanted
+
+
+def issue_image_urls(api_url: str, *texts: str | None, limit: int, repo: str | None = None) -> list[str]:
+    """The first ``limit`` images of ``texts`` that may be fetched (others are not GitHub's, or are raw files of
+    another repository than ``repo``: left out)."""
+    allowed = image_url_allowed(api_url, repo)
     kept = []
     for url in image_urls(*texts):
         try:

@@ -127,6 +127,7 @@ FLAT_NAMES: list[tuple[str, str, str, object]] = [
     ("IMAGES_ENABLED", "false", "images.enabled", False),
     ("IMAGES_MAX_BYTES", "2048", "images.max_bytes", 2048),
     ("IMAGES_MAX_PER_TASK", "2", "images.max_per_task", 2),
+    ("IMAGES_MAX_PIXELS", "65536", "images.max_pixels", 65536),
     ("IMAGES_FETCH_TIMEOUT", "3.5", "images.fetch_timeout", 3.5),
     ("IMAGES_FETCH_ALLOWED_NETWORKS", '["127.0.0.0/8"]', "images.fetch_allowed_networks", [IPv4Network("127.0.0.0/8")]),
 ]
