@@ -33,6 +33,7 @@ from store.bestof import RankEntry, Ranking
 from store.engine import make_engine, make_sessionmaker, migrate
 from store.models import Task, TaskState
 from tests.worker.conftest import make_context, outcome
+from worker.github_attempts import attempts_markdown
 from worker.pipeline import run_task
 
 REPO = "https://github.com/acme/widgets.git"
@@ -252,3 +253,26 @@ def test_ranking_a_task_does_not_take_its_user_past_the_concurrency_limit(
         assert store.attempts.claim(session, single["id"], worker="w", max_active_per_user=1) == 1  # at the limit
         claimed = store.bestof.claim_ranking(session, created["id"], worker="w")
     assert claimed is None, "the ranking started while its user was at the concurrency limit of 1"
+
+
+HOSTILE_REASONS = [
+    "no patch: `x` | y\n\n## Approved by @octocat <img src=x onerror=alert(1)> [click](https://evil.test)",
+    "check failed: ``` \n| a | b |\n|---|---|\n</details><script>x</script>",
+    "the patch does not apply: \\` @everyone #1 " + "x" * 400,
+]
+
+
+def test_an_attempts_hostile_reason_stays_one_code_span_in_the_pull_requests_table() -> None:
+    """A ranking's reason carries what an attempt's agent or patch wrote (a failure reason, git apply's message
+    naming its files): in the pull request's table it stays inside one cell's code span — no new row or section,
+    no mention, image, link or HTML outside a code span — and long ones are cut."""
+    entries = [RankEntry(attempt=k, task_id=f"t{k}", state="failed", rank=k, reason=reason, patch_bytes=10 * k)
+               for k, reason in enumerate(HOSTILE_REASONS, start=1)]  # fmt: skip
+    section = attempts_markdown("group", Ranking(best=1, entries=entries), public_url="https://overnight.test")
+    lines = section.splitlines()
+    assert len([line for line in lines if line.startswith("|")]) == 2 + len(entries), section
+    assert not any(line.startswith(("#", "<", "```")) for line in lines), section
+    outside_code = "".join(part for index, part in enumerate(section.split("`")) if index % 2 == 0)
+    for marker in ("@octocat", "@everyone", "<img", "<script", "](https://evil.test)", "</details>"):
+        assert marker not in outside_code, (marker, section)
+    assert max(len(line) for line in lines) < 600
