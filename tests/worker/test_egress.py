@@ -25,6 +25,7 @@ from store.engine import make_sessionmaker
 from tests.conftest import SANDBOX_IMAGE
 from tests.egress_web import PUBLIC, Web, egress_web
 from tests.worker.conftest import make_context, outcome
+from worker.egress import MAX_BLOCKED_EVENTS
 from worker.environment import SetupPolicy
 from worker.pipeline import run_task
 
@@ -161,3 +162,20 @@ def test_a_set_up_goes_through_the_proxy_to_its_allowlist(
     [blocked] = [data for kind, data in events if kind == "network_blocked"]
     assert (blocked["host"], blocked["method"], blocked["phase"], blocked["step"]) == ("elsewhere.test", "POST",
                                                                                       "setup", None)  # fmt: skip
+
+
+def test_a_command_that_makes_many_refusals_costs_at_most_the_cap_of_events(
+    sqlite_engine: Engine, bwrap_backend: SandboxBackend, scripted_model: ScriptedModelServer, buggy_repo: Path,
+    tmp_path: Path, web: Web,
+) -> None:  # fmt: skip
+    _environment(sqlite_engine, buggy_repo, agent_network={"mode": "allowlist", "domains": ["allowed.test"]})
+    many = MAX_BLOCKED_EVENTS + 30
+    scripted_model.state.extend([
+        _bash(f"for i in $(seq {many}); do curl -s -o /dev/null http://h$i.test/; done; "
+              f"for i in 1 2 3; do curl -s -o /dev/null http://h1.test/; done"),
+        *_finish(),
+    ])  # fmt: skip
+    _, events = _run(sqlite_engine, buggy_repo, bwrap_backend, scripted_model, tmp_path, web.proxy)
+    blocked = [data for kind, data in events if kind == "network_blocked"]
+    assert len(blocked) == MAX_BLOCKED_EVENTS  # distinct hosts past the cap are counted in the log, not stored
+    assert next(b["count"] for b in blocked if b["host"] == "h1.test") == 4  # alike ones: one event
