@@ -217,9 +217,9 @@ class EgressProxy:
         raise AssertionError("unreachable")
 
     def poll(self) -> None:
-        """Read the refusals squid logged since the last poll and hand each to its lease. Past
-        ``log_rotate_bytes`` the log is renamed and squid told to reopen it (SIGUSR1); what it wrote to the old
-        one meanwhile is read a second later, then the old one goes: the log never grows past about that size."""
+        """Read every refusal squid logged since the last poll (4 MiB at a time) and hand each to its lease. Past
+        ``log_rotate_bytes`` the log is renamed and squid told to reopen it (SIGUSR1); once it has, the rest of the
+        old one is read and it goes (else a second later): what squid keeps on the host stays about that size."""
         with self._lock:
             if self._folder is None:
                 return
@@ -233,18 +233,29 @@ class EgressProxy:
                 log.rename(old)
                 self._old_offset, self._offset, self._rotated = self._offset, 0, time.monotonic()
                 self._process.send_signal(signal.SIGUSR1)
+                while not log.exists() and time.monotonic() - self._rotated < 1.0:
+                    time.sleep(0.01)
+                if log.exists():  # squid closed the old one and writes to the new one: the old is complete
+                    self._read(old, self._old_offset)
+                    old.unlink(missing_ok=True)
+                    self._rotated = 0.0
 
     def _read(self, path: Path, offset: int) -> int:
+        """Every complete line of ``path`` from ``offset`` on, dispatched; the offset after them."""
         try:
             with open(path, "rb") as log:
                 log.seek(offset)
-                data = log.read(4 * 2**20)
+                while data := log.read(4 * 2**20):
+                    complete = data[: data.rfind(b"\n") + 1]
+                    for line in complete.decode(errors="replace").splitlines():
+                        _dispatch(line, self._leases)
+                    offset += len(complete)
+                    log.seek(offset)
+                    if not complete:
+                        break
         except FileNotFoundError:
-            return offset
-        complete = data[: data.rfind(b"\n") + 1]
-        for line in complete.decode(errors="replace").splitlines():
-            _dispatch(line, self._leases)
-        return offset + len(complete)
+            pass
+        return offset
 
     def release(self, lease: EgressLease) -> None:
         with self._lock:
