@@ -540,3 +540,57 @@ def test_many_connections_cost_the_sandbox_its_own_relay_only(
     finally:
         holder.join(timeout=90)
     assert results and results[0].strip().isdigit(), results
+
+
+FLOOD = """python3 - <<'EOF'
+import socket, threading, time
+host = "h" * 8000 + ".test"
+sent, deadline = [0] * 16, time.monotonic() + 60
+def flood(index):
+    while sent[index] < 4500 and time.monotonic() < deadline:
+        try:
+            s = socket.create_connection(("127.0.0.1", 3128), timeout=5)
+            s.sendall(f"GET http://{index}x{sent[index]}{host}/ HTTP/1.0\\r\\n\\r\\n".encode())
+            while s.recv(65536):
+                pass
+            s.close()
+            sent[index] += 1
+        except OSError:
+            pass
+threads = [threading.Thread(target=flood, args=(i,)) for i in range(16)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("sent", sum(sent))
+EOF"""
+
+
+def test_one_sandboxs_refusals_neither_fill_the_hosts_disk_nor_hide_anothers(
+    backend: SandboxBackend, web: Web, leased: Callable[..., tuple[Sandbox, EgressLease]]
+) -> None:
+    """squid logs each refusal on the host (outside every sandbox disk limit): a sandbox that makes refused requests
+    with long host names writes about 300 bytes of the host's disk each (squid cuts the name at 256), over 1 GB an
+    hour from one command. Another task's refusal made after such a flood is still reported at its next read (its
+    network_blocked events and the pull request's blocked hosts depend on it), and once the worker has read them
+    all, the log on the host holds at most 16 MiB, however many there were (here 72000, about 22 MB)."""
+    sandbox, lease = leased(backend, web.proxy, ProxyPolicy(domains=("allowed.test",)))
+    other = web.proxy.open("redteam-other", ProxyPolicy(domains=("allowed.test",)))
+    try:
+        flood = sandbox.run(FLOOD, timeout=120)
+        assert int(flood.stdout.split()[-1]) >= 60000, flood
+        assert _status(_raw(other, b"GET http://after-the-flood.test/ HTTP/1.0\r\n\r\n")) == 403
+        assert [r.host for r in other.refusals()] == ["after-the-flood.test"], "another lease's refusal went unread"
+        total = 0
+        for _ in range(100):
+            batch = lease.refusals()
+            if not batch:
+                break
+            total += sum(refusal.count for refusal in batch)
+            assert all(len(refusal.host) <= 255 for refusal in batch)
+        assert total >= 60000
+    finally:
+        other.close()
+    assert web.proxy._folder is not None
+    logged = sum(path.stat().st_size for path in web.proxy._folder.iterdir() if path.is_file())
+    assert logged <= 16 * 2**20, f"squid's folder on the host holds {logged / 2**20:.0f} MiB after all was read"
