@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 import store.bestof
 import store.messages
-from store.models import ACTIVE_STATES, Task, TaskState, User, utcnow
+import store.users
+from store.models import ACTIVE_STATES, Task, TaskState, utcnow
 from store.tasks import transition
 
 CANCELLED_BY_USER = "cancelled by user"
@@ -41,16 +42,8 @@ def claim(session: Session, task_id: str, *, worker: str, max_active_per_user: i
         transition(session, task_id, from_states=[TaskState.queued], to_state=TaskState.cancelled,
                    reason=CANCELLED_BY_USER)  # fmt: skip
         return "gone"
-    if task.user_id is not None:
-        # Touching the user's row serialises concurrent claims of one user (a row lock; SQLite: the write lock).
-        session.execute(update(User).where(User.id == task.user_id).values(updated_at=utcnow()))
-        active = session.scalar(
-            select(func.count())
-            .select_from(Task)
-            .where(Task.user_id == task.user_id, Task.state.in_([s.value for s in ACTIVE_STATES]), Task.attempts <= 1)
-        )  # a task with attempts runs none of its own: its attempt tasks count
-        if (active or 0) >= max_active_per_user:
-            return "busy"
+    if task.user_id is not None and store.users.active_tasks_locked(session, task.user_id) >= max_active_per_user:
+        return "busy"
     claimed = transition(
         session, task_id, from_states=[TaskState.queued], to_state=TaskState.preparing,
         attempt=Task.attempt + 1, worker=worker, heartbeat_at=utcnow(),

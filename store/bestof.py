@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 import store.events
 import store.patches
 import store.tasks
+import store.users
 from overnight.events import AttemptEndedEvent, AttemptsRankedEvent, TaskStateName
 from store.models import FINAL_STATES, Task, TaskState, utcnow
 
@@ -193,11 +194,17 @@ def due_groups(session: Session, *, older_than: timedelta) -> list[str]:
     return [group_id for group_id in candidates if ranking_due(session, group_id)]
 
 
-def claim_ranking(session: Session, group_id: str, *, worker: str) -> int | None:
+def claim_ranking(
+    session: Session, group_id: str, *, worker: str, max_active_per_user: int
+) -> int | Literal["busy"] | None:
     """Start ranking the group: its claim number (``Task.attempt``, which fences the ranking's writes as any
-    attempt's), or None when it is not for ranking now (attempts still run, it was ranked, someone ranks it)."""
+    attempt's), "busy" when its user is at the concurrency limit (the ranking runs a sandbox per attempt: it waits
+    as a task would), or None when it is not for ranking now (attempts still run, it was ranked, someone ranks it)."""
     if not ranking_due(session, group_id):
         return None
+    user_id = session.scalar(select(Task.user_id).where(Task.id == group_id))
+    if user_id is not None and store.users.active_tasks_locked(session, user_id) >= max_active_per_user:
+        return "busy"
     store.tasks.transition(session, group_id, from_states=[TaskState.queued], to_state=TaskState.running,
                            heartbeat_at=None)  # fmt: skip
     claimed = session.execute(

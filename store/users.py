@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from store.models import FINAL_STATES, Task, Token, User, utcnow
+from store.models import ACTIVE_STATES, FINAL_STATES, Task, Token, User, utcnow
 
 LAST_USED_PRECISION = timedelta(minutes=1)
 """last_used_at is written at most this often per token, so that reading the API is not a write per request."""
@@ -127,3 +127,20 @@ def unfinished_tasks_locked(session: Session, user_id: int) -> int:
         )
     )
     return count or 0
+
+
+def active_tasks_locked(session: Session, user_id: int) -> int:
+    """The user's tasks holding a worker now (preparing or running), under a lock on the user's row that serialises
+    concurrent claims of one user (PostgreSQL: a row lock; SQLite: the write lock). A task with attempts runs no
+    agent of its own (its attempt tasks count) and holds a worker only while it ranks them (its heartbeat is set)."""
+    session.execute(update(User).where(User.id == user_id).values(updated_at=utcnow()))
+    active = session.scalar(
+        select(func.count())
+        .select_from(Task)
+        .where(
+            Task.user_id == user_id,
+            Task.state.in_([s.value for s in ACTIVE_STATES]),
+            (Task.attempts <= 1) | Task.heartbeat_at.is_not(None),
+        )
+    )
+    return active or 0

@@ -78,13 +78,17 @@ def group_to_rank(task_id: str, ctx: WorkerContext) -> str | None:
         return group_id if group_id is not None and store.bestof.ranking_due(session, group_id) else None
 
 
-def rank_attempts(group_id: str, ctx: WorkerContext) -> Literal["ran", "skipped"]:
-    """Claim the ranking of ``group_id`` and run it to the group's end: "ran", or "skipped" when it is not due."""
+def rank_attempts(group_id: str, ctx: WorkerContext) -> Literal["ran", "busy", "skipped"]:
+    """Claim the ranking of ``group_id`` and run it to the group's end: "ran", "busy" (its user is at the concurrency
+    limit: send it again later), or "skipped" when it is not due."""
     with ctx.sessions.begin() as session:
-        number = store.bestof.claim_ranking(session, group_id, worker=ctx.worker_name)
-        row = session.get(Task, group_id) if number is not None else None
+        number = store.bestof.claim_ranking(session, group_id, worker=ctx.worker_name,
+                                            max_active_per_user=ctx.max_active_per_user)  # fmt: skip
+        row = session.get(Task, group_id) if isinstance(number, int) else None
         group = ClaimedTask.of(row) if row is not None else None
-    if number is None or group is None:
+    if number == "busy":
+        return "busy"
+    if not isinstance(number, int) or group is None:
         return "skipped"
     attempt = Attempt(ctx.sessions, group_id, number, retry_seconds=ctx.database_retry_seconds)
     with Watch(attempt, ctx.heartbeat_seconds) as watch, ExitStack() as lease:

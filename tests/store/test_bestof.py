@@ -52,12 +52,12 @@ def test_the_group_runs_from_its_first_claim_and_is_ranked_once_every_attempt_en
     _end(session, attempts[0], TaskState.succeeded)
     _end(session, attempts[1], TaskState.failed, "step budget exhausted")
     assert not store.bestof.ranking_due(session, group.id)
-    assert store.bestof.claim_ranking(session, group.id, worker="w") is None
+    assert store.bestof.claim_ranking(session, group.id, worker="w", max_active_per_user=4) is None
     _end(session, attempts[2], TaskState.cancelled, "cancelled by user")
     assert store.bestof.ranking_due(session, group.id)
     assert store.bestof.due_groups(session, older_than=timedelta(0)) == [group.id]
-    assert store.bestof.claim_ranking(session, group.id, worker="w") == 1
-    assert store.bestof.claim_ranking(session, group.id, worker="v") is None  # one ranks
+    assert store.bestof.claim_ranking(session, group.id, worker="w", max_active_per_user=4) == 1
+    assert store.bestof.claim_ranking(session, group.id, worker="v", max_active_per_user=4) is None  # one ranks
     assert not store.bestof.ranking_due(session, group.id)
     ended = [(e.type, e.data) for e in store.events.list_events(session, group.id) if e.type == "attempt_ended"]
     assert ended == [
@@ -97,6 +97,9 @@ def test_cancelling_the_group_cancels_every_attempt_and_leaves_it_to_be_ranked(s
     assert not store.bestof.ranking_due(session, group.id)
     _end(session, attempts[0], TaskState.cancelled, "cancelled by user")
     assert store.bestof.ranking_due(session, group.id)
+    # cancel_group commits (on SQLite past the fixture's savepoint): leave nothing running for other tests' lists
+    store.tasks.transition(session, group.id, from_states=[TaskState.running], to_state=TaskState.cancelled)
+    session.commit()
 
 
 def test_ranking_puts_passing_tests_before_size_and_size_before_number() -> None:
@@ -142,3 +145,21 @@ def test_two_attempts_ending_at_once_append_in_turn_and_the_later_sees_the_ranki
         ended = [(e.seq, e.data["attempt"]) for e in store.events.list_events(session, group_id)
                  if e.type == "attempt_ended"]  # fmt: skip
         assert [attempt for _, attempt in ended] == [1, 2] and ended[0][0] < ended[1][0]
+
+
+def test_a_ranking_waits_while_its_user_is_at_the_limit_and_holds_a_slot_while_it_runs(session: Session) -> None:
+    user = User(name="bestof-limit")
+    session.add(user)
+    session.flush()
+    group, attempts = _group(session, 2, user_id=user.id)
+    for attempt in attempts:
+        _end(session, attempt, TaskState.failed, "boom")
+    other = store.tasks.create_task(session, repo="https://example.com/a/b.git", ref=None, instruction="x",
+                                    user_id=user.id)  # fmt: skip
+    assert store.attempts.claim(session, other.id, worker="w", max_active_per_user=1) == 1
+    assert store.bestof.claim_ranking(session, group.id, worker="w", max_active_per_user=1) == "busy"
+    _end(session, other, TaskState.succeeded)
+    assert store.bestof.claim_ranking(session, group.id, worker="w", max_active_per_user=1) == 1
+    late = store.tasks.create_task(session, repo="https://example.com/a/b.git", ref=None, instruction="y",
+                                   user_id=user.id)  # fmt: skip
+    assert store.attempts.claim(session, late.id, worker="w", max_active_per_user=1) == "busy"  # the ranking holds it

@@ -19,11 +19,20 @@ import store.patches
 import store.tasks
 from overnight.queue import TaskQueue
 from sandbox.docker import DockerBackend
-from store.engine import make_sessionmaker
+from store.engine import make_engine, make_sessionmaker, migrate
 from store.models import Task, TaskState, utcnow
 from tests.worker.conftest import make_context, outcome
 from worker.pipeline import run_task
 from worker.reconciler import reconcile
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """A database of the test's own: the reconciler looks at every task in it."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'own.db'}")
+    migrate(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
@@ -71,7 +80,7 @@ def test_a_ranking_whose_worker_died_is_put_back_and_ranked_again(
     group_id = _ended_attempts(sqlite_engine, [None, "diff --git a/x b/x\n+one\n"])
     sessions = make_sessionmaker(sqlite_engine)
     with sessions.begin() as session:  # a worker claims the ranking, then dies
-        assert store.bestof.claim_ranking(session, group_id, worker="dead:1") == 1
+        assert store.bestof.claim_ranking(session, group_id, worker="dead:1", max_active_per_user=4) == 1
         session.execute(update(Task).where(Task.id == group_id).values(heartbeat_at=utcnow() - timedelta(hours=1)))
     assert not store.bestof.due_groups(sessions(), older_than=timedelta(0))  # held, so not sent as unranked
     done = _reconcile(sqlite_engine, queue, stale_after=30)
