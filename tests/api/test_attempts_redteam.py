@@ -251,8 +251,8 @@ def test_ranking_a_task_does_not_take_its_user_past_the_concurrency_limit(
             store.tasks.transition(session, attempt.id, from_states=[TaskState.running], to_state=TaskState.failed)
         assert store.bestof.ranking_due(session, created["id"])
         assert store.attempts.claim(session, single["id"], worker="w", max_active_per_user=1) == 1  # at the limit
-        claimed = store.bestof.claim_ranking(session, created["id"], worker="w")
-    assert claimed is None, "the ranking started while its user was at the concurrency limit of 1"
+        claimed = store.bestof.claim_ranking(session, created["id"], worker="w", max_active_per_user=1)
+    assert claimed == "busy", "the ranking started while its user was at the concurrency limit of 1"
 
 
 HOSTILE_REASONS = [
