@@ -252,7 +252,9 @@ def test_ranking_a_task_does_not_take_its_user_past_the_concurrency_limit(
         assert store.bestof.ranking_due(session, created["id"])
         assert store.attempts.claim(session, single["id"], worker="w", max_active_per_user=1) == 1  # at the limit
         claimed = store.bestof.claim_ranking(session, created["id"], worker="w", max_active_per_user=1)
-    assert claimed == "busy", "the ranking started while its user was at the concurrency limit of 1"
+        assert claimed == "busy", "the ranking started while its user was at the concurrency limit of 1"
+        store.tasks.transition(session, single["id"], from_states=[TaskState.preparing], to_state=TaskState.failed)
+        assert isinstance(store.bestof.claim_ranking(session, created["id"], worker="w", max_active_per_user=1), int)
 
 
 HOSTILE_REASONS = [
