@@ -231,11 +231,13 @@ def size_text(size: int) -> str:
 
 def rank(entries: list[RankEntry], *, usable: set[int]) -> list[RankEntry]:
     """Best first: attempts whose patch may be taken (``usable``: K of those that ended with one), then tests
-    passing (passed, then not checked, then failing), then the smaller patch, then the lower K. Ranks are set."""
+    passing (passed, then not checked, then failing), then the smaller patch (an empty one, "no changes needed",
+    after every change: the task asked for one), then the lower K. Ranks are set."""
 
-    def key(entry: RankEntry) -> tuple[int, int, int, int]:
+    def key(entry: RankEntry) -> tuple[int, int, bool, int, int]:
         tests = {True: 0, None: 1, False: 2}[entry.passed]
-        return (0 if entry.attempt in usable else 1, tests, entry.patch_bytes or 0, entry.attempt)
+        size = entry.patch_bytes or 0
+        return (0 if entry.attempt in usable else 1, tests, size == 0, size, entry.attempt)
 
     ordered = sorted(entries, key=key)
     return [entry.model_copy(update={"rank": place}) for place, entry in enumerate(ordered, start=1)]

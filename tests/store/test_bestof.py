@@ -109,10 +109,11 @@ def test_ranking_puts_passing_tests_before_size_and_size_before_number() -> None
 
     ranked = store.bestof.rank(
         [entry(1, False, 10), entry(2, True, 900), entry(3, True, 300), entry(4, None, 5), entry(5, True, 300),
-         entry(6, None, None)],
-        usable={1, 2, 3, 4, 5},
+         entry(6, None, None), entry(7, None, 0)],
+        usable={1, 2, 3, 4, 5, 7},
     )  # fmt: skip
-    assert [(e.attempt, e.rank) for e in ranked] == [(3, 1), (5, 2), (2, 3), (4, 4), (1, 5), (6, 6)]
+    # 7 found no change needed: after 4's change, though smaller; 6 left no patch at all.
+    assert [(e.attempt, e.rank) for e in ranked] == [(3, 1), (5, 2), (2, 3), (4, 4), (7, 5), (1, 6), (6, 7)]
 
 
 def test_two_attempts_ending_at_once_append_in_turn_and_the_later_sees_the_ranking_due(engine: Engine) -> None:
