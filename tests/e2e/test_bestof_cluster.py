@@ -88,7 +88,8 @@ def test_attempts_run_at_once_and_a_worker_killed_while_ranking_costs_a_ranking_
     cluster.kill_worker(ranker)
     cluster.start_worker()  # the other worker, or this one, ranks it again
     group = cluster.wait_final(group_id, timeout=180)
-    assert group.state == "succeeded" and group.attempt == 2, cluster.logs()
+    # 2: the killed ranking, then the next; more when a loaded host missed beats for the stale limit of 3 s
+    assert group.state == "succeeded" and group.attempt >= 2, cluster.logs()
     best, other = group.ranking["entries"]  # which attempt got which script is the order they asked the model in
     assert group.ranking["best"] == best["attempt"] and best["patch_bytes"] < other["patch_bytes"]
     assert best["passed"] is other["passed"] is True  # the one that ran no test checked by the other's command
