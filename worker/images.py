@@ -14,6 +14,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 import store.images
+import store.tasks
 from overnight.events import EventSink, ImageFailure, ImageNote, ImagesEvent
 from overnight.github.images import image_url_allowed, token_wanted
 from overnight.imagefetch import FetchPolicy, fetch_image
@@ -73,11 +74,14 @@ def _fetch(url: str, policy: FetchPolicy, number: int) -> TaskImageData | str:
 
 def agent_images(attempt: Attempt, task_id: str, emit: EventSink) -> list[TaskImageData]:
     """The task's images for the model, in order; an ``images`` event when it has any (or failed to get any).
-    Follow-ups are not given their parent's images (a retry was given copies of its original's)."""
+    An attempt task is given the images of the task it is an attempt of. Follow-ups are not given their parent's
+    images (a retry was given copies of its original's)."""
 
     def read(session: Session) -> tuple[list[TaskImageData], list[ImageFailure]]:
         images, failed = [], []
-        for row in store.images.list_images(session, task_id):
+        row_of_task = store.tasks.get_task(session, task_id)
+        owner = (row_of_task.attempt_of if row_of_task is not None else None) or task_id  # attempts: the task's
+        for row in store.images.list_images(session, owner):
             if row.data is not None and row.media_type is not None:
                 images.append(TaskImageData(media_type=row.media_type, data=row.data, source=row.source,  # type: ignore[arg-type]
                                             url=row.url))  # fmt: skip

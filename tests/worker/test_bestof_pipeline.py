@@ -11,10 +11,13 @@ from typing import Any
 from sqlalchemy import Engine
 
 import store.bestof
+import store.images
 import store.tasks
 from agent.scripted import ScriptedCall, ScriptedModelServer, ScriptedTurn
+from overnight.images import TaskImageData, data_url
 from sandbox.docker import DockerBackend
 from store.engine import make_sessionmaker
+from tests.images import png
 from tests.worker.conftest import make_context, outcome
 from worker.pipeline import run_task
 
@@ -154,3 +157,26 @@ def test_where_the_task_came_from_hears_of_the_task_once_and_gets_the_best_patch
     group, patch, _ = outcome(sqlite_engine, group_id)
     assert (state, reason) == ("succeeded", None) == (group.state, group.failure_reason)
     assert commit is not None and patch is not None and patch.mbox == commit.mbox and "a + b" in patch.mbox
+
+
+def test_every_attempt_is_given_the_images_of_its_task(
+    sqlite_engine: Engine, docker_backend: DockerBackend, scripted_model: ScriptedModelServer, buggy_repo: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Images are stored with the task (the API and the webhook know no attempt tasks): each attempt's model gets
+    them in its first message, as the task's own run would."""
+    image = TaskImageData(media_type="image/png", data=png(), source="upload")
+    scripted_model.state.scripts.extend([[_finish("One")], [_finish("Two")]])
+    group_id, attempt_ids = _submit(sqlite_engine, buggy_repo, 2)
+    with make_sessionmaker(sqlite_engine).begin() as session:
+        store.images.add_images(session, group_id, [image])
+    context = make_context(sqlite_engine, docker_backend, scripted_model.base_url, tmp_path)
+    for task_id in attempt_ids:
+        assert run_task(task_id, context) == "ran"
+    firsts = [body for body in scripted_model.state.requests if len(body["messages"]) == 2]
+    assert len(firsts) == 2
+    for body in firsts:
+        parts = body["messages"][1]["content"]
+        assert [part["image_url"]["url"] for part in parts if part["type"] == "image_url"] == [
+            data_url("image/png", image.data)
+        ]
