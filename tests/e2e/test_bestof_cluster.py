@@ -1,7 +1,11 @@
 """Best-of-N on real worker processes (Redis of the test's own, each database, Docker sandboxes, the scripted model
-with a script per attempt): the attempts of one task run at once on two workers under a per-user limit of two
-(the task itself holds no slot), the last one to end has the task ranked, and a worker killed with -9 while it
-ranks (its check's command running) costs a ranking attempt, not the task: another worker ranks it again."""
+with a script per attempt): the attempts of one task run on two workers under a per-user limit of two (the task
+itself holds no slot), the last one to end has the task ranked, and a worker killed with -9 while it ranks (its
+check's command running) costs a ranking attempt, not the task: another worker ranks it again.
+
+Whether the attempts overlap in time is up to the host's load, so no assertion here says they do: that they run
+side by side is what ``python -m bench.attempts`` measures (docs/attempts.md), and that a task's attempts are
+claimed under the limit while the task itself is running is tests/store/test_bestof.py's."""
 
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ def _ranker(cluster: Cluster, group_id: str, timeout: float = 120) -> Any:
     return next(worker for worker in cluster.workers if os.getpgid(pid) == worker.pid)
 
 
-def test_attempts_run_at_once_and_a_worker_killed_while_ranking_costs_a_ranking_not_the_task(
+def test_attempts_run_on_two_workers_and_one_killed_while_ranking_costs_a_ranking_not_the_task(
     cluster: Cluster, scripted_model: ScriptedModelServer, buggy_repo: Path
 ) -> None:
     scripted_model.state.scripts.extend([_script("a + b", SLOW_TEST), _script("a + b  # the longer fix, no tests")])
@@ -84,7 +88,6 @@ def test_attempts_run_at_once_and_a_worker_killed_while_ranking_costs_a_ranking_
     ranker = _ranker(cluster, group_id)
     ran = [cluster.task(task_id) for task_id in (first, second)]
     assert all(t.state == "succeeded" for t in ran), cluster.logs()
-    assert ran[0].started_at < ran[1].finished_at and ran[1].started_at < ran[0].finished_at  # at once
     cluster.kill_worker(ranker)
     cluster.start_worker()  # the other worker, or this one, ranks it again
     group = cluster.wait_final(group_id, timeout=180)
