@@ -1,14 +1,26 @@
-"""Small real images for the tests of task images (decodable: a PNG made here byte by byte, and a JPEG, GIF and
-WebP header as their magic bytes say), and a server of files on loopback to fetch them from."""
+"""Small real images for the tests of task images (decodable: a PNG made here byte by byte, and a GIF), a server
+of files on loopback to fetch them from, and the API as those tests start it."""
 
 from __future__ import annotations
 
 import http.server
+import secrets
 import struct
 import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+from fastapi.testclient import TestClient
+
+import store.users
+from api.app import create_app
+from overnight.images import ImageSettings
+from overnight.settings import APISettings, Settings
+from store.engine import make_engine, make_sessionmaker, migrate
 
 
 def png(width: int = 2, height: int = 2, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -54,3 +66,21 @@ def file_server(routes: dict[str, tuple[int, dict[str, str], bytes]]) -> Iterato
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def image_api(
+    tmp_path: Path, redis_url: str, *, user: str, api: APISettings | None = None, **images: Any
+) -> Iterator[tuple[TestClient, Settings]]:
+    """The API on a database of its own and a queue of its own, with these image settings, signed in as ``user``."""
+    queue = f"test-images-{secrets.token_hex(4)}"
+    settings = Settings(data_dir=tmp_path, broker_url=redis_url, queue=queue, images=ImageSettings(**images),
+                        api=api or APISettings())  # fmt: skip
+    migrate(make_engine(settings.resolved_database_url))
+    with make_sessionmaker(make_engine(settings.resolved_database_url)).begin() as session:
+        token = store.users.create_token(session, user)
+    try:
+        with TestClient(create_app(settings)) as client:
+            client.headers["Authorization"] = f"Bearer {token}"
+            yield client, settings
+    finally:
+        redis.Redis.from_url(redis_url).delete(queue)

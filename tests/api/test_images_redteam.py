@@ -24,18 +24,16 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 import store.images
 import store.tasks
 import store.users
-from api.app import create_app
 from overnight.github.images import image_url_allowed
 from overnight.images import ImageSettings
 from overnight.settings import Settings
 from store.engine import make_engine, make_sessionmaker, migrate
-from tests.images import png
+from tests.images import image_api, png
 from worker.images import fetch_issue_images
 
 REPO = "https://github.com/acme/widgets.git"
@@ -43,17 +41,7 @@ TASK = {"repo": REPO, "ref": "main", "instruction": "Make it look like the pictu
 
 
 def _client(tmp_path: Path, redis_url: str, **images: Any) -> Iterator[tuple[TestClient, Settings]]:
-    queue = f"test-images-redteam-{secrets.token_hex(4)}"
-    settings = Settings(data_dir=tmp_path, broker_url=redis_url, queue=queue, images=ImageSettings(**images))
-    migrate(make_engine(settings.resolved_database_url))
-    with make_sessionmaker(make_engine(settings.resolved_database_url)).begin() as session:
-        token = store.users.create_token(session, "mallory")
-    try:
-        with TestClient(create_app(settings)) as client:
-            client.headers["Authorization"] = f"Bearer {token}"
-            yield client, settings
-    finally:
-        redis.Redis.from_url(redis_url).delete(queue)
+    return image_api(tmp_path, redis_url, user="mallory", **images)
 
 
 @pytest.fixture

@@ -5,24 +5,20 @@ path unchanged."""
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 import store.images
 import store.tasks
 import store.users
-from api.app import create_app
-from overnight.images import ImageSettings
 from overnight.settings import APISettings, Settings
-from store.engine import make_engine, make_sessionmaker, migrate
+from store.engine import make_engine, make_sessionmaker
 from store.models import TaskState
-from tests.images import GIF, file_server, png
+from tests.images import GIF, file_server, image_api, png
 
 REPO = "https://github.com/acme/widgets.git"
 TASK = {"repo": REPO, "ref": "main", "instruction": "Make the button look like the picture"}
@@ -31,18 +27,7 @@ TASK = {"repo": REPO, "ref": "main", "instruction": "Make the button look like t
 def _client(
     tmp_path: Path, redis_url: str, api: APISettings | None = None, **images: Any
 ) -> Iterator[tuple[TestClient, Settings]]:
-    queue = f"test-images-{secrets.token_hex(4)}"
-    settings = Settings(data_dir=tmp_path, broker_url=redis_url, queue=queue, images=ImageSettings(**images),
-                        api=api or APISettings())  # fmt: skip
-    migrate(make_engine(settings.resolved_database_url))
-    with make_sessionmaker(make_engine(settings.resolved_database_url)).begin() as session:
-        token = store.users.create_token(session, "alice")
-    try:
-        with TestClient(create_app(settings)) as client:
-            client.headers["Authorization"] = f"Bearer {token}"
-            yield client, settings
-    finally:
-        redis.Redis.from_url(redis_url).delete(queue)
+    return image_api(tmp_path, redis_url, user="alice", api=api, **images)
 
 
 @pytest.fixture
