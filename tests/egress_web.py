@@ -9,13 +9,14 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from sandbox.proxy import EgressProxy, ProxyConfig
+from sandbox.base import Sandbox, SandboxBackend, SandboxSpec
+from sandbox.proxy import EgressLease, EgressProxy, ProxyConfig, ProxyPolicy
 
 PUBLIC = "127.0.0.21"
 """Stands for a public host: the proxy is told it may connect there."""
@@ -77,3 +78,31 @@ def egress_web() -> Iterator[Web]:
             server.shutdown()
             server.server_close()
         shutil.rmtree(folder)
+
+
+StartLeased = Callable[[SandboxBackend, EgressProxy, ProxyPolicy], tuple[Sandbox, EgressLease]]
+
+
+@contextlib.contextmanager
+def leased_sandboxes(new_workspace: Callable[..., Path], task_id: str) -> Iterator[StartLeased]:
+    """``start(backend, proxy, policy)``: an agent sandbox whose only way out is a new lease on ``proxy``; every
+    sandbox and lease made is closed on the way out."""
+    made: list[tuple[Sandbox, EgressLease]] = []
+
+    def start(backend: SandboxBackend, proxy: EgressProxy, policy: ProxyPolicy) -> tuple[Sandbox, EgressLease]:
+        lease = proxy.open(task_id, policy)
+        try:
+            workspace = new_workspace(backend, f"{task_id}{len(made)}")
+            sandbox = backend.start(SandboxSpec(task_id=task_id, workspace=workspace, egress=lease.folder))
+        except BaseException:
+            lease.close()
+            raise
+        made.append((sandbox, lease))
+        return sandbox, lease
+
+    try:
+        yield start
+    finally:
+        for sandbox, lease in made:
+            sandbox.close()
+            lease.close()

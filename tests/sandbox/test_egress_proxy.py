@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.base import Sandbox, SandboxBackend, SandboxSpec
+from sandbox.base import Sandbox, SandboxBackend
 from sandbox.proxy import EgressError, EgressLease, EgressProxy, ProxyConfig, ProxyPolicy, doctor_probe
 from sandbox.reaper import reap_folders
-from tests.egress_web import PARENT, PRIVATE, PUBLIC, Web, egress_web
+from tests.egress_web import PARENT, PRIVATE, PUBLIC, Web, egress_web, leased_sandboxes
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +37,8 @@ def leased(
     web: Web, new_workspace: Callable[..., Path]
 ) -> Iterator[Callable[[SandboxBackend, ProxyPolicy], tuple[Sandbox, EgressLease]]]:
     """``leased(backend, policy)``: an agent sandbox whose only way out is a new lease on the proxy."""
-    made: list[tuple[Sandbox, EgressLease]] = []
-
-    def start(backend: SandboxBackend, policy: ProxyPolicy) -> tuple[Sandbox, EgressLease]:
-        lease = web.proxy.open("proxytest", policy)
-        try:
-            workspace = new_workspace(backend, f"ws{len(made)}")
-            sandbox = backend.start(SandboxSpec(task_id="proxytest", workspace=workspace, egress=lease.folder))
-        except BaseException:
-            lease.close()
-            raise
-        made.append((sandbox, lease))
-        return sandbox, lease
-
-    try:
-        yield start
-    finally:
-        for sandbox, lease in made:
-            sandbox.close()
-            lease.close()
+    with leased_sandboxes(new_workspace, "proxytest") as start:
+        yield lambda backend, policy: start(backend, web.proxy, policy)
 
 
 def curl(sandbox: Sandbox, url: str, *options: str) -> str:

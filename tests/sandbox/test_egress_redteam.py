@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.base import Sandbox, SandboxBackend, SandboxSpec
+from sandbox.base import Sandbox, SandboxBackend
 from sandbox.proxy import EgressLease, EgressProxy, ProxyConfig, ProxyPolicy
-from tests.egress_web import PUBLIC, Web, egress_web
+from tests.egress_web import PUBLIC, StartLeased, Web, egress_web, leased_sandboxes
 
 SECRET = f"host-service-{secrets.token_hex(8)}"
 """What the test's host service answers: seeing it anywhere in a sandbox means the sandbox reached the host."""
@@ -114,28 +114,9 @@ def host_addresses() -> list[str]:
 
 
 @pytest.fixture
-def leased(
-    new_workspace: Callable[..., Path],
-) -> Iterator[Callable[[SandboxBackend, EgressProxy, ProxyPolicy], tuple[Sandbox, EgressLease]]]:
-    made: list[tuple[Sandbox, EgressLease]] = []
-
-    def start(backend: SandboxBackend, proxy: EgressProxy, policy: ProxyPolicy) -> tuple[Sandbox, EgressLease]:
-        lease = proxy.open("redteam", policy)
-        try:
-            workspace = new_workspace(backend, f"rt{len(made)}")
-            sandbox = backend.start(SandboxSpec(task_id="redteam", workspace=workspace, egress=lease.folder))
-        except BaseException:
-            lease.close()
-            raise
-        made.append((sandbox, lease))
-        return sandbox, lease
-
-    try:
+def leased(new_workspace: Callable[..., Path]) -> Iterator[StartLeased]:
+    with leased_sandboxes(new_workspace, "redteam") as start:
         yield start
-    finally:
-        for sandbox, lease in made:
-            sandbox.close()
-            lease.close()
 
 
 def _raw(lease: EgressLease, data: bytes, *, wait: float = 5.0) -> bytes:
