@@ -10,12 +10,14 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
+import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
@@ -24,6 +26,8 @@ from fastapi.testclient import TestClient
 
 from overnight.github.webhooks import sign
 from overnight.loopback import LoopbackServer
+from overnight.settings import GitHubSettings, Settings
+from store.engine import make_engine, migrate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "github"
 SECRET = "It's a Secret to Everybody"
@@ -301,3 +305,17 @@ class FakeGitHubServer(LoopbackServer):
     def __init__(self, fake: FakeGitHub) -> None:
         super().__init__(fake.app(), name="fake GitHub")
         self.fake = fake
+
+
+def app_settings(tmp_path: Path, redis_url: str, api_url: str, queue_prefix: str) -> Iterator[Settings]:
+    """Settings of an Overnight speaking to the fake GitHub at ``api_url`` as the App, on a migrated database and a
+    queue of its own (emptied afterwards): what the webhook tests' ``settings`` fixtures yield from."""
+    settings = Settings(
+        data_dir=tmp_path, broker_url=redis_url, queue=f"{queue_prefix}-{secrets.token_hex(4)}",
+        allow_local_repos=True,
+        github=GitHubSettings(webhook_secret=SECRET, app_id="4242", private_key=KEYS[0], api_url=api_url,
+                              git_url=str(tmp_path / "git")),  # type: ignore[arg-type]
+    )  # fmt: skip
+    migrate(make_engine(settings.resolved_database_url))
+    yield settings
+    redis.Redis.from_url(redis_url).delete(settings.queue)

@@ -4,7 +4,6 @@ is not part of the instruction, nor of a steer."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +17,19 @@ import store.messages
 import store.tasks
 from api.app import create_app
 from overnight.github.webhooks import MAX_ATTEMPTS, command_options
-from overnight.settings import GitHubSettings, Settings
-from store.engine import make_engine, make_sessionmaker, migrate
+from overnight.settings import Settings
+from store.engine import make_engine, make_sessionmaker
 from store.models import Task
-from tests.github_fake import INSTALLATION, KEYS, SECRET, FakeGitHub, FakeGitHubServer, command, deliver, labeled
+from tests.github_fake import (
+    INSTALLATION,
+    KEYS,
+    FakeGitHub,
+    FakeGitHubServer,
+    app_settings,
+    command,
+    deliver,
+    labeled,
+)
 
 
 @pytest.fixture
@@ -32,14 +40,7 @@ def fake() -> Iterator[FakeGitHubServer]:
 
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str, fake: FakeGitHubServer) -> Iterator[Settings]:
-    settings = Settings(
-        data_dir=tmp_path, broker_url=redis_url, queue=f"test-gha-{secrets.token_hex(4)}", allow_local_repos=True,
-        github=GitHubSettings(webhook_secret=SECRET, app_id="4242", private_key=KEYS[0], api_url=fake.url,
-                              git_url=str(tmp_path / "git")),  # type: ignore[arg-type]
-    )  # fmt: skip
-    migrate(make_engine(settings.resolved_database_url))
-    yield settings
-    redis.Redis.from_url(redis_url).delete(settings.queue)
+    yield from app_settings(tmp_path, redis_url, fake.url, "test-gha")
 
 
 @pytest.fixture
